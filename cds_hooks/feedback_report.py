@@ -13,7 +13,7 @@ Counting rules:
   ``1 - acceptance - override`` is the ignored share. Rates are undefined (None) when nothing of that
   kind was issued, e.g. the kind ``unknown`` for feedback on card uuids we never issued.
 - Override reasons are counted over cards whose final outcome is `overridden`; a card overridden
-  without a coded reason is counted under `NO_CODED_REASON`.
+  without a coded reason is counted under `NO_CODED_REASON`. Most frequent first.
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ def build_report(issued_by_kind: Mapping[str, int], facts: Iterable[FeedbackFact
     total = sum(reasons.values())
     by_reason = tuple(
         ReasonRow(reason=reason, count=count, share=count / total)
-        for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+        for reason, count in sorted(
+            reasons.items(), key=lambda item: (-item[1], item[0] == NO_CODED_REASON, item[0])
+        )
     )
     return FeedbackReport(by_kind=tuple(by_kind), by_reason=by_reason)
 
