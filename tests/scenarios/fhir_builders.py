@@ -351,8 +351,13 @@ PET_WHOLE_BODY_LOINC = loinc("44139-4", "PET whole body")
 XRAY_WHOLE_SPINE_SNOMED = snomed("1367647005", "Plain X-ray of entire vertebral column")
 WHOLE_SPINE_ORDER_CODES = frozenset(
     {
-        (LOINC, "42698-1"), (LOINC, "30854-4"), (LOINC, "30855-1"), (LOINC, "91561-1"), (LOINC, "38061-8"),
-        (SNOMED, "411611000119102"), (SNOMED, "495741000119105"),
+        (LOINC, "42698-1"),
+        (LOINC, "30854-4"),
+        (LOINC, "30855-1"),
+        (LOINC, "91561-1"),
+        (LOINC, "38061-8"),
+        (SNOMED, "411611000119102"),
+        (SNOMED, "495741000119105"),
     }
 )
 
