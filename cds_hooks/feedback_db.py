@@ -288,10 +288,15 @@ class SqlFeedbackStore:
     def record_feedback(
         self, service_id: str, request: FeedbackRequest, issuer: str | None, tenant: str | None
     ) -> int:
-        statement = self._insert(feedback).on_conflict_do_nothing(index_elements=list(_FEEDBACK_KEY))
+        # RETURNING gives a row only for an insert that happened, on both databases (rowcount does not
+        # on PostgreSQL, where SQLAlchemy already adds RETURNING to fetch the new primary key).
+        statement = (
+            self._insert(feedback)
+            .on_conflict_do_nothing(index_elements=list(_FEEDBACK_KEY))
+            .returning(feedback.c.id)
+        )
         new = 0
         with self._engine.begin() as connection:
-            # One statement per row: rowcount then says exactly which rows were new, on both databases.
             for row in stored_rows(service_id, request, issuer, tenant, datetime.now(UTC)):
                 result = connection.execute(
                     statement,
@@ -308,7 +313,7 @@ class SqlFeedbackStore:
                         "tenant": row.tenant,
                     },
                 )
-                new += result.rowcount
+                new += len(result.all())
         return new
 
     def report(self) -> FeedbackReport:

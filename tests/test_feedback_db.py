@@ -1,0 +1,332 @@
+"""The durable feedback store, on an SQLite file and on a real PostgreSQL server (tests/postgres.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, inspect, select, text
+
+from cds_hooks.feedback import IssuedCard, parse_feedback
+from cds_hooks.feedback_db import SqlFeedbackStore, default_database_url, feedback, metadata
+from cds_hooks.feedback_report import render_report
+from tests.test_feedback import (
+    REASON_SYSTEM,
+    SERVICE,
+    accepted,
+    body,
+    expected_report_rows,
+    overridden,
+    report_rows,
+    report_scenario,
+)
+
+if TYPE_CHECKING:
+    from tests.postgres import PostgresServer
+
+# Registered as a plugin rather than imported, so pytest can rewrite its asserts and owns its fixture.
+pytest_plugins = ["tests.postgres"]
+
+MIGRATIONS = Path(__file__).resolve().parents[1] / "cds_hooks" / "migrations"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: an SQLite file in a directory that does not exist yet, or a new
+    database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'not-yet' / 'feedback.sqlite3'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[SqlFeedbackStore]:
+    store = SqlFeedbackStore(database_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def inspector_engine(database_url: str) -> Iterator[Engine]:
+    """An engine of our own, to look at what the store wrote without going through the store."""
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def all_rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    with engine.connect() as connection:
+        return {
+            table: [tuple(row) for row in connection.execute(text(f'SELECT * FROM "{table}"'))]
+            for table in inspect(connection).get_table_names()
+        }
+
+
+# --- schema ----------------------------------------------------------------------------------------------
+
+
+def test_migrations_create_the_schema(store: SqlFeedbackStore, inspector_engine: Engine) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with inspector_engine.connect() as connection:
+        schema = inspect(connection)
+        assert set(schema.get_table_names()) == {"alembic_version", "issued_cards", "feedback"}
+        assert MigrationContext.configure(connection).get_current_revision() == head
+        # The tables the store queries with are exactly what the migrations built.
+        assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+        (unique,) = schema.get_unique_constraints("feedback")
+        assert unique["column_names"] == ["service_id", "card_uuid", "outcome", "outcome_timestamp"]
+        assert schema.get_pk_constraint("issued_cards")["constrained_columns"] == ["service_id", "card_uuid"]
+        columns = {c["name"] for t in ("feedback", "issued_cards") for c in schema.get_columns(t)}
+    assert not any("comment" in name or "extension" in name for name in columns)
+
+
+def test_reopening_a_migrated_database_keeps_it(database_url: str, inspector_engine: Engine) -> None:
+    SqlFeedbackStore(database_url).close()
+    SqlFeedbackStore(database_url).close()
+    assert all_rows(inspector_engine)["alembic_version"] == [("0001",)]
+
+
+def test_concurrent_first_starts_migrate_once(database_url: str, inspector_engine: Engine) -> None:
+    """Several workers starting on one fresh database at once (the migration lock, per backend)."""
+    errors: list[BaseException] = []
+    stores: list[SqlFeedbackStore] = []
+
+    def start() -> None:
+        try:
+            stores.append(SqlFeedbackStore(database_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in stores:
+        store.close()
+    assert errors == []
+    assert all_rows(inspector_engine)["alembic_version"] == [("0001",)]
+
+
+# --- feedback rows ---------------------------------------------------------------------------------------
+
+
+def test_redelivery_is_stored_once(store: SqlFeedbackStore, inspector_engine: Engine) -> None:
+    request = parse_feedback(body(accepted("c-1"), overridden("c-2", code="r")))
+    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == 2
+    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == 0
+    # The same instant with another offset is the same outcomeTimestamp.
+    same = parse_feedback(body(accepted("c-1", timestamp="2024-05-01T12:00:00+02:00")))
+    assert store.record_feedback(SERVICE, same, None, None) == 0
+    # Another outcome, another time, a duplicate inside one delivery, another service: new rows.
+    mixed = parse_feedback(
+        body(
+            overridden("c-1"),
+            accepted("c-1", timestamp="2024-05-01T10:00:01Z"),
+            accepted("c-1", timestamp="2024-05-01T10:00:01Z"),
+        )
+    )
+    assert store.record_feedback(SERVICE, mixed, None, None) == 2
+    assert store.record_feedback("other-service", request, None, None) == 2
+    assert len(all_rows(inspector_engine)["feedback"]) == 6
+
+
+def test_stored_columns(store: SqlFeedbackStore, inspector_engine: Engine) -> None:
+    before = datetime.now(UTC)
+    raw = body(
+        accepted("c-1", timestamp="2024-05-01T12:00:00.250+02:00", suggestion="mri-spine"),
+        overridden("c-2", code="declined"),
+    )
+    store.record_feedback(SERVICE, parse_feedback(raw), "https://ehr.example", "tenant-a")
+    after = datetime.now(UTC)
+    with inspector_engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT card_uuid, outcome, accepted_suggestions, reason_system, reason_code,"
+                " issuer, tenant, service_id FROM feedback ORDER BY card_uuid"
+            )
+        ).all()
+    # JSON comes back parsed on PostgreSQL and as text on SQLite.
+    first, second = (tuple(str(v) if isinstance(v, list) else v for v in row) for row in rows)
+    assert first[:2] == ("c-1", "accepted") and "mri-spine" in first[2]
+    assert first[3:] == (None, None, "https://ehr.example", "tenant-a", SERVICE)
+    assert second[:2] == ("c-2", "overridden") and second[2] is None
+    assert second[3:5] == (REASON_SYSTEM, "declined")
+    # Read back through the store's own types: UTC-aware instants, whatever the client's offset.
+    with inspector_engine.connect() as connection:
+        stamps = connection.execute(
+            select(feedback.c.outcome_timestamp, feedback.c.received_at).order_by(feedback.c.card_uuid)
+        ).all()
+    assert [s[0] for s in stamps] == [
+        datetime(2024, 5, 1, 10, 0, 0, 250000, tzinfo=UTC),
+        datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC),
+    ]
+    assert all(before <= s[1] <= after and s[1].tzinfo == UTC for s in stamps)
+
+
+def test_user_comment_and_extensions_are_not_stored(
+    database_url: str, store: SqlFeedbackStore, inspector_engine: Engine
+) -> None:
+    comment = "Pt Jane Q Example MRN 55501234 says pain since fall"
+    entry = overridden("c-1", code="declined", comment=comment) | {"extension": {"com.x": "ext-value-77"}}
+    store.record_issued(SERVICE, [IssuedCard("c-1", "critical")], "https://ehr.example", "tenant-a")
+    store.record_feedback(SERVICE, parse_feedback(body(entry)), "https://ehr.example", "tenant-a")
+    store.close()
+    dump = repr(all_rows(inspector_engine))
+    assert "declined" in dump and "c-1" in dump  # the inspection sees what is stored ...
+    for secret in (comment, "Jane", "55501234", "ext-value-77"):
+        assert secret not in dump  # ... and the free text is not there
+    if database_url.startswith("sqlite"):
+        # Not even in freed pages or the write-ahead log.
+        path = Path(database_url.removeprefix("sqlite:///"))
+        raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+        assert b"declined" in raw and b"55501234" not in raw and b"Jane" not in raw
+
+
+# --- issued cards, the kind join and the report ----------------------------------------------------------
+
+
+def test_kind_is_joined_from_issued_cards(store: SqlFeedbackStore) -> None:
+    store.record_issued(
+        SERVICE, [IssuedCard("c-crit", "critical"), IssuedCard("c-warn", "warning")], None, None
+    )
+    store.record_feedback(
+        SERVICE,
+        parse_feedback(body(accepted("c-crit"), overridden("c-warn"), overridden("never-ours"))),
+        None,
+        None,
+    )
+    # Issued after its feedback arrived (the writer is asynchronous): the join is made at report time.
+    store.record_feedback(SERVICE, parse_feedback(body(accepted("late"))), None, None)
+    store.record_issued(SERVICE, [IssuedCard("late", "critical")], None, None)
+    kinds = {
+        row.kind: (row.issued, row.feedback, row.accepted, row.overridden) for row in store.report().by_kind
+    }
+    assert kinds == {"critical": (2, 2, 2, 0), "warning": (1, 1, 0, 1), "unknown": (0, 1, 0, 1)}
+
+
+def test_report_numbers_match_the_memory_store(store: SqlFeedbackStore) -> None:
+    report_scenario(store)
+    assert report_rows(store) == expected_report_rows()
+    assert "critical" in render_report(store.report())
+
+
+def test_data_survives_closing_and_reopening(database_url: str) -> None:
+    first = SqlFeedbackStore(database_url)
+    report_scenario(first)
+    # Issued cards still queued when close() is called are written, not lost.
+    first.record_issued(SERVICE, [IssuedCard(f"bulk-{i}", "info") for i in range(500)], None, None)
+    first.close()
+    second = SqlFeedbackStore(database_url)
+    try:
+        kinds, reasons = report_rows(second)
+        expected_kinds, expected_reasons = expected_report_rows()
+        assert kinds == [*expected_kinds[:2], ("info", 500, 0, 0, 0, 0.0, 0.0), expected_kinds[2]]
+        assert reasons == expected_reasons
+        # Redelivery after a restart is still recognised.
+        assert second.record_feedback(SERVICE, parse_feedback(body(accepted("c1"))), None, None) == 0
+    finally:
+        second.close()
+
+
+def test_issued_cards_after_close_are_dropped_and_counted(store: SqlFeedbackStore) -> None:
+    store.close()
+    store.record_issued(SERVICE, [IssuedCard("a", "warning"), IssuedCard("b", "warning")], None, None)
+    assert store.dropped_issued == 2
+
+
+@pytest.mark.postgres
+def test_full_queue_drops_instead_of_blocking(postgres_server: PostgresServer) -> None:
+    """With the writer stuck behind a table lock, record_issued still returns and counts what it drops."""
+    url = postgres_server.create_database()
+    store = SqlFeedbackStore(url, queue_size=1)
+    blocker = create_engine(url)
+    try:
+        with blocker.begin() as connection:
+            connection.execute(text("LOCK TABLE issued_cards IN ACCESS EXCLUSIVE MODE"))
+            store.record_issued(SERVICE, [IssuedCard("held-by-writer", "warning")], None, None)
+            wait_until_writer_waits_on_lock(connection)
+            store.record_issued(SERVICE, [IssuedCard("queued", "warning")], None, None)
+            for i in range(5):
+                store.record_issued(SERVICE, [IssuedCard(f"dropped-{i}", "warning")], None, None)
+            assert store.dropped_issued == 5
+        # Lock released: the writer catches up with what it held and what was queued.
+        (row,) = store.report().by_kind
+        assert (row.kind, row.issued) == ("warning", 2)
+    finally:
+        store.close()
+        blocker.dispose()
+
+
+def wait_until_writer_waits_on_lock(connection: Any) -> None:
+    """Poll pg_stat_activity until the store's INSERT is waiting for our lock (no fixed sleeps)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query LIKE 'INSERT INTO issued_cards%'"
+    )
+    for _ in range(100_000):
+        # Within one transaction pg_stat_activity is a snapshot; drop it so each poll sees the present.
+        connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+        if connection.execute(query).scalar_one():
+            return
+    pytest.fail("the issued-card writer never reached the locked table")
+
+
+# --- configuration ---------------------------------------------------------------------------------------
+
+
+def test_sqlite_file_uses_wal_and_creates_its_directory(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "feedback.sqlite3"
+    SqlFeedbackStore(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.mark.postgres
+def test_plain_postgresql_url_uses_psycopg3(postgres_server: PostgresServer) -> None:
+    url = postgres_server.create_database().replace("postgresql+psycopg://", "postgresql://")
+    store = SqlFeedbackStore(url)
+    try:
+        assert store.record_feedback(SERVICE, parse_feedback(body(accepted("c-1"))), None, None) == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "SQLite file path"),
+        ("sqlite:///:memory:", "SQLite file path"),
+        ("mysql://u@localhost/db", "unsupported feedback database 'mysql'"),
+    ],
+)
+def test_unusable_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SqlFeedbackStore(url)
+
+
+def test_default_database_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_database_url() == f"sqlite:///{tmp_path}/xdg/mscc-alert/feedback.sqlite3"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/is/invalid")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_database_url() == f"sqlite:///{tmp_path}/home/.local/share/mscc-alert/feedback.sqlite3"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    url = default_database_url()
+    assert url == f"sqlite:///{tmp_path}/home/.local/share/mscc-alert/feedback.sqlite3"
+    SqlFeedbackStore(url).close()
+    assert (tmp_path / "home/.local/share/mscc-alert/feedback.sqlite3").is_file()
