@@ -104,8 +104,8 @@ def _origin(url: str) -> tuple[str, str, int]:
 def _classify(relative_url: str) -> tuple[str, str, bool]:
     """(resource type, resourceType the answer must have, whether it is a search) for the prefetch query
     subset: instance reads `Type/id` and type-level searches `Type?...`."""
-    path = relative_url.partition("?")[0].strip("/")
-    segments = path.split("/")
+    # Only a leading slash is forgiven: "Patient/" is an empty id, not a search of every patient.
+    segments = relative_url.partition("?")[0].lstrip("/").split("/")
     if not _RESOURCE_TYPE.fullmatch(segments[0]):
         raise ValueError("relative_url must start with a FHIR resource type")
     if len(segments) == 1:
@@ -169,7 +169,7 @@ class FhirClient:
             bytes_left -= len(body)
             document = _parse(body, status, expected, resource_type)
             pages.append(body)
-            next_link = _next_link(document, resource_type) if is_search else None
+            next_link = _next_link(document, status, resource_type) if is_search else None
             if next_link is None:
                 return pages
             url = urljoin(self._base, next_link)  # FHIR: relative URLs are relative to the service base
@@ -210,12 +210,16 @@ class FhirClient:
 
 
 def _read_body(response: requests.Response, deadline: float, bytes_left: int, resource_type: str) -> bytes:
-    """Stream the decoded body, giving up as soon as a limit is crossed rather than after the download."""
+    """Stream the decoded body, giving up as soon as a limit is crossed rather than after the download.
+
+    `read1` returns whatever has arrived, so a server dripping bytes just under the read timeout still
+    meets the deadline check; `stream()`/`read(n)` would block until n bytes came.
+    """
     status = response.status_code
     chunks: list[bytes] = []
     size = 0
     try:
-        for chunk in response.raw.stream(_CHUNK_BYTES, decode_content=True):
+        while chunk := response.raw.read1(_CHUNK_BYTES, decode_content=True):
             size += len(chunk)
             if size > bytes_left:
                 raise FhirFetchError("too-large", status, resource_type)
@@ -242,14 +246,14 @@ def _parse(body: bytes, status: int, expected: str, resource_type: str) -> dict[
     return document
 
 
-def _next_link(bundle: dict[str, Any], resource_type: str) -> str | None:
+def _next_link(bundle: dict[str, Any], status: int, resource_type: str) -> str | None:
     links = bundle.get("link", [])
     if not isinstance(links, list):
-        raise FhirFetchError("invalid-response", None, resource_type)
+        raise FhirFetchError("invalid-response", status, resource_type)
     for link in links:
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
             if not isinstance(url, str) or not url:
-                raise FhirFetchError("invalid-response", None, resource_type)
+                raise FhirFetchError("invalid-response", status, resource_type)
             return url
     return None
