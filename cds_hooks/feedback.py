@@ -43,6 +43,10 @@ __all__ = [
 
 # JSON elements "SHALL NOT be null or empty" (2.0 "Use of JSON"), so every string must have content.
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+# Values we store are bounded to the database columns (migrations/versions/rev_0001_feedback_tables.py),
+# so an oversized value is a 400 that names it, not a database error.
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+SystemUri = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 # "extension" is reserved everywhere and its value MUST be a JSON object; we accept and ignore it.
 Extension = dict[str, Any] | None
 
@@ -71,8 +75,8 @@ class _Element(BaseModel):
 
 
 class Coding(_Element):
-    system: NonEmptyStr
-    code: NonEmptyStr
+    system: SystemUri
+    code: Identifier
     display: NonEmptyStr | None = None
 
 
@@ -90,11 +94,11 @@ class OverrideReason(_Element):
 
 
 class AcceptedSuggestion(_Element):
-    id: NonEmptyStr
+    id: Identifier
 
 
 class FeedbackItem(_Element):
-    card: NonEmptyStr
+    card: Identifier
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: Annotated[list[AcceptedSuggestion], Field(min_length=1)] | None = None
     overrideReason: OverrideReason | None = None
@@ -180,6 +184,7 @@ def _describe(error: ErrorDetails, body: dict[str, Any]) -> tuple[str, str]:
         item = body["feedback"][loc[1]]
         card = item.get("card") if isinstance(item, dict) else None
         if isinstance(card, str) and card:
+            card = card if len(card) <= 64 else card[:64] + "…"
             where = _expression(loc[2:]) or "item"
             return f"feedback[{loc[1]}] (card {card!r}): {where}: {message}", expression
     return f"{expression}: {message}", expression

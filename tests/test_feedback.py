@@ -252,6 +252,20 @@ def test_wrong_top_level_shapes_are_rejected_clearly(raw: bytes, expression: str
         (item(overrideReason={"userComment": ""}), "feedback[0].overrideReason.userComment"),
         (item(overrideReason={"userComment": 5}), "feedback[0].overrideReason.userComment"),
         (item(cardUuid="c"), "feedback[0].cardUuid"),
+        # Longer than the store's columns:
+        (item(card="c" * 257), "feedback[0].card"),
+        (
+            item("c", "accepted", acceptedSuggestions=[{"id": "s" * 257}]),
+            "feedback[0].acceptedSuggestions[0].id",
+        ),
+        (
+            item(overrideReason={"reason": {"system": "s" * 1025, "code": "c"}}),
+            "feedback[0].overrideReason.reason.system",
+        ),
+        (
+            item(overrideReason={"reason": {"system": "s", "code": "c" * 257}}),
+            "feedback[0].overrideReason.reason.code",
+        ),
     ],
 )
 def test_wrong_types_and_members_name_the_field(entry: dict[str, Any], expression: str) -> None:
