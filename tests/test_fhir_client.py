@@ -51,8 +51,9 @@ def base_of(server: HTTPServer, path: str = "/fhir") -> str:
 
 def serve_page(server: HTTPServer, page: int, body: bytes) -> None:
     query: dict[str, str] = {"patient": PATIENT} if page == 1 else {"patient": PATIENT, "_page": str(page)}
-    server.expect_request("/fhir/Condition", query_string=query) \
-        .respond_with_data(body, content_type=FHIR_JSON)
+    server.expect_request("/fhir/Condition", query_string=query).respond_with_data(
+        body, content_type=FHIR_JSON
+    )
 
 
 def page_url(page: int) -> str:
@@ -98,8 +99,9 @@ slow_server = pytest.fixture(started_server, name="slow_server")
 
 
 def test_read_returns_the_raw_body_and_asks_for_fhir_json(httpserver: HTTPServer) -> None:
-    httpserver.expect_request(f"/fhir/Patient/{PATIENT}", method="GET", headers={"Accept": FHIR_JSON}) \
-        .respond_with_data(PATIENT_BODY, content_type=FHIR_JSON)
+    httpserver.expect_request(
+        f"/fhir/Patient/{PATIENT}", method="GET", headers={"Accept": FHIR_JSON}
+    ).respond_with_data(PATIENT_BODY, content_type=FHIR_JSON)
     with FhirClient(base_of(httpserver), None) as client:
         assert client.fetch(f"Patient/{PATIENT}") == [PATIENT_BODY]
 
@@ -125,8 +127,14 @@ def test_search_follows_next_links_in_order(httpserver: HTTPServer, second_link_
 
 
 def test_a_bundle_read_by_id_is_not_paged(httpserver: HTTPServer) -> None:
-    body = fhir_body({"resourceType": "Bundle", "id": "b1", "type": "collection",
-                      "link": [{"relation": "next", "url": "Bundle/b2"}]})
+    body = fhir_body(
+        {
+            "resourceType": "Bundle",
+            "id": "b1",
+            "type": "collection",
+            "link": [{"relation": "next", "url": "Bundle/b2"}],
+        }
+    )
     httpserver.expect_request("/fhir/Bundle/b1").respond_with_data(body, content_type=FHIR_JSON)
     with FhirClient(base_of(httpserver), None) as client:
         assert client.fetch("Bundle/b1") == [body]
@@ -156,8 +164,9 @@ def test_relative_next_link_keeps_the_base_path(httpserver: HTTPServer) -> None:
     pages = [bundle(["c1"], page_url(2)), bundle(["c2"])]
     for number, body in enumerate(pages, start=1):
         query = {"patient": PATIENT} if number == 1 else {"patient": PATIENT, "_page": str(number)}
-        httpserver.expect_request("/r4/fhir/Condition", query_string=query) \
-            .respond_with_data(body, content_type=FHIR_JSON)
+        httpserver.expect_request("/r4/fhir/Condition", query_string=query).respond_with_data(
+            body, content_type=FHIR_JSON
+        )
     with FhirClient(base_of(httpserver, "/r4/fhir/"), None) as client:
         assert client.fetch(SEARCH) == pages
 
@@ -171,8 +180,9 @@ def test_gzip_body_is_returned_decoded(httpserver: HTTPServer) -> None:
 
 
 def test_caller_session_is_used(httpserver: HTTPServer) -> None:
-    httpserver.expect_request(f"/fhir/Patient/{PATIENT}", headers={"X-Probe": "from-caller"}) \
-        .respond_with_data(PATIENT_BODY, content_type=FHIR_JSON)
+    httpserver.expect_request(
+        f"/fhir/Patient/{PATIENT}", headers={"X-Probe": "from-caller"}
+    ).respond_with_data(PATIENT_BODY, content_type=FHIR_JSON)
     with requests.Session() as session:
         session.headers["X-Probe"] = "from-caller"
         client = FhirClient(base_of(httpserver), None, session=session)
@@ -241,8 +251,14 @@ def test_only_our_authorization_header_is_sent(
 
 @pytest.mark.parametrize(
     ("status", "reason"),
-    [(403, "forbidden"), (404, "not-found"), (410, "server-error"), (500, "server-error"),
-     (503, "server-error"), (304, "server-error")],
+    [
+        (403, "forbidden"),
+        (404, "not-found"),
+        (410, "server-error"),
+        (500, "server-error"),
+        (503, "server-error"),
+        (304, "server-error"),
+    ],
 )
 def test_error_status(httpserver: HTTPServer, status: int, reason: str) -> None:
     httpserver.expect_request("/fhir/Condition").respond_with_data(
@@ -278,14 +294,23 @@ def test_redirect_is_not_followed(httpserver: HTTPServer, other_server: HTTPServ
         b"",
         b"[]",
         b'{"id": "no-resource-type"}',
-        fhir_body({"resourceType": "OperationOutcome",
-                   "issue": [{"severity": "error", "code": "processing"}]}),
+        fhir_body(
+            {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+        ),
         fhir_body({"resourceType": "Patient", "id": PATIENT}),  # a search must answer with a Bundle
         fhir_body({"resourceType": "Bundle", "type": "searchset", "link": {"relation": "next"}}),
         fhir_body({"resourceType": "Bundle", "type": "searchset", "link": [{"relation": "next"}]}),
     ],
-    ids=["html", "empty", "json-array", "no-resourceType", "OperationOutcome", "not-a-Bundle",
-         "link-not-a-list", "next-without-url"],
+    ids=[
+        "html",
+        "empty",
+        "json-array",
+        "no-resourceType",
+        "OperationOutcome",
+        "not-a-Bundle",
+        "link-not-a-list",
+        "next-without-url",
+    ],
 )
 def test_invalid_search_response(httpserver: HTTPServer, body: bytes) -> None:
     httpserver.expect_request("/fhir/Condition").respond_with_data(body, content_type=FHIR_JSON)
@@ -329,8 +354,9 @@ def test_next_link_back_to_an_earlier_page_stops(httpserver: HTTPServer) -> None
     code = "http://snomed.info/sct|3"
     relative_url = f"Condition?patient={PATIENT}&code={code}"
     requoted = relative_url.replace("|", "%7C")
-    httpserver.expect_request("/fhir/Condition", query_string={"patient": PATIENT, "code": code}) \
-        .respond_with_data(bundle(["c1"], page_url(2)), content_type=FHIR_JSON)
+    httpserver.expect_request(
+        "/fhir/Condition", query_string={"patient": PATIENT, "code": code}
+    ).respond_with_data(bundle(["c1"], page_url(2)), content_type=FHIR_JSON)
     serve_page(httpserver, 2, bundle(["c2"], requoted))
     with FhirClient(base_of(httpserver), TOKEN) as client:
         assert fetch_error(client, relative_url).reason == "page-limit"
@@ -339,8 +365,9 @@ def test_next_link_back_to_an_earlier_page_stops(httpserver: HTTPServer) -> None
 
 @pytest.mark.parametrize("form", ["other-port", "https-same-port", "other-host-spelling", "bad-port"])
 def test_foreign_next_link_is_refused(httpserver: HTTPServer, other_server: HTTPServer, form: str) -> None:
-    other_server.expect_request("/fhir/Condition") \
-        .respond_with_data(bundle(["stolen"]), content_type=FHIR_JSON)
+    other_server.expect_request("/fhir/Condition").respond_with_data(
+        bundle(["stolen"]), content_type=FHIR_JSON
+    )
     foreign = {
         "other-port": other_server.url_for("/fhir/" + page_url(2)),
         "https-same-port": f"https://{httpserver.host}:{httpserver.port}/fhir/{page_url(2)}",
@@ -443,8 +470,9 @@ def test_total_seconds_bounds_the_whole_search(slow_server: HTTPServer) -> None:
     # Each page alone is well inside read_timeout; together they exceed total_seconds.
     for number in (1, 2, 3):
         query = {"patient": PATIENT} if number == 1 else {"patient": PATIENT, "_page": str(number)}
-        slow_server.expect_request("/fhir/Condition", query_string=query) \
-            .respond_with_handler(sleepy(0.3, bundle([f"c{number}"], page_url(number + 1))))
+        slow_server.expect_request("/fhir/Condition", query_string=query).respond_with_handler(
+            sleepy(0.3, bundle([f"c{number}"], page_url(number + 1)))
+        )
     limits = FetchLimits(read_timeout=5.0, total_seconds=0.5)
     with FhirClient(base_of(slow_server), TOKEN, limits) as client:
         assert fetch_error(client, SEARCH).reason == "timeout"
@@ -453,10 +481,12 @@ def test_total_seconds_bounds_the_whole_search(slow_server: HTTPServer) -> None:
 
 def test_last_page_gets_only_what_is_left_of_total_seconds(slow_server: HTTPServer) -> None:
     serve_slow = slow_server.expect_request
-    serve_slow("/fhir/Condition", query_string={"patient": PATIENT}) \
-        .respond_with_handler(sleepy(0.1, bundle(["c1"], page_url(2))))
-    serve_slow("/fhir/Condition", query_string={"patient": PATIENT, "_page": "2"}) \
-        .respond_with_handler(sleepy(1.0, bundle(["c2"])))
+    serve_slow("/fhir/Condition", query_string={"patient": PATIENT}).respond_with_handler(
+        sleepy(0.1, bundle(["c1"], page_url(2)))
+    )
+    serve_slow("/fhir/Condition", query_string={"patient": PATIENT, "_page": "2"}).respond_with_handler(
+        sleepy(1.0, bundle(["c2"]))
+    )
     limits = FetchLimits(read_timeout=5.0, total_seconds=0.4)
     with FhirClient(base_of(slow_server), TOKEN, limits) as client:
         assert fetch_error(client, SEARCH).reason == "timeout"
@@ -506,8 +536,11 @@ def test_connection_closed_mid_body_is_unreachable(httpserver: HTTPServer) -> No
         yield PATIENT_BODY[:20]
 
     httpserver.expect_request(f"/fhir/Patient/{PATIENT}").respond_with_handler(
-        lambda _request: Response(truncated(), content_type=FHIR_JSON,
-                                  headers={"Content-Length": str(len(PATIENT_BODY)), "Connection": "close"})
+        lambda _request: Response(
+            truncated(),
+            content_type=FHIR_JSON,
+            headers={"Content-Length": str(len(PATIENT_BODY)), "Connection": "close"},
+        )
     )
     with FhirClient(base_of(httpserver), TOKEN, FetchLimits(read_timeout=2.0)) as client:
         err = fetch_error(client, f"Patient/{PATIENT}")
@@ -525,11 +558,17 @@ def test_bad_base_url_is_rejected(base_url: str) -> None:
 
 @pytest.mark.parametrize(
     "relative_url",
-    ["", f"patient/{PATIENT}", "Patient/", f"Patient/{PATIENT}/_history/2", "Patient/..",
-     f"http://evil.example/Patient/{PATIENT}", f"Patient/{PATIENT}{'x' * 64}"],
+    [
+        "",
+        f"patient/{PATIENT}",
+        "Patient/",
+        f"Patient/{PATIENT}/_history/2",
+        "Patient/..",
+        f"http://evil.example/Patient/{PATIENT}",
+        f"Patient/{PATIENT}{'x' * 64}",
+    ],
 )
 def test_relative_url_outside_the_prefetch_subset_is_rejected(relative_url: str) -> None:
     with FhirClient("http://127.0.0.1:9/fhir", None) as client, pytest.raises(ValueError) as info:
         client.fetch(relative_url)
     assert PATIENT not in str(info.value)
-
