@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib.resources import files
@@ -237,7 +237,7 @@ def _parse_file(name: str, data: Any) -> list[Concept]:
     ]
 
 
-def _expand(rule: Any, where: str, fail: Any) -> list[dict[str, Any]]:
+def _expand(rule: Any, where: str, fail: Callable[[str], TerminologyError]) -> list[dict[str, Any]]:
     if not isinstance(rule, dict) or set(rule) - _RULE_KEYS or not _text(rule.get("code")):
         raise fail(f"{where}: a rule has code, source, exclude, attributes and expansion")
     root, exclude = rule["code"], rule.get("exclude", [])

@@ -306,7 +306,6 @@ _VOCABULARY: dict[str, dict[str, set[Any]]] = {
             "genetic",
             "suspected",
             "at-risk",
-            "screening",
             "metastasis-to-breast",
             "skin-of-breast",
             "receptor-status",
