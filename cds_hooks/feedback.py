@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import orjson
 from pydantic import (
@@ -219,6 +219,7 @@ class IssuedCard:
     indicator: Literal["info", "warning", "critical"]
 
 
+@runtime_checkable
 class FeedbackStore(Protocol):
     """Where issued cards and feedback go. Implementations must not store PHI (see module docstring)."""
 

@@ -179,7 +179,11 @@ class SqlFeedbackStore:
         self._engine: Engine = create_engine(url, hide_parameters=True, pool_pre_ping=True)
         if sqlite_file is not None:
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        self._migrate(sqlite_file)
+        try:
+            self._migrate(sqlite_file)
+        except BaseException:
+            self._engine.dispose()
+            raise
 
         self._lock = threading.Lock()
         self._dropped = 0

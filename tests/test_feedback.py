@@ -15,6 +15,7 @@ from cds_hooks.feedback import (
     FeedbackError,
     FeedbackItem,
     FeedbackRequest,
+    FeedbackStore,
     IssuedCard,
     MemoryFeedbackStore,
     parse_feedback,
@@ -304,6 +305,11 @@ def test_extension_must_be_an_object(value: object) -> None:
 # --- memory store ----------------------------------------------------------------------------------------
 
 
+def test_memory_store_is_a_feedback_store() -> None:
+    store: FeedbackStore = MemoryFeedbackStore()  # the static check (mypy)
+    assert isinstance(store, FeedbackStore)  # and the runtime one
+
+
 def test_memory_store_redelivery_is_idempotent() -> None:
     store = MemoryFeedbackStore()
     request = parse_feedback(body(accepted("c-1"), overridden("c-2", code="r")))
@@ -357,7 +363,7 @@ def test_memory_store_row_contents() -> None:
     assert before <= row.received_at <= datetime.now(UTC)
 
 
-def report_scenario(store: Any) -> None:
+def report_scenario(store: FeedbackStore) -> None:
     """A fixed set of issued cards and feedback; `expected_report_rows` gives the report it must produce.
 
     critical: 3 issued; c1 accepted; c2 overridden (reason a), c3 ignored.
@@ -407,7 +413,7 @@ def expected_report_rows() -> tuple[Rows, Rows]:
     return kinds, reasons
 
 
-def report_rows(store: Any) -> tuple[Rows, Rows]:
+def report_rows(store: FeedbackStore) -> tuple[Rows, Rows]:
     report = store.report()
     return (
         [dataclasses.astuple(row) for row in report.by_kind],

@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
-from cds_hooks.feedback import IssuedCard, parse_feedback
+from cds_hooks.feedback import FeedbackStore, IssuedCard, parse_feedback
 from cds_hooks.feedback_db import SqlFeedbackStore, default_database_url, feedback, metadata
 from cds_hooks.feedback_report import render_report
 from tests.test_feedback import (
@@ -119,6 +119,11 @@ def test_concurrent_first_starts_migrate_once(database_url: str, inspector_engin
         store.close()
     assert errors == []
     assert all_rows(inspector_engine)["alembic_version"] == [("0001",)]
+
+
+def test_sql_store_is_a_feedback_store(store: SqlFeedbackStore) -> None:
+    as_protocol: FeedbackStore = store  # the static check (mypy)
+    assert isinstance(as_protocol, FeedbackStore)
 
 
 # --- feedback rows ---------------------------------------------------------------------------------------
