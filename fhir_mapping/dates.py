@@ -1,0 +1,87 @@
+"""FHIR date, dateTime and instant values as spans of time.
+
+A partial date is a span: "2019" runs from 2019-01-01 to the end of 2019. clinical.md §3 item 9: compare on
+the earliest instant for "before" questions and on the latest instant for "within the window" questions.
+A dateTime without a timezone (not valid FHIR, sent anyway) is read as UTC and flagged.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class DateSpan:
+    earliest: datetime
+    latest: datetime
+    text: str  # as written in the record, for display
+    assumed_utc: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _span_of_date_parts(year: int, month: int | None, day: int | None, text: str) -> DateSpan:
+    if month is None:
+        start, end = datetime(year, 1, 1, tzinfo=UTC), datetime(year, 12, 31, tzinfo=UTC)
+    elif day is None:
+        last = calendar.monthrange(year, month)[1]
+        start, end = datetime(year, month, 1, tzinfo=UTC), datetime(year, month, last, tzinfo=UTC)
+    else:
+        start = end = datetime(year, month, day, tzinfo=UTC)
+    return DateSpan(start, datetime.combine(end.date(), time.max, tzinfo=UTC), text)
+
+
+def parse_span(value: object) -> DateSpan | None:
+    """A FHIR date/dateTime/instant as a str, date or datetime; None if absent or unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        assumed = value.tzinfo is None
+        moment = value.replace(tzinfo=UTC) if assumed else value.astimezone(UTC)
+        return DateSpan(moment, moment, value.isoformat(), assumed)
+    if isinstance(value, date):
+        return _span_of_date_parts(value.year, value.month, value.day, value.isoformat())
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    match = _DATE.match(text)
+    try:
+        if match:
+            year, month, day = match.groups()
+            return _span_of_date_parts(
+                int(year), int(month) if month else None, int(day) if day else None, text
+            )
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    assumed = parsed.tzinfo is None
+    moment = parsed.replace(tzinfo=UTC) if assumed else parsed.astimezone(UTC)
+    return DateSpan(moment, moment, text, assumed)
+
+
+def span_of_period(start: object, end: object) -> DateSpan | None:
+    """A Period: from the start's earliest instant to the end's latest (or the start's latest if open)."""
+    first, last = parse_span(start), parse_span(end)
+    if first is None:
+        return None
+    latest = last.latest if last is not None else first.latest
+    return DateSpan(first.earliest, max(latest, first.latest), first.text, first.assumed_utc)
+
+
+def span_after_birth(birth: DateSpan, years: float) -> DateSpan:
+    """onsetAge: the age in years added to the birth date (keeps the birth date's uncertainty)."""
+    delta = timedelta(days=years * 365.25)
+    return DateSpan(birth.earliest + delta, birth.latest + delta + timedelta(days=365), f"age {years:g}")
+
+
+def age_in_years(birth: DateSpan, now: datetime) -> int:
+    """Completed years, using the latest possible birth date (the youngest the patient can be)."""
+    born = birth.latest.date()
+    today = now.date()
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))

@@ -1,0 +1,269 @@
+"""From raw FHIR JSON bytes to the few validated R4 resources the rules need.
+
+A real chart holds tens of thousands of resources and nearly all are irrelevant (vital signs, routine labs).
+Validating each one with fhir.resources costs ~150 µs (performance.md), so we first *peek* at every resource
+with a typed msgspec decode that reads only resourceType, id, subject and codes, keep those whose codes are in
+our value sets (or whose text names the concept), and validate only those with `fhir.resources.R4B`.
+
+A resource that cannot be read is skipped and reported; it never silences the rest of the record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import orjson
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.imagingstudy import ImagingStudy
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.procedure import Procedure
+from fhir.resources.R4B.resource import Resource
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from pydantic import ValidationError
+
+from fhir_mapping.terminology import Terminology, canonical_system, normalize_code
+from fhir_mapping.text import mentions_anything_relevant
+
+MODELS: dict[str, type[Resource]] = {
+    "Patient": Patient,
+    "Condition": Condition,
+    "MedicationStatement": MedicationStatement,
+    "MedicationRequest": MedicationRequest,
+    "Observation": Observation,
+    "Procedure": Procedure,
+    "ServiceRequest": ServiceRequest,
+    "DiagnosticReport": DiagnosticReport,
+    "ImagingStudy": ImagingStudy,
+}
+
+
+# --- the peek: only the fields relevance needs; unknown fields are skipped by msgspec -------------------
+class _Coding(msgspec.Struct):
+    system: str | None = None
+    code: str | int | None = None
+    display: str | None = None
+
+
+class _Concept(msgspec.Struct):
+    coding: list[_Coding] | None = None
+    text: str | None = None
+
+
+class _Reference(msgspec.Struct):
+    reference: str | None = None
+
+
+class _Series(msgspec.Struct):
+    bodySite: _Coding | None = None
+    modality: _Coding | None = None
+
+
+class _Peek(msgspec.Struct):
+    resourceType: str = ""
+    id: str | None = None
+    subject: _Reference | None = None
+    patient: _Reference | None = None
+    code: _Concept | None = None
+    medicationCodeableConcept: _Concept | None = None
+    valueCodeableConcept: _Concept | None = None
+    valueString: str | None = None
+    procedureCode: list[_Concept] | None = None
+    reasonCode: list[_Concept] | None = None
+    series: list[_Series] | None = None
+    description: str | None = None
+
+
+class _Entry(msgspec.Struct):
+    # msgspec.Raw cannot sit in a union with None; an empty Raw stands for "no resource".
+    resource: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+class _Document(msgspec.Struct):
+    resourceType: str = ""
+    entry: list[_Entry] | None = None
+
+
+class _TypeOnly(msgspec.Struct):
+    resourceType: str = ""
+    id: str | None = None
+
+
+_peek_decoder = msgspec.json.Decoder(_Peek)
+_document_decoder = msgspec.json.Decoder(_Document)
+_type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedResource:
+    """A resource we could not use. `relevant` says whether it looked like evidence the rules read."""
+
+    resource_type: str
+    resource_id: str | None
+    reason: str
+    relevant: bool
+
+
+@dataclass(slots=True)
+class Intake:
+    resources: list[Resource] = field(default_factory=list)
+    skipped: list[SkippedResource] = field(default_factory=list)
+    other_patient: int = 0  # resources about someone else, not used
+    duplicates: int = 0
+    seen: int = 0
+    _keys: set[tuple[str, str]] = field(default_factory=set)
+
+
+_PATIENT_REF = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?$")
+
+
+def _patient_of(reference: str | None) -> str | None:
+    """The patient id a subject reference names, or None if it names no patient we can tell."""
+    if not reference:
+        return None
+    if reference.startswith("urn:uuid:"):
+        return reference[len("urn:uuid:") :]
+    match = _PATIENT_REF.search(reference)
+    return match.group(1) if match else None
+
+
+def _concepts(peek: _Peek) -> Iterable[_Concept]:
+    for concept in (peek.code, peek.medicationCodeableConcept, peek.valueCodeableConcept):
+        if concept is not None:
+            yield concept
+    yield from peek.procedureCode or ()
+    yield from peek.reasonCode or ()
+
+
+def _is_relevant(peek: _Peek, terminology: Terminology) -> bool:
+    if peek.resourceType == "Patient":
+        return True
+    relevant = terminology.relevant_codes
+    texts: list[str] = []
+    for concept in _concepts(peek):
+        for coding in concept.coding or ():
+            system = canonical_system(coding.system)
+            if system and coding.code is not None and (system, normalize_code(system, coding.code)) in relevant:
+                return True
+            if coding.display:
+                texts.append(coding.display)
+        if concept.text:
+            texts.append(concept.text)
+    for series in peek.series or ():
+        for coded in (series.bodySite, series.modality):
+            system = canonical_system(coded.system) if coded else None
+            if coded and system and coded.code is not None and (
+                (system, normalize_code(system, coded.code)) in relevant
+            ):
+                return True
+    if peek.valueString:
+        texts.append(peek.valueString)
+    if peek.description:
+        texts.append(peek.description)
+    return any(mentions_anything_relevant(text) for text in texts)
+
+
+def collect(documents: Iterable[bytes], patient_id: str | None, terminology: Terminology) -> Intake:
+    """Read prefetch values / fetched pages (each a resource or a Bundle) into one deduplicated intake."""
+    intake = Intake()
+    for document in documents:
+        add_document(intake, document, patient_id, terminology)
+    return intake
+
+
+def add_document(intake: Intake, document: bytes, patient_id: str | None, terminology: Terminology) -> None:
+    try:
+        head = _document_decoder.decode(document)
+    except msgspec.DecodeError as exc:
+        intake.skipped.append(SkippedResource("unknown", None, f"not a FHIR resource: {exc}", True))
+        return
+    if head.resourceType == "Bundle":
+        for entry in head.entry or ():
+            if entry.resource:
+                add_resource(intake, bytes(entry.resource), patient_id, terminology)
+    else:
+        add_resource(intake, document, patient_id, terminology)
+
+
+def add_resource(intake: Intake, raw: bytes, patient_id: str | None, terminology: Terminology) -> None:
+    intake.seen += 1
+    try:
+        peek = _peek_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        kind, rid = _type_and_id(raw)
+        if kind in MODELS:
+            intake.skipped.append(SkippedResource(kind, rid, str(exc), True))
+        return
+    model = MODELS.get(peek.resourceType)
+    if model is None or not _is_relevant(peek, terminology):
+        return
+    if patient_id is not None:
+        owner = peek.id if peek.resourceType == "Patient" else _patient_of(
+            (peek.subject or peek.patient or _Reference()).reference
+        )
+        if owner is not None and owner != patient_id:
+            intake.other_patient += 1
+            return
+    if peek.id is not None:
+        key = (peek.resourceType, peek.id)
+        if key in intake._keys:
+            intake.duplicates += 1
+            return
+        intake._keys.add(key)
+    resource = validate(model, raw)
+    if isinstance(resource, str):
+        intake.skipped.append(SkippedResource(peek.resourceType, peek.id, resource, True))
+    else:
+        intake.resources.append(resource)
+
+
+def _type_and_id(raw: bytes) -> tuple[str, str | None]:
+    try:
+        head = _type_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return "unknown", None
+    return head.resourceType or "unknown", head.id
+
+
+def validate(model: type[Resource], raw: bytes) -> Resource | str:
+    """The validated resource, or a short reason why it could not be read (no resource content in it)."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        pass
+    data = orjson.loads(raw)
+    repaired = repair(data)
+    try:
+        return model.model_validate(repaired)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:3]
+        )
+        return f"invalid {model.__name__}: {problems}"
+
+
+_NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+
+
+def repair(value: Any, key: str = "") -> Any:
+    """Mend what EHRs commonly send that R4 forbids but whose meaning is clear.
+
+    - a code sent as a JSON number ("code": 161891005) -> the same code as a string (clinical.md §3 item 23);
+    - a dateTime without a timezone -> read as UTC (FHIR requires a zone when a time is given).
+    """
+    if isinstance(value, dict):
+        return {k: repair(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repair(v, key) for v in value]
+    if key == "code" and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, str) and _NAIVE_DATETIME.match(value):
+        return value + (":00" if value.count(":") == 1 else "") + "+00:00"
+    return value
