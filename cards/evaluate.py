@@ -1,0 +1,52 @@
+"""The whole clinical pipeline without I/O: raw FHIR JSON documents -> findings -> decision -> cards.
+
+Used by the HTTP service, by `mscc-alert evaluate`, and by tests and benchmarks alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cards.decision import Decision, decide
+from cards.policy import Policy
+from cards.render import CardContext, render_cards
+from fhir_mapping.extract import build_record
+from fhir_mapping.findings import ClinicalRecord
+from fhir_mapping.intake import collect
+from fhir_mapping.terminology import Terminology
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    cards: list[dict[str, Any]]
+    decision: Decision
+    record: ClinicalRecord
+    resources_seen: int
+    resources_used: int
+
+
+def evaluate_documents(
+    documents: Iterable[bytes],
+    *,
+    patient_id: str | None,
+    user_id: str | None,
+    now: datetime,
+    policy: Policy,
+    terminology: Terminology,
+) -> Evaluation:
+    intake = collect(documents, patient_id, terminology)
+    record = build_record(intake, terminology, now, include_unconfirmed=policy.count_unconfirmed)
+    decision = decide(record, policy, now)
+    subject = patient_id or _patient_id_of(intake.resources) or "unknown"
+    cards = render_cards(decision, CardContext(patient_id=subject, user_id=user_id, now=now))
+    return Evaluation(cards, decision, record, intake.seen, len(intake.resources))
+
+
+def _patient_id_of(resources: list[Any]) -> str | None:
+    for resource in resources:
+        if resource.get_resource_type() == "Patient" and resource.id:
+            return str(resource.id)
+    return None
