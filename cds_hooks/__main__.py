@@ -1,0 +1,3 @@
+from cds_hooks.cli import main
+
+raise SystemExit(main())

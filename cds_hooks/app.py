@@ -1,0 +1,315 @@
+"""The HTTP app: decode, dispatch, encode. Clinical logic lives in fhir_mapping and cards."""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cds_hooks.errors import (
+    FHIR_JSON_MEDIA_TYPE,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+    error_body,
+    operation_outcome,
+)
+from cds_hooks.feedback import FeedbackError, FeedbackStore, IssuedCard, MemoryFeedbackStore, parse_feedback
+from cds_hooks.fhir_client import FetchLimits
+from cds_hooks.hook_request import decode_hook_request
+from cds_hooks.metrics import Metrics
+from cds_hooks.patient_view import PatientViewService
+from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
+from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jwks
+from cds_hooks.settings import Settings
+from fhir_mapping.terminology import load_terminology
+
+_log = logging.getLogger("mscc_alert.http")
+_JSON_TYPES = ("application/json", "application/fhir+json")
+ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def _outcome_response(error: ServiceError, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(error), status_code=error.status, media_type=FHIR_JSON_MEDIA_TYPE,
+                    headers=headers)
+
+
+def build_verifier(settings: Settings) -> JwtVerifier | None:
+    """None means the service runs open (see `mscc-alert serve` for when that is allowed)."""
+    if settings.auth == "off":
+        return None
+    issuers = dict(settings.trusted_issuers)
+    cache = JwksCache()
+    if settings.trust_sandbox:
+        issuers[SANDBOX_ISSUER] = SANDBOX_JWKS_URL
+        cache.preload(SANDBOX_JWKS_URL, sandbox_jwks())
+    if not issuers:
+        return None
+    return JwtVerifier(issuers, algorithms=settings.jwt_algorithms, leeway_seconds=settings.jwt_leeway_seconds,
+                       jwks=cache)
+
+
+def open_feedback_store(settings: Settings) -> FeedbackStore:
+    if settings.database_url == "memory://":
+        return MemoryFeedbackStore()
+    from cds_hooks.feedback_db import SqlFeedbackStore, default_database_url
+
+    return SqlFeedbackStore(settings.database_url or default_database_url())
+
+
+class AccessLog:
+    """One PHI-free log line and the metrics for every request (pure ASGI: no body buffering)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        fields: dict[str, Any] = {}
+        scope.setdefault("state", {})["log"] = fields
+        status = 500
+
+        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            route_path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - start
+            self.metrics.requests.labels(route_path, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route_path).observe(elapsed)
+            if route_path not in ("/healthz", "/metrics"):
+                _log.info("request", extra={"route": route_path, "method": scope["method"], "status": status,
+                                            "latency_ms": round(elapsed * 1000, 2), **fields})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    terminology = load_terminology()
+    service = PatientViewService(
+        terminology,
+        settings.policy(),
+        FetchLimits(connect_timeout=settings.fhir_connect_timeout, read_timeout=settings.fhir_read_timeout,
+                    max_pages=settings.fhir_max_pages, total_seconds=settings.fhir_total_seconds,
+                    max_bytes=settings.max_body_bytes),
+    )
+    services = {service.id: service}
+    verifier = build_verifier(settings)
+    metrics = Metrics()
+    store_holder: dict[str, FeedbackStore] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        store_holder["store"] = open_feedback_store(settings)
+        # Long-lived objects from imports and start-up never need another GC pass (performance.md).
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            store_holder.pop("store").close()
+
+    app = FastAPI(title="mscc-alert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.services = services
+
+    def log_fields(request: Request) -> dict[str, Any]:
+        fields: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
+        return fields
+
+    def authenticate(request: Request) -> VerifiedClient | None:
+        if verifier is None:
+            return None
+        path = request.url.path
+        audiences = [str(request.url.replace(query=""))]
+        if settings.public_base_url:
+            audiences.append(settings.public_base_url.rstrip("/") + path)
+        try:
+            client = verifier.verify(request.headers.get("authorization"), audiences)
+        except AuthenticationError as exc:
+            log_fields(request)["reason"] = f"auth: {exc}"
+            raise Unauthorized() from None
+        log_fields(request).update(issuer=client.issuer, tenant=client.tenant, jti=client.jti)
+        return client
+
+    async def read_json_body(request: Request) -> bytes:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in _JSON_TYPES:
+            raise UnsupportedMediaType(
+                f"Content-Type must be application/json (got {content_type or 'none'})")
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def service_for(service_id: str) -> PatientViewService:
+        found = services.get(service_id)
+        if found is None:
+            raise NotFound("Unknown CDS service id; GET /cds-services lists the services")
+        return found
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        if isinstance(exc, PreconditionFailed):
+            log_fields(request)["reason"] = "precondition-failed"
+        return _outcome_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error = ServiceError(str(exc.detail))
+        error.status = exc.status_code
+        error.issue_code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        if exc.status_code == 404:
+            error.message = "No such endpoint; discovery is at GET /cds-services"
+        elif exc.status_code == 405:
+            error.message = f"Method {request.method} is not allowed here"
+        return _outcome_response(error, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "unknown"
+        # Exception messages can quote resource content: log the type and place only.
+        _log.error("internal error", extra={**log_fields(request), "error_type": type(exc).__name__,
+                                            "reason": where})
+        body = operation_outcome([("fatal", "exception",
+                                   "Internal error: the request was not evaluated. No conclusion about the "
+                                   "patient can be drawn from this response.", None)])
+        return Response(orjson.dumps(body), status_code=500, media_type=FHIR_JSON_MEDIA_TYPE)
+
+    @app.get("/cds-services")
+    async def discovery(request: Request) -> Response:
+        authenticate(request)
+        return _json({"services": [s.discovery() for s in services.values()]})
+
+    @app.post("/cds-services/{service_id}")
+    async def call_service(service_id: str, request: Request) -> Response:
+        service = service_for(service_id)
+        fields = log_fields(request)
+        fields["service_id"] = service.id
+        client = authenticate(request)
+        body = await read_json_body(request)
+        hook_request = decode_hook_request(body, service.hook)
+        fields["hook_instance"] = hook_request.hookInstance
+        outcome = await run_in_threadpool(service.evaluate, hook_request)
+        evaluation, gathered = outcome.evaluation, outcome.gathered
+        cards = evaluation.cards
+        fields.update(
+            cards=len(cards), indicator=cards[0]["indicator"] if cards else "none",
+            resources_seen=evaluation.resources_seen, resources_used=evaluation.resources_used,
+            skipped=len(evaluation.record.skipped), other_patient=evaluation.record.ignored_other_patient,
+        )
+        if gathered.undeclared:
+            fields["undeclared_keys"] = ",".join(gathered.undeclared)
+        if gathered.fetched:
+            fields["fetched_keys"] = ",".join(gathered.fetched)
+            metrics.fhir_fetches.labels("ok").inc(len(gathered.fetched))
+        for card in cards:
+            metrics.cards.labels(card["indicator"]).inc()
+        if cards:
+            store_holder["store"].record_issued(
+                service.id, [IssuedCard(c["uuid"], c["indicator"]) for c in cards],
+                client.issuer if client else None, client.tenant if client else None,
+            )
+        return _json({"cards": cards})
+
+    @app.post("/cds-services/{service_id}/feedback")
+    async def feedback(service_id: str, request: Request) -> Response:
+        service = service_for(service_id)
+        log_fields(request)["service_id"] = service.id
+        client = authenticate(request)
+        body = await read_json_body(request)
+        try:
+            parsed = parse_feedback(body)
+        except FeedbackError as exc:
+            raise BadRequest(exc.message, expression=[exc.expression]) from None
+        stored = await run_in_threadpool(
+            store_holder["store"].record_feedback, service.id, parsed,
+            client.issuer if client else None, client.tenant if client else None,
+        )
+        message = f"Feedback received: {len(parsed.feedback)} item(s), {stored} new"
+        return Response(orjson.dumps(operation_outcome([("information", "informational", message, None)])),
+                        media_type=FHIR_JSON_MEDIA_TYPE)
+
+    def allow(methods: str) -> Callable[[], Awaitable[Response]]:
+        async def options() -> Response:
+            return Response(status_code=204, headers={"Allow": methods})
+        return options
+
+    app.add_api_route("/cds-services", allow("GET, OPTIONS"), methods=["OPTIONS"], include_in_schema=False)
+    app.add_api_route("/cds-services/{service_id}", allow("POST, OPTIONS"), methods=["OPTIONS"],
+                      include_in_schema=False)
+    app.add_api_route("/cds-services/{service_id}/feedback", allow("POST, OPTIONS"), methods=["OPTIONS"],
+                      include_in_schema=False)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_origin_regex=settings.cors_origin_regex,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        allow_credentials=False,  # the JWT travels in a header; never '*' with credentials
+        max_age=600,
+    )
+    app.add_middleware(AccessLog, metrics=metrics)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn workers (each worker builds its own app from the environment)."""
+    return create_app(Settings())
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

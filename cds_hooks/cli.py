@@ -1,0 +1,138 @@
+"""`mscc-alert serve | evaluate FILE | feedback-report`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from cds_hooks.settings import Settings
+
+_log = logging.getLogger("mscc_alert")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  MSCC_ALERT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+        print("mscc-alert: invalid configuration:\n" + "\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cds_hooks.app import build_verifier, is_loopback
+    from cds_hooks.logs import configure_logging
+    from cds_hooks.server import serve
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    verifier = build_verifier(settings)
+    if verifier is None:
+        if settings.auth == "on" and not is_loopback(args.host):
+            print(
+                "mscc-alert: refusing to start: no trusted JWT issuers are configured and the service would "
+                f"listen on {args.host}, beyond this machine.\n  Configure MSCC_ALERT_TRUSTED_ISSUERS="
+                "'{\"<iss>\": \"<jwks url>\"}', or set MSCC_ALERT_AUTH=off explicitly to run without "
+                "authentication.",
+                file=sys.stderr,
+            )
+            return 2
+        _log.warning(
+            "AUTHENTICATION IS OFF: any caller can invoke this service. Fine on loopback for development; "
+            "configure MSCC_ALERT_TRUSTED_ISSUERS before exposing it.", extra={"auth": "off"},
+        )
+    _log.info("starting", extra={"host": args.host, "port": args.port, "workers": args.workers,
+                                 "auth": "off" if verifier is None else "jwt"})
+    serve(args.host, args.port, args.workers)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cards.evaluate import Evaluation, evaluate_documents
+    from cds_hooks.errors import ServiceError
+    from cds_hooks.fhir_client import FetchLimits
+    from cds_hooks.hook_request import decode_hook_request
+    from cds_hooks.patient_view import HOOK, PatientViewService
+    from fhir_mapping.terminology import load_terminology
+
+    settings = _settings()
+    raw = Path(args.file).read_bytes()
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    terminology = load_terminology()
+    try:
+        head = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        print(f"mscc-alert: {args.file} is not JSON: {exc}", file=sys.stderr)
+        return 2
+    evaluation: Evaluation
+    if isinstance(head, dict) and "hook" in head:
+        service = PatientViewService(terminology, settings.policy(), FetchLimits())
+        try:
+            evaluation = service.evaluate(decode_hook_request(raw, HOOK), now).evaluation
+        except ServiceError as exc:
+            print(f"mscc-alert: HTTP {exc.status} would be returned: {exc.message}", file=sys.stderr)
+            return 1
+    elif isinstance(head, dict) and "resourceType" in head:
+        evaluation = evaluate_documents([raw], patient_id=None, user_id=None, now=now,
+                                        policy=settings.policy(), terminology=terminology)
+    else:
+        print(f"mscc-alert: {args.file} is neither a CDS Hooks request nor a FHIR resource/Bundle",
+              file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(orjson.dumps({"cards": evaluation.cards}, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(_readable(evaluation))
+    return 0
+
+
+def _readable(evaluation: Any) -> str:
+    if not evaluation.cards:
+        why = evaluation.decision.why_not or "no rule fired"
+        return f"No card ({why}). Resources read: {evaluation.resources_seen}, used: {evaluation.resources_used}."
+    blocks = []
+    for card in evaluation.cards:
+        lines = [f"[{card['indicator'].upper()}] {card['summary']}", "", card.get("detail", "")]
+        for suggestion in card.get("suggestions", []):
+            lines += ["", f"Suggestion: {suggestion['label']}"]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _feedback_report(_: argparse.Namespace) -> int:
+    from cds_hooks.app import open_feedback_store
+    from cds_hooks.feedback_report import render_report
+
+    store = open_feedback_store(_settings())
+    try:
+        print(render_report(store.report()))
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mscc-alert", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the CDS Hooks service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(run=_serve)
+    evaluate = commands.add_parser("evaluate", help="evaluate a hook request or a FHIR Bundle offline")
+    evaluate.add_argument("file")
+    evaluate.add_argument("--json", action="store_true", help="print the raw CDS Hooks response")
+    evaluate.add_argument("--now", help="evaluate as of this ISO 8601 instant (default: now)")
+    evaluate.set_defaults(run=_evaluate)
+    report = commands.add_parser("feedback-report", help="acceptance and override rates from stored feedback")
+    report.set_defaults(run=_feedback_report)
+    args = parser.parse_args(argv)
+    result: int = args.run(args)
+    return result

@@ -1,0 +1,72 @@
+"""The CDS Hooks 2.0 request (cds-hooks.md §1.3, §1.4), decoded straight from the raw body bytes.
+
+msgspec decodes the envelope and leaves every prefetch value as raw JSON (`msgspec.Raw`), so a 60 MB
+prefetch is never turned into Python objects here: fhir_mapping picks out the few resources that matter.
+Unknown extra fields are tolerated, as the spec's extensibility asks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import msgspec
+
+from cds_hooks.errors import BadRequest
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+# FHIR `id` datatype: what `context.patientId` must be for templates like Patient/{{context.patientId}}.
+FhirId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+
+
+class FhirAuthorization(msgspec.Struct, frozen=True):
+    access_token: NonEmpty
+    token_type: NonEmpty = "Bearer"
+    expires_in: int | float | None = None
+    scope: str | None = None
+    subject: str | None = None
+    patient: str | None = None
+
+
+class PatientViewContext(msgspec.Struct, frozen=True):
+    patientId: FhirId
+    userId: str | None = None
+    encounterId: str | None = None
+
+
+class HookRequest(msgspec.Struct, frozen=True):
+    hook: NonEmpty
+    hookInstance: NonEmpty
+    context: PatientViewContext
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    prefetch: dict[str, msgspec.Raw] | None = None
+
+
+_decoder = msgspec.json.Decoder(HookRequest)
+
+
+def decode_hook_request(body: bytes, expected_hook: str) -> HookRequest:
+    """Raises BadRequest with a message that says exactly what is wrong and where."""
+    try:
+        request = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at ")
+        expression = [path.strip("`").replace("$.", "", 1)] if path else None
+        raise BadRequest(f"Invalid hook request: {message}", expression=expression) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    if request.hook != expected_hook:
+        raise BadRequest(
+            f"This service answers the '{expected_hook}' hook, not '{request.hook}'", expression=["hook"]
+        )
+    if request.fhirAuthorization is not None and request.fhirServer is None:
+        raise BadRequest("fhirAuthorization requires fhirServer (CDS Hooks invariant cds-r-1)",
+                         expression=["fhirServer"])
+    if request.fhirAuthorization is not None and request.fhirAuthorization.token_type.lower() != "bearer":
+        raise BadRequest("fhirAuthorization.token_type must be 'Bearer'", expression=["fhirAuthorization.token_type"])
+    if request.fhirServer is not None:
+        parts = urlsplit(request.fhirServer)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadRequest("fhirServer must be an absolute http(s) URL", expression=["fhirServer"])
+    return request

@@ -1,0 +1,54 @@
+"""Logging without PHI: one structured line per request, never bodies, resources, names, ids or tokens.
+
+Fields allowed in a log line are listed in `ALLOWED_FIELDS`; anything else passed as `extra` is dropped, so
+a careless call cannot leak a resource into the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+
+ALLOWED_FIELDS = frozenset({
+    "event", "route", "method", "status", "latency_ms", "hook_instance", "service_id", "issuer", "tenant",
+    "jti", "cards", "indicator", "resources_seen", "resources_used", "skipped", "other_patient",
+    "undeclared_keys", "null_keys", "fetched_keys", "prefetch_keys", "reason", "error_type", "host", "port",
+    "workers", "auth",
+})
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k in ALLOWED_FIELDS and k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(_fields(record))
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname} {record.name}: {record.getMessage()}"
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        return f"{base} {extra}" if extra else base
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn's access log prints the request line (path + query); ours replaces it.
+    logging.getLogger("uvicorn.access").disabled = True

@@ -1,0 +1,72 @@
+"""The one service: `breast-cancer-back-pain` on the `patient-view` hook."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cards.evaluate import Evaluation, evaluate_documents
+from cards.policy import Policy
+from cds_hooks.fhir_client import FetchLimits
+from cds_hooks.hook_request import HookRequest
+from cds_hooks.prefetch import Gathered, build_templates, gather
+from fhir_mapping.terminology import Terminology
+
+SERVICE_ID = "breast-cancer-back-pain"
+HOOK = "patient-view"
+
+_log = logging.getLogger("mscc_alert.service")
+
+DESCRIPTION = (
+    "Fires when a patient with a history of breast cancer has NEW back (spinal) pain. Returns a `warning` "
+    "card for suspected spinal metastases (MRI of the whole spine within 1 week) or a `critical` card for "
+    "suspected metastatic spinal cord compression (spinal pain with limb weakness, numbness, gait disturbance, "
+    "bladder or bowel dysfunction, or a coded cord compression / cauda equina: MRI whole spine within 24 h), "
+    "following NICE NG234, QS56 and CG75. Cards cite their evidence and suggest a whole-spine MRI order."
+)
+USAGE_REQUIREMENTS = (
+    "Send FHIR R4 data: the prefetch keys below, or a fhirServer (with fhirAuthorization when the server "
+    "needs a token) from which missing keys are fetched. Adults only. Conditions coded in SNOMED CT or "
+    "ICD-10-CM, medications in RxNorm, observations and imaging in LOINC or SNOMED CT."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    evaluation: Evaluation
+    gathered: Gathered
+
+
+class PatientViewService:
+    id = SERVICE_ID
+    hook = HOOK
+
+    def __init__(self, terminology: Terminology, policy: Policy, limits: FetchLimits) -> None:
+        self.terminology = terminology
+        self.policy = policy
+        self.limits = limits
+        self.templates = build_templates(terminology)
+
+    def discovery(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "title": "Breast cancer + new back pain: spinal metastases / MSCC alert",
+            "description": DESCRIPTION,
+            "id": self.id,
+            "prefetch": dict(self.templates),
+            "usageRequirements": USAGE_REQUIREMENTS,
+        }
+
+    def evaluate(self, request: HookRequest, now: datetime | None = None) -> Outcome:
+        gathered = gather(request, self.templates, self.limits)
+        evaluation = evaluate_documents(
+            gathered.documents,
+            patient_id=request.context.patientId,
+            user_id=request.context.userId,
+            now=now or datetime.now(UTC),
+            policy=self.policy,
+            terminology=self.terminology,
+        )
+        return Outcome(evaluation, gathered)

@@ -1,0 +1,173 @@
+"""Prefetch templates and the key states of CDS Hooks 2.0 (cds-hooks.md §1.5, §5.3).
+
+    key absent                      -> fetch from fhirServer (Bearer token if given; open servers get none)
+    key null                        -> the client has no data: never re-fetched
+    OperationOutcome, or a Bundle
+      holding OperationOutcome(s),
+      or not a FHIR resource        -> not provided: fetch if possible
+    Bundle with a `next` link       -> incomplete: fetch the whole search
+    key we did not declare          -> ignored (and logged by name)
+
+If data the rules need can be neither read nor fetched, the answer is 412 naming the keys and why:
+never 200 with no cards for data we did not see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import msgspec
+
+from cds_hooks.errors import PreconditionFailed
+from cds_hooks.fhir_client import FetchLimits, FhirClient, FhirFetchError
+from cds_hooks.hook_request import HookRequest
+from fhir_mapping.terminology import LOINC, SNOMED, Terminology
+
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+
+
+def _codes(terminology: Terminology, value_sets: list[str], systems: tuple[str, ...]) -> str:
+    pairs = dict.fromkeys(
+        f"{system}|{code}" for vs in value_sets for system, code in terminology.codes(vs, systems)
+    )
+    return ",".join(pairs)
+
+
+def build_templates(terminology: Terminology) -> dict[str, str]:
+    """Templates inside the 2.0 query subset: reads, type searches, reference and token params, no today().
+    Observations and imaging are filtered by the codes the rules read: never every Observation."""
+    patient = "{{context.patientId}}"
+    observation_codes = _codes(
+        terminology,
+        ["observation-codes", "spinal-pain", "neuro-red-flags", "bone-metastasis"],
+        (LOINC, SNOMED),
+    )
+    imaging_codes = _codes(terminology, ["spine-imaging"], (LOINC, SNOMED, "http://www.ama-assn.org/go/cpt"))
+    procedure_codes = _codes(terminology, ["spine-imaging", "breast-cancer-supporting", "end-of-life"],
+                             (LOINC, SNOMED, "http://www.ama-assn.org/go/cpt"))
+    return {
+        "patient": f"Patient/{patient}",
+        "conditions": f"Condition?patient={patient}",
+        "medicationStatements": f"MedicationStatement?patient={patient}",
+        "medicationRequests": f"MedicationRequest?patient={patient}",
+        "observations": f"Observation?patient={patient}&code={observation_codes}",
+        "serviceRequests": f"ServiceRequest?patient={patient}&code={imaging_codes}",
+        "diagnosticReports": f"DiagnosticReport?patient={patient}&code={imaging_codes}",
+        "imagingStudies": f"ImagingStudy?patient={patient}&modality={DICOM}|MR,{DICOM}|CT",
+        "procedures": f"Procedure?patient={patient}&code={procedure_codes}",
+    }
+
+
+def fill(template: str, patient_id: str) -> str:
+    return template.replace("{{context.patientId}}", quote(patient_id, safe=""))
+
+
+class _TypeOnly(msgspec.Struct):
+    resourceType: str = ""
+
+
+class _Entry(msgspec.Struct):
+    resource: _TypeOnly | None = None
+
+
+class _Link(msgspec.Struct):
+    relation: str | None = None
+
+
+class _Value(msgspec.Struct):
+    resourceType: str = ""
+    entry: list[_Entry] | None = None
+    link: list[_Link] | None = None
+
+
+_value_decoder = msgspec.json.Decoder(_Value)
+
+
+def _unusable(raw: bytes) -> str | None:
+    """Why a prefetch value cannot be used as data, or None when it can."""
+    try:
+        value = _value_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return "the prefetch value is not a FHIR resource"
+    if not value.resourceType:
+        return "the prefetch value is not a FHIR resource"
+    if value.resourceType == "OperationOutcome":
+        return "the client reported an error instead of data (OperationOutcome)"
+    if value.resourceType == "Bundle":
+        if any(e.resource is not None and e.resource.resourceType == "OperationOutcome" for e in value.entry or ()):
+            return "the client's Bundle holds an OperationOutcome"
+        if any(link.relation == "next" for link in value.link or ()):
+            return "the prefetch Bundle is paged (has a next link)"
+    return None
+
+
+@dataclass(slots=True)
+class Gathered:
+    documents: list[bytes] = field(default_factory=list)
+    from_prefetch: list[str] = field(default_factory=list)
+    null_keys: list[str] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)
+    undeclared: list[str] = field(default_factory=list)
+
+
+def gather(request: HookRequest, templates: Mapping[str, str], limits: FetchLimits) -> Gathered:
+    gathered = Gathered()
+    prefetch = request.prefetch or {}
+    gathered.undeclared = sorted(k for k in prefetch if k not in templates)
+    to_fetch: dict[str, str] = {}  # key -> why it must be fetched
+    for key in templates:
+        raw = prefetch.get(key)
+        if raw is None:
+            to_fetch[key] = "not provided in prefetch"
+            continue
+        body = bytes(raw)
+        if body.strip() == b"null":
+            gathered.null_keys.append(key)
+            continue
+        problem = _unusable(body)
+        if problem:
+            to_fetch[key] = problem
+        else:
+            gathered.documents.append(body)
+            gathered.from_prefetch.append(key)
+    if to_fetch:
+        _fetch_missing(request, templates, to_fetch, limits, gathered)
+    return gathered
+
+
+def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch: dict[str, str],
+                   limits: FetchLimits, gathered: Gathered) -> None:
+    if request.fhirServer is None:
+        raise PreconditionFailed(
+            "Data the rules need is missing and no fhirServer was given to fetch it: "
+            + "; ".join(f"prefetch key '{k}': {why}" for k, why in to_fetch.items()),
+            expression=[f"prefetch.{k}" for k in to_fetch],
+        )
+    server = request.fhirServer
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+    patient_id = request.context.patientId
+
+    def fetch(key: str) -> tuple[str, list[bytes] | FhirFetchError]:
+        with FhirClient(server, token, limits) as client:
+            try:
+                return key, client.fetch(fill(templates[key], patient_id))
+            except FhirFetchError as exc:
+                return key, exc
+
+    failures: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=min(4, len(to_fetch))) as pool:
+        for key, outcome in pool.map(fetch, list(to_fetch)):
+            if isinstance(outcome, FhirFetchError):
+                failures[key] = f"{to_fetch[key]}, and fetching it from fhirServer failed: {outcome}"
+            else:
+                gathered.documents.extend(outcome)
+                gathered.fetched.append(key)
+    if failures:
+        raise PreconditionFailed(
+            "Could not obtain data the rules need: "
+            + "; ".join(f"prefetch key '{k}': {why}" for k, why in failures.items()),
+            expression=[f"prefetch.{k}" for k in failures],
+        )
