@@ -229,6 +229,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = await read_json_body(request)
         hook_request = decode_hook_request(body, service.hook)
         fields["hook_instance"] = hook_request.hookInstance
+        undeclared = sorted(k for k in hook_request.prefetch or {} if k not in service.templates)
+        if undeclared:
+            fields["undeclared_keys"] = ",".join(undeclared)
         outcome = await run_in_threadpool(service.evaluate, hook_request)
         evaluation, gathered = outcome.evaluation, outcome.gathered
         cards = evaluation.cards
@@ -237,8 +240,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resources_seen=evaluation.resources_seen, resources_used=evaluation.resources_used,
             skipped=len(evaluation.record.skipped), other_patient=evaluation.record.ignored_other_patient,
         )
-        if gathered.undeclared:
-            fields["undeclared_keys"] = ",".join(gathered.undeclared)
         if gathered.fetched:
             fields["fetched_keys"] = ",".join(gathered.fetched)
             metrics.fhir_fetches.labels("ok").inc(len(gathered.fetched))

@@ -52,3 +52,4 @@ def configure_logging(fmt: str, level: str) -> None:
     root.setLevel(level)
     # uvicorn's access log prints the request line (path + query); ours replaces it.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -110,13 +110,11 @@ class Gathered:
     from_prefetch: list[str] = field(default_factory=list)
     null_keys: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
-    undeclared: list[str] = field(default_factory=list)
 
 
 def gather(request: HookRequest, templates: Mapping[str, str], limits: FetchLimits) -> Gathered:
     gathered = Gathered()
     prefetch = request.prefetch or {}
-    gathered.undeclared = sorted(k for k in prefetch if k not in templates)
     to_fetch: dict[str, str] = {}  # key -> why it must be fetched
     for key in templates:
         raw = prefetch.get(key)
@@ -138,12 +136,21 @@ def gather(request: HookRequest, templates: Mapping[str, str], limits: FetchLimi
     return gathered
 
 
+def _ignored_note(request: HookRequest, templates: Mapping[str, str]) -> str:
+    undeclared = sorted(k for k in request.prefetch or {} if k not in templates)
+    if not undeclared:
+        return ""
+    return (f" (ignored prefetch keys this service does not declare: {', '.join(undeclared)}; "
+            f"it declares: {', '.join(templates)})")
+
+
 def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch: dict[str, str],
                    limits: FetchLimits, gathered: Gathered) -> None:
     if request.fhirServer is None:
         raise PreconditionFailed(
             "Data the rules need is missing and no fhirServer was given to fetch it: "
-            + "; ".join(f"prefetch key '{k}': {why}" for k, why in to_fetch.items()),
+            + "; ".join(f"prefetch key '{k}': {why}" for k, why in to_fetch.items())
+            + _ignored_note(request, templates),
             expression=[f"prefetch.{k}" for k in to_fetch],
         )
     server = request.fhirServer
