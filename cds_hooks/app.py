@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -31,9 +32,16 @@ from cds_hooks.errors import (
     error_body,
     operation_outcome,
 )
-from cds_hooks.feedback import FeedbackError, FeedbackStore, IssuedCard, MemoryFeedbackStore, parse_feedback
+from cds_hooks.feedback import (
+    FeedbackError,
+    FeedbackRequest,
+    FeedbackStore,
+    IssuedCard,
+    MemoryFeedbackStore,
+    parse_feedback,
+)
 from cds_hooks.fhir_client import FetchLimits
-from cds_hooks.hook_request import decode_hook_request
+from cds_hooks.hook_request import HookRequest, decode_hook_request
 from cds_hooks.metrics import Metrics
 from cds_hooks.patient_view import PatientViewService
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
@@ -299,7 +307,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     app.add_middleware(AccessLog, metrics=metrics)
+    app.openapi = _openapi_with_bodies(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The hook and feedback routes read raw bytes (the fast path), so FastAPI cannot see their bodies:
+    describe them from the same models that decode them, for integrators and schema-based testing."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        template = "#/components/schemas/{name}"
+        (hook_ref,), components = msgspec.json.schema_components([HookRequest], ref_template=template)
+        feedback = FeedbackRequest.model_json_schema(ref_template=template.replace("{name}", "{model}"))
+        components.update(feedback.pop("$defs", {}))
+        components["FeedbackRequest"] = feedback
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+        bodies = {
+            "/cds-services/{service_id}": hook_ref,
+            "/cds-services/{service_id}/feedback": {"$ref": template.format(name="FeedbackRequest")},
+        }
+        for path, ref in bodies.items():
+            schema["paths"][path]["post"]["requestBody"] = {
+                "required": True, "content": {"application/json": {"schema": ref}},
+            }
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
 
 
 def create_app_from_env() -> FastAPI:
