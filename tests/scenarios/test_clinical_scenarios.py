@@ -265,28 +265,18 @@ SCENARIOS = [
     pytest.param(case(back_pain()), None, id="new-back-pain-without-cancer-history"),
     pytest.param(bc_case(back_pain(*THORACIC_PAIN)), "warning", id="bc-new-thoracic-pain"),
     pytest.param(bc_case(back_pain(*NECK_PAIN)), "warning", id="bc-new-neck-pain-cervicalgia"),
-    pytest.param(
-        bc_case(back_pain(), finding(DIFFICULTY_WALKING)), "critical", id="bc-new-pain-difficulty-walking"
-    ),
-    pytest.param(
-        bc_case(back_pain(), finding(URINARY_RETENTION)), "critical", id="bc-new-pain-urinary-retention"
-    ),
-    pytest.param(
-        bc_case(back_pain(), finding(MUSCLE_WEAKNESS)), "critical", id="bc-new-pain-muscle-weakness"
-    ),
+    pytest.param(bc_case(back_pain(), finding(DIFFICULTY_WALKING)), "critical", id="bc-new-pain-difficulty-walking"),
+    pytest.param(bc_case(back_pain(), finding(URINARY_RETENTION)), "critical", id="bc-new-pain-urinary-retention"),
+    pytest.param(bc_case(back_pain(), finding(MUSCLE_WEAKNESS)), "critical", id="bc-new-pain-muscle-weakness"),
     # M54.1x is both spinal pain and a neurological (radicular) feature (table 2.5)
     pytest.param(bc_case(back_pain(LUMBAR_RADICULOPATHY)), "critical", id="bc-new-lumbar-radiculopathy"),
     pytest.param(bc_case(finding(CORD_COMPRESSION)), "critical", id="bc-cord-compression-without-pain"),
     pytest.param(bc_case(finding(CAUDA_EQUINA_ICD)), "critical", id="bc-cauda-equina-icd-without-pain"),
     pytest.param(bc_case(finding(CAUDA_EQUINA_SNOMED)), "critical", id="bc-cauda-equina-snomed-without-pain"),
-    pytest.param(
-        bc_case(finding(SADDLE_NUMBNESS)), "critical", id="bc-saddle-numbness-without-pain"
-    ),  # §3.19
+    pytest.param(bc_case(finding(SADDLE_NUMBNESS)), "critical", id="bc-saddle-numbness-without-pain"),  # §3.19
     # §2.6/§3.19: generic weakness only counts together with spinal pain
     pytest.param(bc_case(finding(GENERIC_WEAKNESS)), None, id="bc-generic-weakness-without-spinal-pain"),
-    pytest.param(
-        case(finding(CORD_COMPRESSION), back_pain()), None, id="cord-compression-without-cancer-history"
-    ),
+    pytest.param(case(finding(CORD_COMPRESSION), back_pain()), None, id="cord-compression-without-cancer-history"),
     # "Neurological features always override chronicity" (§1.2.5)
     pytest.param(
         bc_case(back_pain(*CHRONIC_LOW_BACK_PAIN, onset_days_ago=5 * 365), finding(DIFFICULTY_WALKING)),
@@ -296,9 +286,7 @@ SCENARIOS = [
     # §1.5.3 / §1.5.5 population
     pytest.param(bc_case(back_pain(), pt=patient(deceased=True)), None, id="deceased-boolean"),
     pytest.param(bc_case(back_pain(), pt=patient(deceased=iso_datetime(2))), None, id="deceased-datetime"),
-    pytest.param(
-        bc_case(back_pain(), pt=patient(deceased=False)), "warning", id="deceased-false-still-alerts"
-    ),
+    pytest.param(bc_case(back_pain(), pt=patient(deceased=False)), "warning", id="deceased-false-still-alerts"),
     pytest.param(bc_case(back_pain(), pt=patient(age_years=16)), None, id="age-16-out-of-scope"),
     pytest.param(bc_case(back_pain(), pt=patient(age_years=18)), "warning", id="age-18-in-scope"),
     # §1.1 exclusion list / §3.3-3.5: never personal history
@@ -318,9 +306,7 @@ SCENARIOS = [
         id="brca1-carrier-only",
     ),
     pytest.param(
-        case(
-            finding(icd10cm("Z15.01", "Genetic susceptibility to malignant neoplasm of breast")), back_pain()
-        ),
+        case(finding(icd10cm("Z15.01", "Genetic susceptibility to malignant neoplasm of breast")), back_pain()),
         None,
         id="genetic-susceptibility-z15-01",
     ),
@@ -335,9 +321,7 @@ SCENARIOS = [
         id="metastasis-to-breast-c79-81",
     ),
     pytest.param(
-        case(
-            breast_cancer(snomed("145501000119108", "Metastatic malignant neoplasm to breast")), back_pain()
-        ),
+        case(breast_cancer(snomed("145501000119108", "Metastatic malignant neoplasm to breast")), back_pain()),
         None,
         id="metastasis-to-breast-snomed",
     ),
@@ -347,9 +331,7 @@ SCENARIOS = [
         id="melanoma-skin-of-breast",
     ),
     pytest.param(
-        case(
-            breast_cancer(icd10cm("C44.501", "Unspecified malignant neoplasm of skin of breast")), back_pain()
-        ),
+        case(breast_cancer(icd10cm("C44.501", "Unspecified malignant neoplasm of skin of breast")), back_pain()),
         None,
         id="skin-of-breast-c44-501",
     ),
@@ -361,9 +343,7 @@ SCENARIOS = [
     ),
     pytest.param(
         case(
-            breast_cancer(
-                icd10cm("D05.11", "Intraductal carcinoma in situ of right breast"), onset_days_ago=6 * 365
-            ),
+            breast_cancer(icd10cm("D05.11", "Intraductal carcinoma in situ of right breast"), onset_days_ago=6 * 365),
             breast_cancer(icd10cm("C50.912", "Malignant neoplasm of unspecified site of left female breast")),
             back_pain(),
         ),
@@ -372,29 +352,19 @@ SCENARIOS = [
     ),
     # §1.1 H1: history codes and every clinicalStatus count; verification refuted / entered-in-error never
     pytest.param(
-        case(
-            breast_cancer(icd10cm("Z85.3", "Personal history of malignant neoplasm of breast")), back_pain()
-        ),
+        case(breast_cancer(icd10cm("Z85.3", "Personal history of malignant neoplasm of breast")), back_pain()),
         "warning",
         id="personal-history-z85-3",
     ),
-    pytest.param(
-        case(breast_cancer(clinical_status="remission"), back_pain()), "warning", id="bc-in-remission"
-    ),
+    pytest.param(case(breast_cancer(clinical_status="remission"), back_pain()), "warning", id="bc-in-remission"),
     pytest.param(
         case(breast_cancer(clinical_status="resolved", abatement_days_ago=700), back_pain()),
         "warning",
         id="bc-resolved-still-counts-as-history",
     ),
-    pytest.param(
-        case(breast_cancer(category="health-concern"), back_pain()), "warning", id="bc-health-concern"
-    ),
-    pytest.param(
-        case(breast_cancer(verification_status=None), back_pain()), "warning", id="bc-verification-absent"
-    ),
-    pytest.param(
-        case(breast_cancer(verification_status="provisional"), back_pain()), "warning", id="bc-provisional"
-    ),
+    pytest.param(case(breast_cancer(category="health-concern"), back_pain()), "warning", id="bc-health-concern"),
+    pytest.param(case(breast_cancer(verification_status=None), back_pain()), "warning", id="bc-verification-absent"),
+    pytest.param(case(breast_cancer(verification_status="provisional"), back_pain()), "warning", id="bc-provisional"),
     pytest.param(case(breast_cancer(verification_status="refuted"), back_pain()), None, id="bc-refuted"),
     pytest.param(
         # con-5: no clinicalStatus when entered-in-error
@@ -421,9 +391,7 @@ SCENARIOS = [
         "warning",
         id="male-breast-cancer-c50-921",
     ),
-    pytest.param(
-        bc_case(back_pain(), pt=patient(gender="male")), "warning", id="female-breast-code-on-male-patient"
-    ),
+    pytest.param(bc_case(back_pain(), pt=patient(gender="male")), "warning", id="female-breast-code-on-male-patient"),
     # §1.1 H3: medication inference
     pytest.param(
         case(back_pain(), medicationStatements=[medication_statement(FULVESTRANT)]),
@@ -525,13 +493,9 @@ SCENARIOS = [
     pytest.param(bc_case(text_condition("no back pain")), None, id="text-no-back-pain"),
     pytest.param(bc_case(text_condition("Patient denies back pain")), None, id="text-denies-back-pain"),
     pytest.param(bc_case(text_condition("back pain resolved")), None, id="text-back-pain-resolved"),
-    pytest.param(
-        bc_case(text_condition("pain at the back of head")), None, id="text-back-of-head-is-not-spinal"
-    ),
+    pytest.param(bc_case(text_condition("pain at the back of head")), None, id="text-back-of-head-is-not-spinal"),
     # §3.12 observation shapes
-    pytest.param(
-        bc_case(observations=[symptom_observation()]), "warning", id="observation-symptom-75325-1-backache"
-    ),
+    pytest.param(bc_case(observations=[symptom_observation()]), "warning", id="observation-symptom-75325-1-backache"),
     pytest.param(
         bc_case(observations=[observation(concept(BACKACHE), valueCodeableConcept=concept(PRESENT))]),
         "warning",
@@ -553,11 +517,7 @@ SCENARIOS = [
         id="observation-symptom-entered-in-error",
     ),
     pytest.param(
-        bc_case(
-            observations=[
-                observation(concept(PAIN_PRIMARY_LOCATION), valueCodeableConcept=concept(SPINE_SITE))
-            ]
-        ),
+        bc_case(observations=[observation(concept(PAIN_PRIMARY_LOCATION), valueCodeableConcept=concept(SPINE_SITE))]),
         "warning",
         id="pain-location-observation-spine",
     ),
@@ -576,17 +536,13 @@ SCENARIOS = [
     pytest.param(bc_case(back_pain(icd10cm("M54.5", "Low back pain"))), "warning", id="legacy-m54-5-header"),
     pytest.param(bc_case(back_pain(icd10cm("M546"))), "warning", id="icd-undotted-thoracic-pain-m546"),
     pytest.param(
-        case(
-            breast_cancer(icd10cm("C50.A1", "Malignant inflammatory neoplasm of right breast")), back_pain()
-        ),
+        case(breast_cancer(icd10cm("C50.A1", "Malignant inflammatory neoplasm of right breast")), back_pain()),
         "warning",
         id="c50-a1-inflammatory-fy2025",
     ),
     # §1.2 / §3.8-3.10 dates
     pytest.param(
-        bc_case(
-            back_pain(onset_days_ago=None, recorded_days_ago=None, onsetDateTime=_year_month_last_month())
-        ),
+        bc_case(back_pain(onset_days_ago=None, recorded_days_ago=None, onsetDateTime=_year_month_last_month())),
         "warning",
         id="partial-onset-year-month-last-month",
     ),
@@ -607,18 +563,12 @@ SCENARIOS = [
         id="onset-datetime-without-timezone",
     ),
     pytest.param(
-        bc_case(
-            back_pain(
-                onset_days_ago=None, recorded_days_ago=None, onsetDateTime=days_ago(9).date().isoformat()
-            )
-        ),
+        bc_case(back_pain(onset_days_ago=None, recorded_days_ago=None, onsetDateTime=days_ago(9).date().isoformat())),
         "warning",
         id="onset-date-only",
     ),
     pytest.param(
-        bc_case(
-            back_pain(onset_days_ago=None, recorded_days_ago=None, onsetPeriod={"start": iso_datetime(12)})
-        ),
+        bc_case(back_pain(onset_days_ago=None, recorded_days_ago=None, onsetPeriod={"start": iso_datetime(12)})),
         "warning",
         id="onset-period-start",
     ),
@@ -656,13 +606,9 @@ SCENARIOS = [
         None,
         id="missing-onset-old-recorded-date",
     ),
-    pytest.param(
-        bc_case(back_pain(onset_days_ago=None, recorded_days_ago=None)), None, id="no-dates-never-new"
-    ),
+    pytest.param(bc_case(back_pain(onset_days_ago=None, recorded_days_ago=None)), None, id="no-dates-never-new"),
     # "Future-dated onset → ignore or flag": it must not raise the tier
-    pytest.param(
-        bc_case(back_pain(onset_days_ago=-30, recorded_days_ago=None)), AT_MOST_INFO, id="future-onset-only"
-    ),
+    pytest.param(bc_case(back_pain(onset_days_ago=-30, recorded_days_ago=None)), AT_MOST_INFO, id="future-onset-only"),
     # §3.8 onset after recordedDate is a data error; use the earlier date
     pytest.param(
         bc_case(back_pain(onset_days_ago=-5, recorded_days_ago=3)),
@@ -697,13 +643,9 @@ SCENARIOS = [
     ),
     pytest.param(
         case(
-            breast_cancer(
-                icd10cm("C50.911", "Malignant neoplasm of unspecified site of right female breast")
-            ),
+            breast_cancer(icd10cm("C50.911", "Malignant neoplasm of unspecified site of right female breast")),
             breast_cancer(snomed("254837009", "Malignant neoplasm of breast (disorder)")),
-            breast_cancer(
-                icd10cm("Z85.3", "Personal history of malignant neoplasm of breast"), onset_days_ago=100
-            ),
+            breast_cancer(icd10cm("Z85.3", "Personal history of malignant neoplasm of breast"), onset_days_ago=100),
             back_pain(),
         ),
         "warning",
@@ -730,17 +672,13 @@ SCENARIOS = [
         id="active-with-past-abatement-treated-as-resolved",
     ),
     pytest.param(
-        bc_case(
-            back_pain(onset_days_ago=3 * 365, clinical_status="resolved", abatement_days_ago=900), back_pain()
-        ),
+        bc_case(back_pain(onset_days_ago=3 * 365, clinical_status="resolved", abatement_days_ago=900), back_pain()),
         "warning",
         id="old-resolved-episode-then-new-pain",
     ),
     # §1.5.1 / §3.21 imaging
     pytest.param(
-        bc_case(
-            back_pain(), diagnosticReports=[diagnostic_report(MRI_WHOLE_SPINE_LOINC, effective_days_ago=3)]
-        ),
+        bc_case(back_pain(), diagnosticReports=[diagnostic_report(MRI_WHOLE_SPINE_LOINC, effective_days_ago=3)]),
         None,
         id="whole-spine-mri-report-after-onset-suppresses",
     ),
@@ -775,9 +713,7 @@ SCENARIOS = [
         id="lumbar-only-mri-still-warning",
     ),
     pytest.param(
-        bc_case(
-            back_pain(), diagnosticReports=[diagnostic_report(MRI_WHOLE_SPINE_LOINC, effective_days_ago=730)]
-        ),
+        bc_case(back_pain(), diagnosticReports=[diagnostic_report(MRI_WHOLE_SPINE_LOINC, effective_days_ago=730)]),
         "warning",
         id="whole-spine-mri-two-years-before-onset",
     ),
@@ -787,9 +723,7 @@ SCENARIOS = [
         id="bone-scan-after-onset-does-not-suppress",
     ),
     pytest.param(
-        bc_case(
-            back_pain(), diagnosticReports=[diagnostic_report(PET_WHOLE_BODY_LOINC, effective_days_ago=2)]
-        ),
+        bc_case(back_pain(), diagnosticReports=[diagnostic_report(PET_WHOLE_BODY_LOINC, effective_days_ago=2)]),
         "warning",
         id="pet-after-onset-does-not-suppress",
     ),
@@ -826,10 +760,72 @@ SCENARIOS = [
         None,
         id="critical-with-mri-completed-after-neuro-feature-suppressed",
     ),
-    # robustness
+    # boundaries of the default windows (42-day recency, 180-day washout: §1.2.2-3)
+    pytest.param(bc_case(back_pain(onset_days_ago=40)), "warning", id="onset-40-days-ago-inside-window"),
+    pytest.param(bc_case(back_pain(onset_days_ago=44)), None, id="onset-44-days-ago-outside-window"),
     pytest.param(
-        _malformed_big_prefetch(), "warning", id="malformed-condition-in-big-prefetch-does-not-silence"
+        bc_case(
+            back_pain(onset_days_ago=230, clinical_status="resolved", abatement_days_ago=200),
+            back_pain(),
+        ),
+        "warning",
+        id="prior-episode-ended-190-days-before-onset-washout-clear",
     ),
+    pytest.param(bc_case(back_pain(), pt=patient(age_years=17)), None, id="age-17-out-of-scope"),
+    pytest.param(
+        bc_case(finding(CORD_COMPRESSION), pt=patient(deceased=True)), None, id="deceased-with-cord-compression"
+    ),
+    pytest.param(
+        bc_case(back_pain(), finding(DIFFICULTY_WALKING, verification_status="refuted")),
+        "warning",
+        id="refuted-neuro-feature-stays-warning",
+    ),
+    pytest.param(
+        bc_case(finding(CORD_COMPRESSION, verification_status="entered-in-error", clinical_status=None)),
+        None,
+        id="cord-compression-entered-in-error",
+    ),
+    pytest.param(
+        bc_case(
+            back_pain(),
+            finding(DIFFICULTY_WALKING, onset_days_ago=3),
+            diagnosticReports=[diagnostic_report(MRI_WHOLE_SPINE_LOINC, effective_days_ago=5)],
+        ),
+        "critical",
+        id="critical-with-mri-done-before-neuro-feature-stays-critical",
+    ),
+    pytest.param(
+        bc_case(
+            back_pain(),
+            diagnosticReports=[diagnostic_report(MRI_WHOLE_SPINE_LOINC, status="cancelled", effective_days_ago=2)],
+        ),
+        "warning",
+        id="cancelled-mri-report-does-not-suppress",
+    ),
+    pytest.param(
+        bc_case(back_pain(), serviceRequests=[service_request(MRI_WHOLE_SPINE_SNOMED, authored_days_ago=30)]),
+        "warning",
+        id="mri-ordered-before-onset-does-not-suppress",
+    ),
+    pytest.param(
+        bc_case(
+            observations=[
+                observation(
+                    concept(coding("http://loinc.org", "72514-3")),
+                    valueQuantity={
+                        "value": 8,
+                        "unit": "{score}",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "{score}",
+                    },
+                )
+            ]
+        ),
+        None,
+        id="pain-score-without-site-is-not-spinal-pain",
+    ),
+    # robustness
+    pytest.param(_malformed_big_prefetch(), "warning", id="malformed-condition-in-big-prefetch-does-not-silence"),
     pytest.param(_malformed_observation(), "warning", id="malformed-observation-does-not-silence"),
     pytest.param(
         case(breast_cancer(patient_id=OTHER_PATIENT_ID), back_pain()),
@@ -837,9 +833,7 @@ SCENARIOS = [
         id="cancer-belongs-to-another-patient",
     ),
     pytest.param(bc_case(back_pain(patient_id=OTHER_PATIENT_ID)), None, id="pain-belongs-to-another-patient"),
-    pytest.param(
-        hook_request(patient(), **{key: None for key in PREFETCH_KEYS[1:]}), None, id="all-searches-null"
-    ),
+    pytest.param(hook_request(patient(), **{key: None for key in PREFETCH_KEYS[1:]}), None, id="all-searches-null"),
     pytest.param(hook_request(patient()), None, id="all-searches-empty-bundles"),
 ]
 
@@ -860,9 +854,7 @@ def test_scenario_highest_indicator(service_client: Any, request_body: JSON, exp
 def _whole_spine_order(card: JSON) -> JSON:
     orders = ordered_service_requests(card)
     whole_spine = [order for order in orders if codes_of(order) & WHOLE_SPINE_ORDER_CODES]
-    assert whole_spine, (
-        f"no whole-spine MRI ServiceRequest suggested; ordered codes: {[codes_of(o) for o in orders]}"
-    )
+    assert whole_spine, f"no whole-spine MRI ServiceRequest suggested; ordered codes: {[codes_of(o) for o in orders]}"
     return whole_spine[0]
 
 
@@ -895,18 +887,14 @@ def test_warning_card_content(service_client: Any) -> None:
 
 
 def test_inferred_history_is_said_on_the_card(service_client: Any) -> None:
-    body = call_service(
-        service_client, case(back_pain(), medicationStatements=[medication_statement(FULVESTRANT)])
-    )
+    body = call_service(service_client, case(back_pain(), medicationStatements=[medication_statement(FULVESTRANT)]))
     card = top_card(body)
     assert card["indicator"] == "warning"
     assert re.search(r"infer", card_text(card), re.I), "§1.1 H3: the card must say the history was inferred"
 
 
 def test_aromatase_inhibitor_named_as_differential(service_client: Any) -> None:
-    body = call_service(
-        service_client, bc_case(back_pain(), medicationRequests=[medication_request(ANASTROZOLE_SCD)])
-    )
+    body = call_service(service_client, bc_case(back_pain(), medicationRequests=[medication_request(ANASTROZOLE_SCD)]))
     card = top_card(body)
     assert card["indicator"] == "warning"
     assert re.search(r"differential|anastrozole", card.get("detail", ""), re.I), card.get("detail")
@@ -927,6 +915,35 @@ def test_palliative_care_adds_goals_of_care_wording(service_client: Any) -> None
     card = top_card(body)
     assert card["indicator"] == "warning"
     assert re.search(r"goals[\s-]of[\s-]care", card_text(card), re.I), card_text(card)
+
+
+def test_missing_onset_card_names_the_recorded_date(service_client: Any) -> None:
+    """§1.2.1: when onset is missing the recordedDate is used, and the card says so."""
+    body = call_service(service_client, bc_case(back_pain(onset_days_ago=None, recorded_days_ago=5)))
+    card = top_card(body)
+    assert card["indicator"] == "warning"
+    assert re.search(r"recorded", card.get("detail", ""), re.I), card.get("detail")
+
+
+def test_lumbar_only_mri_modifies_the_warning(service_client: Any) -> None:
+    """§1.5.1 / §3.21: a lumbar-only study modifies the card ("consider imaging the rest of the spine")."""
+    lumbar = procedure(MRI_LUMBAR_SNOMED, performed_days_ago=2)
+    body = call_service(service_client, bc_case(back_pain(), procedures=[lumbar]))
+    card = top_card(body)
+    assert card["indicator"] == "warning"
+    pattern = r"rest of the spine|thoracic\s*(/|and|or)\s*cervical|not (been )?imaged|does not cover"
+    assert re.search(pattern, card.get("detail", ""), re.I), card.get("detail")
+
+
+def test_critical_with_mri_ordered_says_ensure_within_24_hours(service_client: Any) -> None:
+    """§1.5.1: critical tier with an MRI only ordered keeps the card and changes the text."""
+    request_body = bc_case(
+        back_pain(), finding(DIFFICULTY_WALKING), serviceRequests=[service_request(MRI_WHOLE_SPINE_SNOMED)]
+    )
+    card = top_card(call_service(service_client, request_body))
+    assert card["indicator"] == "critical"
+    assert re.search(r"ordered", card_text(card), re.I), card_text(card)
+    assert re.search(r"\b24\s*(h\b|hours?\b)", card_text(card), re.I), card_text(card)
 
 
 def test_duplicate_pain_gives_exactly_one_card(service_client: Any) -> None:
@@ -963,12 +980,8 @@ def _good_card() -> JSON:
                 ],
             }
         ],
-        "overrideReasons": [
-            {"code": "already-imaged", "system": "https://example.org/reasons", "display": "Imaged"}
-        ],
-        "links": [
-            {"label": "NICE NG234", "url": "https://www.nice.org.uk/guidance/ng234", "type": "absolute"}
-        ],
+        "overrideReasons": [{"code": "already-imaged", "system": "https://example.org/reasons", "display": "Imaged"}],
+        "links": [{"label": "NICE NG234", "url": "https://www.nice.org.uk/guidance/ng234", "type": "absolute"}],
     }
 
 
