@@ -29,10 +29,12 @@ from cards.content import (
 )
 from cards.decision import Decision
 from cards.service_request import mri_whole_spine_request
+from fhir_mapping.dates import DateSpan
 from fhir_mapping.findings import Evidence
 
 MAX_SUMMARY = 139
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+# Characters that could start Markdown or HTML markup inside record text.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|~])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +58,40 @@ def _text(value: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
 
 
-def _cite(evidence: Evidence) -> str:
-    where = f" ({evidence.reference})" if evidence.reference else ""
-    status = f", {evidence.status}" if evidence.status else ""
-    return f"{_text(evidence.display)}: {_text(evidence.dated())}{status}{_text(where)}"
+def _day(span: DateSpan) -> str:
+    """As written when partial ("2019", "2024-05"); the calendar day otherwise."""
+    return span.text if len(span.text) < 10 else span.earliest.date().isoformat()
+
+
+def _ago(span: DateSpan, now: datetime) -> str:
+    days = (now - span.latest).days
+    if days < 0:
+        return "in the future"
+    return "today" if days == 0 else f"{days} day{'s' if days != 1 else ''} ago"
+
+
+def _when(evidence: Evidence, now: datetime) -> str:
+    if evidence.date is None:
+        return "date not documented"
+    when = f"{_day(evidence.date)} ({_ago(evidence.date, now)})"
+    if evidence.date_kind == "recorded":
+        return f"recorded {when}; onset not documented"
+    return f"{evidence.date_kind} {when}"
+
+
+def _cite(evidence: Evidence, now: datetime) -> str:
+    """One piece of evidence: what, when, status, and the resource to find it by."""
+    parts = [_text(evidence.display), _text(_when(evidence, now))]
+    if evidence.status:
+        parts.append(_text(evidence.status))
+    if evidence.reference:
+        parts.append(_text(evidence.reference))
+    return " · ".join(parts)
 
 
 def _bullets(lines: Iterable[str]) -> str:
-    return "\n".join(f"- {line}" for line in lines)
+    """A Markdown list; a line starting with two spaces becomes an item of the list above it."""
+    return "\n".join(f"  - {line[2:]}" if line.startswith("  ") else f"- {line}" for line in lines)
 
 
 def _summary(decision: Decision) -> str:
@@ -86,8 +114,8 @@ def _summary(decision: Decision) -> str:
     return text[:MAX_SUMMARY]
 
 
-def _history_lines(decision: Decision) -> list[str]:
-    lines = [_cite(c.evidence) for c in decision.history]
+def _history_lines(decision: Decision, now: datetime) -> list[str]:
+    lines = [_cite(c.evidence, now) for c in decision.history]
     if decision.history_drugs and not decision.history:
         drugs = ", ".join(sorted({d.ingredient for d in decision.history_drugs}))
         if decision.weak_history == "tier-b-drug":
@@ -95,21 +123,22 @@ def _history_lines(decision: Decision) -> list[str]:
                          "without cancer (risk reduction, fertility, osteoporosis). Check the history.")
         else:
             lines.append(f"Breast-cancer history **inferred** from medication ({drugs}): no diagnosis is coded.")
-        lines += [_cite(d.evidence) for d in decision.history_drugs]
-        lines += [_cite(s.evidence) for s in decision.history_support]
+        lines += [_cite(d.evidence, now) for d in decision.history_drugs]
+        lines += [_cite(s.evidence, now) for s in decision.history_support]
     return lines
 
 
-def _detail(decision: Decision) -> str:
+def _detail(decision: Decision, now: datetime) -> str:
     sections: list[str] = []
-    why = _history_lines(decision)
+    why = _history_lines(decision, now)
     if decision.episode is not None:
-        why.append(f"New spinal pain ({decision.episode.why_new}), onset {_text(decision.episode.onset.text)}:")
-        why += [f"  {_cite(p.evidence)}" for p in decision.episode.findings]
+        onset = decision.episode.onset
+        why.append(f"New spinal pain ({decision.episode.why_new}), onset {_day(onset)} ({_ago(onset, now)}):")
+        why += [f"  {_cite(p.evidence, now)}" for p in decision.episode.findings]
     elif decision.current_pain:
-        why += [_cite(p.evidence) for p in decision.current_pain]
-    why += [f"Neurological feature ({n.feature.replace('-', ' ')}): {_cite(n.evidence)}" for n in decision.neuro]
-    why += [f"Known metastatic disease: {_cite(m.evidence)}" for m in decision.metastases]
+        why += [_cite(p.evidence, now) for p in decision.current_pain]
+    why += [f"Neurological feature ({n.feature.replace('-', ' ')}): {_cite(n.evidence, now)}" for n in decision.neuro]
+    why += [f"Known metastatic disease: {_cite(m.evidence, now)}" for m in decision.metastases]
     if decision.pain_before_cancer:
         why.append("The pain was first recorded before the cancer diagnosis; it is flagged because it is new now.")
     sections.append("**Why this alert**\n" + _bullets(why))
@@ -117,7 +146,7 @@ def _detail(decision: Decision) -> str:
     if decision.kind == "mscc":
         actions = list(CRITICAL_ACTIONS)
         if decision.imaging_ordered:
-            actions.insert(1, "An MRI is already ordered (" + "; ".join(_cite(i.evidence)
+            actions.insert(1, "An MRI is already ordered (" + "; ".join(_cite(i.evidence, now)
                            for i in decision.imaging_ordered) + "): make sure it is done within 24 hours.")
     elif decision.kind == "spinal-metastases":
         actions = list(WARNING_ACTIONS)
@@ -128,7 +157,7 @@ def _detail(decision: Decision) -> str:
                    "MRI of the whole spine within 1 week (NICE NG234); sooner with neurological signs."]
     if decision.imaging_partial:
         actions.append("Imaging so far does not cover the whole spine (" + "; ".join(
-            _cite(i.evidence) for i in decision.imaging_partial) + "): image the rest of the spine.")
+            _cite(i.evidence, now) for i in decision.imaging_partial) + "): image the rest of the spine.")
     sections.append("**What to do**\n" + _bullets(actions))
 
     notes: list[str] = []
@@ -138,7 +167,7 @@ def _detail(decision: Decision) -> str:
                      "keep it in mind, not to skip the work-up for metastases.")
     if decision.imaging_context:
         notes.append("Other imaging since the pain began (does not replace MRI for cord compression): "
-                     + "; ".join(_cite(i.evidence) for i in decision.imaging_context))
+                     + "; ".join(_cite(i.evidence, now) for i in decision.imaging_context))
     if decision.end_of_life:
         notes.append(END_OF_LIFE_NOTE)
     if decision.skipped:
@@ -172,7 +201,7 @@ def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": _summary(decision),
-        "detail": _detail(decision),
+        "detail": _detail(decision, context.now),
         "indicator": decision.indicator,
         "source": {"label": SOURCE_LABEL, "url": SOURCE_URL},
     }

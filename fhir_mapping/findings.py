@@ -27,13 +27,6 @@ class Evidence:
     def reference(self) -> str | None:
         return f"{self.resource_type}/{self.resource_id}" if self.resource_id else None
 
-    def dated(self) -> str:
-        if self.date is None:
-            return "date not documented"
-        if self.date_kind == "recorded":
-            return f"recorded {self.date.text}; onset not documented"
-        return f"{self.date_kind} {self.date.text}"
-
 
 CancerCategory = Literal["primary", "history", "in-situ", "non-carcinoma", "excluded", "other-cancer"]
 
