@@ -1,0 +1,1 @@
+"""Benchmarks for issue 5: `python -m benchmarks` (see benchmarks/README.md)."""
