@@ -67,8 +67,8 @@ VITALS: tuple[tuple[str, str, str, float, float, int, float, float], ...] = (
     ("39156-5", "Body mass index (BMI) [Ratio]", "kg/m2", 25.1, 1.5, 1, 18.5, 25),
 )
 BLOOD_PRESSURE = ("85354-9", "Blood pressure panel with all children optional")
-SYSTOLIC = ("8480-6", "Systolic blood pressure", 124, 12)
-DIASTOLIC = ("8462-4", "Diastolic blood pressure", 78, 8)
+SYSTOLIC: tuple[str, str, float, float] = ("8480-6", "Systolic blood pressure", 124, 12)
+DIASTOLIC: tuple[str, str, float, float] = ("8462-4", "Diastolic blood pressure", 78, 8)
 
 
 def _quantity(value: float, unit: str) -> JSON:
@@ -86,7 +86,7 @@ def _category(code: str, display: str) -> list[JSON]:
 
 def _draw(rng: random.Random, mean: float, sd: float, decimals: int) -> float:
     value = max(rng.gauss(mean, sd), mean / 4)
-    return round(value, decimals) if decimals else float(round(value))
+    return round(value, decimals) if decimals else round(value)
 
 
 def generated_observation(index: int, rng: random.Random) -> JSON:
