@@ -44,6 +44,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -196,12 +197,13 @@ class SqlFeedbackStore:
         config.set_main_option("script_location", str(_MIGRATIONS))
         config.set_main_option("path_separator", "os")
         if sqlite_file is not None:
-            with self._engine.begin() as connection:
+            with _sqlite_file_lock(sqlite_file), self._engine.begin() as connection:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         else:
             with self._engine.begin() as connection:
                 # Transactional DDL plus a transaction-scoped lock: concurrent starts migrate one at a time.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
 

@@ -9,7 +9,8 @@ fixture `postgres_server`; `PostgresServer.create_database()` then gives each te
 - initdb refuses to run as root, so as root the server runs as the `postgres` user (created by the Debian
   package) or else `nobody`, in a temporary directory handed to that user.
 - The server listens on 127.0.0.1 only, on a free port, with no Unix socket, and with a random password
-  (scram-sha-256), and it is stopped and deleted when the session ends.
+  (scram-sha-256), and it is stopped and deleted when the session ends. A run killed before its
+  teardown leaves its server behind; the next run stops it (see `_reap_abandoned`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import psycopg
 import pytest
 
 __all__ = ["PostgresServer", "find_pg_bin", "postgres_server"]
+
+
+_PREFIX = "mscc-alert-pg-"
 
 
 def find_pg_bin() -> Path | None:
@@ -61,6 +65,38 @@ def _server_user() -> pwd.struct_passwd | None:
     raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' account exists")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap_abandoned(bin_dir: Path, user: pwd.struct_passwd | None) -> None:
+    """Stop and delete servers left by test runs that were killed before their teardown ran.
+
+    Only directories this fixture made are considered, and only when the pytest process recorded in
+    them is gone.
+    """
+    for base_dir in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            owner = int((base_dir / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        server = PostgresServer(bin_dir=bin_dir, base_dir=base_dir, user=user)
+        if (server.data_dir / "postmaster.pid").exists():
+            try:
+                server.stop()
+            except RuntimeError:
+                continue  # leave what we cannot stop for a person to look at
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
 @dataclass
 class PostgresServer:
     bin_dir: Path
@@ -87,9 +123,7 @@ class PostgresServer:
         completed = subprocess.run(command, cwd=self.base_dir, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
             log = self.log_file.read_text() if self.log_file.exists() else ""
-            raise RuntimeError(
-                f"{args[0]} failed ({completed.returncode}):\n{completed.stdout}{completed.stderr}{log}"
-            )
+            raise RuntimeError(f"{args[0]} failed ({completed.returncode}):\n{completed.stdout}{completed.stderr}{log}")
 
     def start(self) -> None:
         if self.user is not None:
@@ -111,9 +145,7 @@ class PostgresServer:
         )
         password_file.unlink()
         with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write(
-                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
-            )
+            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n")
         self._run("pg_ctl", f"--pgdata={self.data_dir}", f"--log={self.log_file}", "--wait", "start")
 
     def stop(self) -> None:
@@ -136,8 +168,11 @@ def postgres_server() -> Iterator[PostgresServer]:
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must install them", pytrace=False)
         pytest.skip(reason)
-    base_dir = Path(tempfile.mkdtemp(prefix="mscc-alert-pg-"))
-    server = PostgresServer(bin_dir=bin_dir, base_dir=base_dir, user=_server_user())
+    user = _server_user()
+    _reap_abandoned(bin_dir, user)
+    base_dir = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    (base_dir / "owner.pid").write_text(str(os.getpid()))
+    server = PostgresServer(bin_dir=bin_dir, base_dir=base_dir, user=user)
     try:
         server.start()
         yield server

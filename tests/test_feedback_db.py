@@ -114,7 +114,8 @@ def test_concurrent_first_starts_migrate_once(database_url: str, inspector_engin
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=300)  # a watchdog against a migration deadlock, not a speed check
+    assert not any(thread.is_alive() for thread in threads), "concurrent migrations deadlocked"
     for store in stores:
         store.close()
     assert errors == []
@@ -205,9 +206,7 @@ def test_user_comment_and_extensions_are_not_stored(
 
 
 def test_kind_is_joined_from_issued_cards(store: SqlFeedbackStore) -> None:
-    store.record_issued(
-        SERVICE, [IssuedCard("c-crit", "critical"), IssuedCard("c-warn", "warning")], None, None
-    )
+    store.record_issued(SERVICE, [IssuedCard("c-crit", "critical"), IssuedCard("c-warn", "warning")], None, None)
     store.record_feedback(
         SERVICE,
         parse_feedback(body(accepted("c-crit"), overridden("c-warn"), overridden("never-ours"))),
@@ -217,9 +216,7 @@ def test_kind_is_joined_from_issued_cards(store: SqlFeedbackStore) -> None:
     # Issued after its feedback arrived (the writer is asynchronous): the join is made at report time.
     store.record_feedback(SERVICE, parse_feedback(body(accepted("late"))), None, None)
     store.record_issued(SERVICE, [IssuedCard("late", "critical")], None, None)
-    kinds = {
-        row.kind: (row.issued, row.feedback, row.accepted, row.overridden) for row in store.report().by_kind
-    }
+    kinds = {row.kind: (row.issued, row.feedback, row.accepted, row.overridden) for row in store.report().by_kind}
     assert kinds == {"critical": (2, 2, 2, 0), "warning": (1, 1, 0, 1), "unknown": (0, 1, 0, 1)}
 
 
