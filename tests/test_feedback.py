@@ -180,6 +180,17 @@ def test_timestamps_without_rfc3339_offset_are_rejected(timestamp: str) -> None:
     assert "RFC 3339" in error.message
 
 
+def test_errors_do_not_echo_submitted_content() -> None:
+    """Error messages may be logged; what the client typed (possibly PHI) must not be in them."""
+    for entry in (
+        item(timestamp="Jane Doe 1970-01-01"),
+        item(overrideReason={"userComment": ["Jane Doe"]}),
+        item(outcome="Jane Doe"),
+        item(overrideReason={"reason": {"system": "s", "code": "c", "display": ""}}, note="Jane Doe"),
+    ):
+        assert "Jane" not in rejects(body(entry)).message
+
+
 def test_impossible_date_is_rejected() -> None:
     assert rejects(body(item(timestamp="2021-02-30T10:05:31Z"))).expression == "feedback[0].outcomeTimestamp"
 
