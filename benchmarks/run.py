@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"eval/loads is judged from {report.RATIO_JUDGED_FROM:,} resources and memory from "
           f"{report.MEMORY_JUDGED_FROM:,}: below that, fixed per-request costs and allocator steps dwarf the body.")
     elapsed = time.perf_counter() - began
-    print(f"total {elapsed:.0f} s")
+    print(f"total {elapsed:.0f} s; load avg now {os.getloadavg()[0]:.2f} (above ~1 means other work shared the cores)")
     if args.json:
         args.json.write_bytes(orjson.dumps({
             "commit": _git_commit(), "date": datetime.now(UTC).isoformat(), "quick": args.quick,
