@@ -158,12 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def authenticate(request: Request) -> VerifiedClient | None:
         if verifier is None:
             return None
-        path = request.url.path
-        audiences = [str(request.url.replace(query=""))]
-        if settings.public_base_url:
-            audiences.append(settings.public_base_url.rstrip("/") + path)
         try:
-            client = verifier.verify(request.headers.get("authorization"), audiences)
+            client = verifier.verify(request.headers.get("authorization"), audiences_for(request, settings))
         except AuthenticationError as exc:
             log_fields(request)["reason"] = f"auth: {exc}"
             raise Unauthorized() from None
@@ -198,6 +194,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> Response:
         if isinstance(exc, PreconditionFailed):
             log_fields(request)["reason"] = "precondition-failed"
+            if exc.fetch_failures:
+                metrics.fhir_fetches.labels("failed").inc(exc.fetch_failures)
+        if isinstance(exc, Unauthorized):
+            return _outcome_response(exc, headers={"WWW-Authenticate": "Bearer"})
         return _outcome_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
@@ -339,6 +339,30 @@ def _openapi_with_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
         return schema
 
     return openapi
+
+
+def audiences_for(request: Request, settings: Settings) -> list[str]:
+    """The URLs a client JWT's `aud` may name for this request: the URL invoked.
+
+    The Host header is the client's to choose: trusted, it would let a token the EHR minted for another CDS
+    service be replayed here. So: the configured public URL (behind a proxy), the URL of the socket the
+    request actually arrived on, and the Host-derived URL only in development (no public URL, loopback Host).
+    """
+    path = request.url.path
+    audiences = []
+    if settings.public_base_url:
+        audiences.append(settings.public_base_url.rstrip("/") + path)
+    server = request.scope.get("server")
+    scheme = request.url.scheme
+    if server and server[1] is not None:
+        host, port = server
+        host = f"[{host}]" if ":" in host else host
+        audiences.append(f"{scheme}://{host}:{port}{path}")
+        if (scheme, port) in (("http", 80), ("https", 443)):
+            audiences.append(f"{scheme}://{host}{path}")
+    if not settings.public_base_url and is_loopback(request.url.hostname or ""):
+        audiences.append(str(request.url.replace(query="")))
+    return audiences
 
 
 def create_app_from_env() -> FastAPI:

@@ -48,6 +48,9 @@ def _serve(args: argparse.Namespace) -> int:
             "AUTHENTICATION IS OFF: any caller can invoke this service. Fine on loopback for development; "
             "configure MSCC_ALERT_TRUSTED_ISSUERS before exposing it.", extra={"auth": "off"},
         )
+    elif not settings.public_base_url and not is_loopback(args.host):
+        _log.warning("MSCC_ALERT_PUBLIC_BASE_URL is not set: client JWTs must then name this server's socket "
+                     "address as their aud; set it to the URL the EHR calls")
     _log.info("starting", extra={"host": args.host, "port": args.port, "workers": args.workers,
                                  "auth": "off" if verifier is None else "jwt"})
     serve(args.host, args.port, args.workers)

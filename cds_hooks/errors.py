@@ -53,6 +53,10 @@ class UnsupportedMediaType(ServiceError):
 class PreconditionFailed(ServiceError):
     status, issue_code = 412, "incomplete"
 
+    def __init__(self, message: str, *, expression: list[str] | None = None, fetch_failures: int = 0) -> None:
+        super().__init__(message, expression=expression)
+        self.fetch_failures = fetch_failures  # FHIR-server fetches that failed, for the metrics
+
 
 class Unauthorized(ServiceError):
     status, issue_code = 401, "login"

@@ -177,4 +177,5 @@ def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch:
             "Could not obtain data the rules need: "
             + "; ".join(f"prefetch key '{k}': {why}" for k, why in failures.items()),
             expression=[f"prefetch.{k}" for k in failures],
+            fetch_failures=len(failures),
         )

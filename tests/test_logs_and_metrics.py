@@ -302,14 +302,6 @@ def test_fhir_fetches_are_counted(metrics: dict[tuple[str, frozenset[tuple[str, 
     assert value(metrics, "mscc_alert_fhir_fetches_total", outcome="ok") == len(fb.PREFETCH_KEYS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: cds_hooks/app.py call_service() counts only successful fetches "
-        "(metrics.fhir_fetches.labels('ok')); when gather() raises PreconditionFailed after a failed FHIR-server "
-        "fetch nothing is counted, although issue 4 asks for FHIR-server fetches *and failures*"
-    ),
-)
 def test_fhir_fetch_failures_are_counted(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> None:
     failed = sum(
         count
