@@ -79,8 +79,13 @@ def nested_prefetch(depth: int) -> bytes:
 
 
 CLOSED_FHIR_SERVER = f"http://127.0.0.1:{free_port()}/fhir"
-AUTHORIZATION = {"access_token": "opaque-token-1", "token_type": "Bearer", "expires_in": 300,
-                 "scope": "patient/*.read", "subject": "mscc-alert"}
+AUTHORIZATION = {
+    "access_token": "opaque-token-1",
+    "token_type": "Bearer",
+    "expires_in": 300,
+    "scope": "patient/*.read",
+    "subject": "mscc-alert",
+}
 
 BAD_REQUESTS = [
     pytest.param(b'{"hook": "patient-view",', "JSON", id="not-json"),
@@ -105,22 +110,41 @@ BAD_REQUESTS = [
     pytest.param(changed(fhirAuthorization=AUTHORIZATION), "fhirServer", id="fhirAuthorization-without-fhirServer"),
     pytest.param(changed(fhirServer="not a url"), "fhirServer", id="fhirServer-not-a-url"),
     pytest.param(changed(fhirServer="ftp://127.0.0.1/fhir"), "fhirServer", id="fhirServer-ftp"),
-    pytest.param(changed(fhirServer=CLOSED_FHIR_SERVER, fhirAuthorization={"token_type": "Bearer"}),
-                 "access_token", id="fhirAuthorization-without-access_token"),
+    pytest.param(
+        changed(fhirServer=CLOSED_FHIR_SERVER, fhirAuthorization={"token_type": "Bearer"}),
+        "access_token",
+        id="fhirAuthorization-without-access_token",
+    ),
     pytest.param(changed(prefetch=[]), "prefetch", id="prefetch-not-an-object"),
-    pytest.param(b'{"hook": "patient-view\xff", "hookInstance": "u1", "context": {"patientId": "p1"}}', "",
-                 id="invalid-utf8",
-                 marks=pytest.mark.xfail(strict=True, reason="service bug: msgspec's UnicodeDecodeError is not "
-                                         "caught in decode_hook_request, so invalid UTF-8 gives 500, not 400")),
-    pytest.param(nested_prefetch(1000), "", id="nested-1000-deep",
-                 marks=pytest.mark.xfail(strict=True, reason="service bug: msgspec's RecursionError is not caught "
-                                         "in decode_hook_request, so deeply nested JSON gives 500, not 400")),
+    pytest.param(
+        b'{"hook": "patient-view\xff", "hookInstance": "u1", "context": {"patientId": "p1"}}',
+        "",
+        id="invalid-utf8",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="service bug: msgspec's UnicodeDecodeError is not "
+            "caught in decode_hook_request, so invalid UTF-8 gives 500, not 400",
+        ),
+    ),
+    pytest.param(
+        nested_prefetch(1000),
+        "",
+        id="nested-1000-deep",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="service bug: msgspec's RecursionError is not caught "
+            "in decode_hook_request, so deeply nested JSON gives 500, not 400",
+        ),
+    ),
 ]
 
 
-def post(live: LiveService, path: str, body: bytes, headers: dict[str, str] | None = None) -> requests.Response:
-    return live.session.post(live.url(path), data=body, headers=JSON_HEADERS if headers is None else headers,
-                             timeout=30)
+def post(
+    live: LiveService, path: str, body: bytes | Iterator[bytes], headers: dict[str, str] | None = None
+) -> requests.Response:
+    return live.session.post(
+        live.url(path), data=body, headers=JSON_HEADERS if headers is None else headers, timeout=30
+    )
 
 
 @pytest.mark.parametrize(("body", "mention"), BAD_REQUESTS)
@@ -139,36 +163,50 @@ def test_unknown_service_id_is_404(live_service: LiveService) -> None:
     assert_operation_outcome(response, 404, "/cds-services")
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/nowhere"),
-    ("GET", "/cds-services/breast-cancer-back-pain/feedback/extra"),
-    ("POST", "/cds-services/breast-cancer-back-pain/nowhere"),
-    ("GET", "/.well-known/cds-services"),  # the pre-1.0 discovery path (cds-hooks.md §1.2)
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/nowhere"),
+        ("GET", "/cds-services/breast-cancer-back-pain/feedback/extra"),
+        ("POST", "/cds-services/breast-cancer-back-pain/nowhere"),
+        ("GET", "/.well-known/cds-services"),  # the pre-1.0 discovery path (cds-hooks.md §1.2)
+    ],
+)
 def test_unknown_path_is_404(live_service: LiveService, method: str, path: str) -> None:
     response = live_service.session.request(method, live_service.url(path), timeout=30)
     assert_operation_outcome(response, 404)
 
 
-@pytest.mark.parametrize(("method", "path", "allowed"), [
-    ("GET", SERVICE_PATH, "POST"),
-    ("PUT", SERVICE_PATH, "POST"),
-    ("DELETE", SERVICE_PATH, "POST"),
-    ("PATCH", SERVICE_PATH, "POST"),
-    ("POST", "/cds-services", "GET"),
-    ("DELETE", "/cds-services", "GET"),
-    ("GET", f"{SERVICE_PATH}/feedback", "POST"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", SERVICE_PATH, "POST"),
+        ("PUT", SERVICE_PATH, "POST"),
+        ("DELETE", SERVICE_PATH, "POST"),
+        ("PATCH", SERVICE_PATH, "POST"),
+        ("POST", "/cds-services", "GET"),
+        ("DELETE", "/cds-services", "GET"),
+        ("GET", f"{SERVICE_PATH}/feedback", "POST"),
+    ],
+)
 def test_wrong_method_is_405_with_allow(live_service: LiveService, method: str, path: str, allowed: str) -> None:
-    response = live_service.session.request(method, live_service.url(path), data=b"{}", headers=JSON_HEADERS,
-                                            timeout=30)
+    response = live_service.session.request(
+        method, live_service.url(path), data=b"{}", headers=JSON_HEADERS, timeout=30
+    )
     assert_operation_outcome(response, 405, method)
     assert allowed in [m.strip() for m in response.headers.get("allow", "").split(",")]
 
 
-@pytest.mark.parametrize("content_type", [
-    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=xyz", "application/xml", None,
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=xyz",
+        "application/xml",
+        None,
+    ],
+)
 @pytest.mark.parametrize("path", [SERVICE_PATH, f"{SERVICE_PATH}/feedback"])
 def test_non_json_content_type_is_415(live_service: LiveService, path: str, content_type: str | None) -> None:
     headers = {} if content_type is None else {"Content-Type": content_type}
@@ -176,8 +214,9 @@ def test_non_json_content_type_is_415(live_service: LiveService, path: str, cont
     assert_operation_outcome(response, 415, "Content-Type")
 
 
-@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/fhir+json",
-                                          "Application/JSON"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "application/fhir+json", "Application/JSON"]
+)
 def test_json_content_types_are_accepted(live_service: LiveService, content_type: str) -> None:
     response = post(live_service, SERVICE_PATH, json.dumps(valid_request()).encode(), {"Content-Type": content_type})
     assert response.status_code == 200, response.text[:500]
@@ -201,8 +240,9 @@ def test_unknown_extra_fields_are_tolerated(live_service: LiveService) -> None:
 # --- 413: a live service with a small body limit -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_limit_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    service = start_live_service(tmp_path_factory.mktemp("small-limit"),
-                                 {"MSCC_ALERT_MAX_BODY_BYTES": str(SMALL_LIMIT)})
+    service = start_live_service(
+        tmp_path_factory.mktemp("small-limit"), {"MSCC_ALERT_MAX_BODY_BYTES": str(SMALL_LIMIT)}
+    )
     yield service
     stop_live_service(service)
 
@@ -233,7 +273,7 @@ def test_body_over_the_limit_with_content_length_is_413(small_limit_service: Liv
 
 def test_chunked_body_over_the_limit_is_413(small_limit_service: LiveService) -> None:
     body = padded_request(2 * SMALL_LIMIT)
-    chunks = (body[i:i + 1000] for i in range(0, len(body), 1000))
+    chunks = (body[i : i + 1000] for i in range(0, len(body), 1000))
     response = post(small_limit_service, SERVICE_PATH, chunks)  # a generator: sent chunked, no Content-Length
     assert response.request.headers.get("Transfer-Encoding") == "chunked"
     assert "Content-Length" not in response.request.headers
@@ -285,8 +325,7 @@ def test_live_service_still_serves_after_garbage(live_service: LiveService) -> N
         ("POST", f"{SERVICE_PATH}/feedback", b'{"feedback": "nope"}', JSON_HEADERS),
     ]
     for method, path, body, headers in garbage:
-        response = live_service.session.request(method, live_service.url(path), data=body, headers=headers,
-                                                timeout=30)
+        response = live_service.session.request(method, live_service.url(path), data=body, headers=headers, timeout=30)
         assert 400 <= response.status_code < 600
         assert response.json()["resourceType"] == "OperationOutcome"
 
