@@ -56,6 +56,8 @@ def decode_hook_request(body: bytes, expected_hook: str) -> HookRequest:
         raise BadRequest(f"Invalid hook request: {message}", expression=expression) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("Request body is nested too deeply to be a CDS Hooks request") from None
     if request.hook != expected_hook:
         raise BadRequest(
             f"This service answers the '{expected_hook}' hook, not '{request.hook}'", expression=["hook"]

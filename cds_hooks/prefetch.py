@@ -24,6 +24,7 @@ import msgspec
 from cds_hooks.errors import PreconditionFailed
 from cds_hooks.fhir_client import FetchLimits, FhirClient, FhirFetchError
 from cds_hooks.hook_request import HookRequest
+from fhir_mapping.intake import DECODE_ERRORS
 from fhir_mapping.terminology import LOINC, SNOMED, Terminology
 
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -90,7 +91,7 @@ def _unusable(raw: bytes) -> str | None:
     """Why a prefetch value cannot be used as data, or None when it can."""
     try:
         value = _value_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return "the prefetch value is not a FHIR resource"
     if not value.resourceType:
         return "the prefetch value is not a FHIR resource"

@@ -96,6 +96,9 @@ class _TypeOnly(msgspec.Struct):
     id: str | None = None
 
 
+# msgspec raises RecursionError, not DecodeError, on absurdly deep nesting: both mean "unreadable".
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+
 _peek_decoder = msgspec.json.Decoder(_Peek)
 _document_decoder = msgspec.json.Decoder(_Document)
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
@@ -181,7 +184,7 @@ def collect(documents: Iterable[bytes], patient_id: str | None, terminology: Ter
 def add_document(intake: Intake, document: bytes, patient_id: str | None, terminology: Terminology) -> None:
     try:
         head = _document_decoder.decode(document)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         intake.skipped.append(SkippedResource("unknown", None, f"not a FHIR resource: {exc}", True))
         return
     if head.resourceType == "Bundle":
@@ -196,7 +199,7 @@ def add_resource(intake: Intake, raw: bytes, patient_id: str | None, terminology
     intake.seen += 1
     try:
         peek = _peek_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         kind, rid = _type_and_id(raw)
         if kind in MODELS:
             intake.skipped.append(SkippedResource(kind, rid, str(exc), True))
@@ -227,7 +230,7 @@ def add_resource(intake: Intake, raw: bytes, patient_id: str | None, terminology
 def _type_and_id(raw: bytes) -> tuple[str, str | None]:
     try:
         head = _type_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return "unknown", None
     return head.resourceType or "unknown", head.id
 
@@ -238,10 +241,11 @@ def validate(model: type[Resource], raw: bytes) -> Resource | str:
         return model.model_validate_json(raw)
     except ValidationError:
         pass
-    data = orjson.loads(raw)
-    repaired = repair(data)
     try:
+        repaired = repair(orjson.loads(raw))
         return model.model_validate(repaired)
+    except (orjson.JSONDecodeError, RecursionError):
+        return f"invalid {model.__name__}: unreadable JSON"
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:3]

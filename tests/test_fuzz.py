@@ -494,23 +494,6 @@ def test_truncated_requests(client: TestClient, cut: int) -> None:
 
 # --- deep nesting -------------------------------------------------------------------------------------------
 
-DEEP_DECODE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: past ~1000 levels of nesting msgspec raises RecursionError, not DecodeError, and "
-        "cds_hooks/hook_request.py decode_hook_request() catches only msgspec.ValidationError/DecodeError "
-        "(likewise cds_hooks/prefetch.py _unusable() and fhir_mapping/intake.py add_document()/add_resource()): "
-        "500 instead of 400"
-    ),
-)
-DEEP_REPAIR_BUG = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: fhir_mapping/intake.py repair() recurses two Python frames per level, so a resource that "
-        "fails validation and is nested ~500 deep raises RecursionError (uncaught): 500 instead of skipping it"
-    ),
-)
-
 
 def nested_arrays(depth: int) -> str:
     return "[" * depth + "]" * depth
@@ -537,30 +520,19 @@ def hook_with(raw_member: str, where: str) -> bytes:
 
 DEEP_CASES = [
     pytest.param(SERVICE_PATH, nested_arrays(10_000).encode(), id="hook-body-arrays-10000"),
-    pytest.param(SERVICE_PATH, nested_objects(10_000).encode(), id="hook-body-objects-10000", marks=DEEP_DECODE_BUG),
+    pytest.param(SERVICE_PATH, nested_objects(10_000).encode(), id="hook-body-objects-10000"),
     pytest.param(SERVICE_PATH, nested_objects(500).encode(), id="hook-body-objects-500"),
-    pytest.param(
-        SERVICE_PATH, hook_with(nested_arrays(10_000), "context"), id="context-arrays-10000", marks=DEEP_DECODE_BUG
-    ),
+    pytest.param(SERVICE_PATH, hook_with(nested_arrays(10_000), "context"), id="context-arrays-10000"),
     pytest.param(
         SERVICE_PATH,
         hook_with(nested_objects(10_000), "prefetch key"),
         id="prefetch-objects-10000",
-        marks=DEEP_DECODE_BUG,
     ),
-    pytest.param(
-        SERVICE_PATH, hook_with(nested_arrays(10_000), "bundle"), id="bundle-arrays-10000", marks=DEEP_DECODE_BUG
-    ),
-    pytest.param(
-        SERVICE_PATH, hook_with(nested_objects(2_000), "resource"), id="resource-objects-2000", marks=DEEP_DECODE_BUG
-    ),
+    pytest.param(SERVICE_PATH, hook_with(nested_arrays(10_000), "bundle"), id="bundle-arrays-10000"),
+    pytest.param(SERVICE_PATH, hook_with(nested_objects(2_000), "resource"), id="resource-objects-2000"),
     pytest.param(SERVICE_PATH, hook_with(nested_objects(300), "resource"), id="resource-objects-300"),
-    pytest.param(
-        SERVICE_PATH, hook_with(nested_objects(600), "resource"), id="resource-objects-600", marks=DEEP_REPAIR_BUG
-    ),
-    pytest.param(
-        SERVICE_PATH, hook_with(nested_arrays(600), "resource"), id="resource-arrays-600", marks=DEEP_REPAIR_BUG
-    ),
+    pytest.param(SERVICE_PATH, hook_with(nested_objects(600), "resource"), id="resource-objects-600"),
+    pytest.param(SERVICE_PATH, hook_with(nested_arrays(600), "resource"), id="resource-arrays-600"),
     pytest.param(FEEDBACK_PATH, nested_arrays(10_000).encode(), id="feedback-body-arrays-10000"),
     pytest.param(FEEDBACK_PATH, nested_objects(10_000).encode(), id="feedback-body-objects-10000"),
     pytest.param(
@@ -581,7 +553,6 @@ def test_deeply_nested_json(client: TestClient, path: str, body: bytes) -> None:
     post_checked(client, path, body)
 
 
-@DEEP_REPAIR_BUG
 def test_deeply_nested_fhir_server_answer(httpserver: HTTPServer) -> None:
     condition = {**fb.back_pain(), "extension": [{"url": "urn:x", "valueString": "x", "x": "__DEEP__"}]}
     answer = json.dumps(fb.searchset([fb.breast_cancer(), condition])).replace('"__DEEP__"', nested_objects(600))
