@@ -58,6 +58,8 @@ def decode_hook_request(body: bytes, expected_hook: str) -> HookRequest:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("Request body is nested too deeply to be a CDS Hooks request") from None
+    except UnicodeDecodeError:
+        raise BadRequest("Request body is not valid UTF-8 JSON") from None
     if request.hook != expected_hook:
         raise BadRequest(
             f"This service answers the '{expected_hook}' hook, not '{request.hook}'", expression=["hook"]

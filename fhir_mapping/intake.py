@@ -96,8 +96,9 @@ class _TypeOnly(msgspec.Struct):
     id: str | None = None
 
 
-# msgspec raises RecursionError, not DecodeError, on absurdly deep nesting: both mean "unreadable".
-DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+# msgspec raises RecursionError on absurdly deep nesting and UnicodeDecodeError on invalid UTF-8, not
+# DecodeError: all mean "unreadable".
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 _peek_decoder = msgspec.json.Decoder(_Peek)
 _document_decoder = msgspec.json.Decoder(_Document)

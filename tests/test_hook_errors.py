@@ -120,21 +120,11 @@ BAD_REQUESTS = [
         b'{"hook": "patient-view\xff", "hookInstance": "u1", "context": {"patientId": "p1"}}',
         "",
         id="invalid-utf8",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="service bug: msgspec's UnicodeDecodeError is not "
-            "caught in decode_hook_request, so invalid UTF-8 gives 500, not 400",
-        ),
     ),
     pytest.param(
         nested_prefetch(1000),
         "",
         id="nested-1000-deep",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="service bug: msgspec's RecursionError is not caught "
-            "in decode_hook_request, so deeply nested JSON gives 500, not 400",
-        ),
     ),
 ]
 
