@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -480,6 +481,61 @@ feedback_items = st.fixed_dictionaries(
 )
 def test_random_feedback(client: TestClient, body: JSON) -> None:
     post_checked(client, FEEDBACK_PATH, body)
+
+
+TIMESTAMP_OVERFLOW = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "service bug: cds_hooks/feedback.py stored_rows() calls outcomeTimestamp.astimezone(UTC), which raises "
+        "OverflowError for a valid RFC 3339 time whose UTC instant falls outside years 1-9999 "
+        "(e.g. 0001-01-01T00:00:00+00:01): 500 instead of 400 naming outcomeTimestamp"
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        pytest.param("0001-01-01T00:00:00+00:01", marks=TIMESTAMP_OVERFLOW),
+        pytest.param("9999-12-31T23:59:59-00:01", marks=TIMESTAMP_OVERFLOW),
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "0000-01-01T00:00:00Z",
+        "2026-02-30T10:00:00Z",
+        "2026-11-20T24:00:00Z",
+        "2026-11-20T10:00:60Z",
+        "2026-11-20T10:00:00+24:00",
+        "2026-11-20T10:00:00+23:59",
+        "2026-11-20T10:00:00.123456789Z",
+        "2026-11-20t10:00:00z",
+        "2026-11-20 10:00:00Z",
+        "+2026-11-20T10:00:00Z",
+    ],
+)
+def test_feedback_timestamps_at_the_edges(client: TestClient, timestamp: str) -> None:
+    body = {"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": timestamp}]}
+    response = post_checked(client, FEEDBACK_PATH, body)
+    if response.status_code == 400:
+        assert response.json()["issue"][0]["expression"] == ["feedback[0].outcomeTimestamp"]
+
+
+rfc3339_with_offsets = st.builds(
+    lambda moment, minutes: (
+        moment.isoformat()
+        + ("Z" if minutes == 0 else f"{'+' if minutes > 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}")
+    ),
+    # Years 1 and 9999 with an offset are the known overflow above; here the offsets themselves are fuzzed.
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)),
+    st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59),
+)
+
+
+@FUZZ
+@given(timestamp=rfc3339_with_offsets)
+def test_feedback_timestamps_with_any_offset(client: TestClient, timestamp: str) -> None:
+    post_checked(
+        client, FEEDBACK_PATH, {"feedback": [{"card": "c", "outcome": "overridden", "outcomeTimestamp": timestamp}]}
+    )
 
 
 @FUZZ
