@@ -176,7 +176,8 @@ def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch:
     if failures:
         raise PreconditionFailed(
             "Could not obtain data the rules need: "
-            + "; ".join(f"prefetch key '{k}': {why}" for k, why in failures.items()),
+            + "; ".join(f"prefetch key '{k}': {why}" for k, why in failures.items())
+            + _ignored_note(request, templates),
             expression=[f"prefetch.{k}" for k in failures],
             fetch_failures=len(failures),
         )

@@ -10,6 +10,7 @@ A resource that cannot be read is skipped and reported; it never silences the re
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +30,16 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
-from fhir_mapping.terminology import Terminology, canonical_system, normalize_code
+from fhir_mapping.terminology import (
+    CPT,
+    ICD10CM,
+    LOINC,
+    RXNORM,
+    SNOMED,
+    Terminology,
+    canonical_system,
+    normalize_code,
+)
 from fhir_mapping.text import mentions_anything_relevant
 
 MODELS: dict[str, type[Resource]] = {
@@ -46,27 +56,27 @@ MODELS: dict[str, type[Resource]] = {
 
 
 # --- the peek: only the fields relevance needs; unknown fields are skipped by msgspec -------------------
-class _Coding(msgspec.Struct):
+class _Coding(msgspec.Struct, gc=False):
     system: str | None = None
     code: str | int | None = None
     display: str | None = None
 
 
-class _Concept(msgspec.Struct):
+class _Concept(msgspec.Struct, gc=False):
     coding: list[_Coding] | None = None
     text: str | None = None
 
 
-class _Reference(msgspec.Struct):
+class _Reference(msgspec.Struct, gc=False):
     reference: str | None = None
 
 
-class _Series(msgspec.Struct):
+class _Series(msgspec.Struct, gc=False):
     bodySite: _Coding | None = None
     modality: _Coding | None = None
 
 
-class _Peek(msgspec.Struct):
+class _Peek(msgspec.Struct, gc=False):
     resourceType: str = ""
     id: str | None = None
     subject: _Reference | None = None
@@ -81,17 +91,26 @@ class _Peek(msgspec.Struct):
     description: str | None = None
 
 
-class _Entry(msgspec.Struct):
+class _Entry(msgspec.Struct, gc=False):
     # msgspec.Raw cannot sit in a union with None; an empty Raw stands for "no resource".
     resource: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
-class _Document(msgspec.Struct):
+class _Document(msgspec.Struct, gc=False):
     resourceType: str = ""
     entry: list[_Entry] | None = None
 
 
-class _TypeOnly(msgspec.Struct):
+class _PeekEntry(msgspec.Struct, gc=False):
+    resource: _Peek | None = None
+
+
+class _PeekDocument(msgspec.Struct, gc=False):
+    resourceType: str = ""
+    entry: list[_PeekEntry] | None = None
+
+
+class _TypeOnly(msgspec.Struct, gc=False):
     resourceType: str = ""
     id: str | None = None
 
@@ -102,6 +121,7 @@ DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 _peek_decoder = msgspec.json.Decoder(_Peek)
 _document_decoder = msgspec.json.Decoder(_Document)
+_peek_document_decoder = msgspec.json.Decoder(_PeekDocument)
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
@@ -146,32 +166,81 @@ def _concepts(peek: _Peek) -> Iterable[_Concept]:
     yield from peek.reasonCode or ()
 
 
+# The value sets fhir_mapping.extract reads from codes in resources. A resource none of whose codes is in
+# them (vital signs, routine labs, ...) is never validated. presence-qualifiers only qualify a value.
+READ_VALUE_SETS = (
+    "breast-cancer", "breast-cancer-history", "breast-carcinoma-in-situ", "breast-cancer-exclusions",
+    "bone-metastasis", "spinal-pain", "spine-body-sites", "neuro-red-flags", "breast-cancer-drugs",
+    "breast-cancer-supporting", "spine-imaging", "end-of-life", "observation-codes", "stage-iv-values",
+)
+# A coding in one of these systems is authoritative: an Observation coded in them is not read for words.
+_STANDARD_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, RXNORM, CPT})
+
+
+@functools.cache
+def relevant_codes(terminology: Terminology) -> frozenset[tuple[str, str]]:
+    return frozenset(
+        (concept.system, concept.code) for vs in READ_VALUE_SETS for concept in terminology.value_set(vs)
+    )
+
+
+class _CodingVerdicts:
+    """(system, code) exactly as sent -> (relevant, in a standard system). Charts repeat the same few
+    codes thousands of times, so canonicalising each once is most of the saving on a large prefetch."""
+
+    _MAX = 100_000  # bounded: a hostile request could send a million distinct codes
+
+    def __init__(self, terminology: Terminology) -> None:
+        self.relevant = relevant_codes(terminology)
+        self.verdicts: dict[tuple[str | None, str | int], tuple[bool, bool]] = {}
+
+    def __call__(self, system: str | None, code: str | int) -> tuple[bool, bool]:
+        verdict = self.verdicts.get((system, code))
+        if verdict is None:
+            canonical = canonical_system(system)
+            verdict = (
+                canonical is not None and (canonical, normalize_code(canonical, code)) in self.relevant,
+                canonical in _STANDARD_SYSTEMS,
+            )
+            if len(self.verdicts) < self._MAX:
+                self.verdicts[(system, code)] = verdict
+        return verdict
+
+
+@functools.cache
+def _verdicts(terminology: Terminology) -> _CodingVerdicts:
+    return _CodingVerdicts(terminology)
+
+
 def _is_relevant(peek: _Peek, terminology: Terminology) -> bool:
     if peek.resourceType == "Patient":
         return True
-    relevant = terminology.relevant_codes
+    verdict = _verdicts(terminology)
     texts: list[str] = []
+    standard = False
     for concept in _concepts(peek):
         for coding in concept.coding or ():
-            system = canonical_system(coding.system)
-            if system and coding.code is not None and (system, normalize_code(system, coding.code)) in relevant:
-                return True
+            if coding.code is not None:
+                relevant, in_standard = verdict(coding.system, coding.code)
+                if relevant:
+                    return True
+                standard = standard or in_standard
             if coding.display:
                 texts.append(coding.display)
         if concept.text:
             texts.append(concept.text)
+    # Free text matters for records coded in no standard system; a LOINC-coded heart rate never does.
+    if standard and peek.resourceType == "Observation":
+        return False
     for series in peek.series or ():
         for coded in (series.bodySite, series.modality):
-            system = canonical_system(coded.system) if coded else None
-            if coded and system and coded.code is not None and (
-                (system, normalize_code(system, coded.code)) in relevant
-            ):
+            if coded and coded.code is not None and verdict(coded.system, coded.code)[0]:
                 return True
     if peek.valueString:
         texts.append(peek.valueString)
     if peek.description:
         texts.append(peek.description)
-    return any(mentions_anything_relevant(text) for text in texts)
+    return bool(texts) and mentions_anything_relevant(" | ".join(texts))
 
 
 def collect(documents: Iterable[bytes], patient_id: str | None, terminology: Terminology) -> Intake:
@@ -183,17 +252,31 @@ def collect(documents: Iterable[bytes], patient_id: str | None, terminology: Ter
 
 
 def add_document(intake: Intake, document: bytes, patient_id: str | None, terminology: Terminology) -> None:
+    # Fast path: every entry's peek in one decode call, then raw bytes only for the entries that matter.
+    try:
+        peeks = _peek_document_decoder.decode(document)
+    except DECODE_ERRORS:
+        peeks = None  # some entry is malformed: go entry by entry, so only that one is lost
+    if peeks is not None and peeks.resourceType != "Bundle":
+        add_resource(intake, document, patient_id, terminology)
+        return
+    if peeks is not None:
+        entries = peeks.entry or []
+        intake.seen += sum(1 for e in entries if e.resource is not None)
+        wanted = [i for i, e in enumerate(entries) if e.resource is not None and _wanted(e.resource, terminology)]
+        if wanted:
+            raws = _document_decoder.decode(document).entry or []
+            for i in wanted:
+                _admit(intake, entries[i].resource, bytes(raws[i].resource), patient_id)  # type: ignore[arg-type]
+        return
     try:
         head = _document_decoder.decode(document)
     except DECODE_ERRORS as exc:
         intake.skipped.append(SkippedResource("unknown", None, f"not a FHIR resource: {exc}", True))
         return
-    if head.resourceType == "Bundle":
-        for entry in head.entry or ():
-            if entry.resource:
-                add_resource(intake, bytes(entry.resource), patient_id, terminology)
-    else:
-        add_resource(intake, document, patient_id, terminology)
+    for entry in head.entry or ():
+        if entry.resource:
+            add_resource(intake, bytes(entry.resource), patient_id, terminology)
 
 
 def add_resource(intake: Intake, raw: bytes, patient_id: str | None, terminology: Terminology) -> None:
@@ -205,9 +288,16 @@ def add_resource(intake: Intake, raw: bytes, patient_id: str | None, terminology
         if kind in MODELS:
             intake.skipped.append(SkippedResource(kind, rid, str(exc), True))
         return
-    model = MODELS.get(peek.resourceType)
-    if model is None or not _is_relevant(peek, terminology):
-        return
+    if _wanted(peek, terminology):
+        _admit(intake, peek, raw, patient_id)
+
+
+def _wanted(peek: _Peek, terminology: Terminology) -> bool:
+    return peek.resourceType in MODELS and _is_relevant(peek, terminology)
+
+
+def _admit(intake: Intake, peek: _Peek, raw: bytes, patient_id: str | None) -> None:
+    """A relevant resource: drop it if it is someone else's or a duplicate, else validate and keep it."""
     if patient_id is not None:
         owner = peek.id if peek.resourceType == "Patient" else _patient_of(
             (peek.subject or peek.patient or _Reference()).reference
@@ -221,7 +311,7 @@ def add_resource(intake: Intake, raw: bytes, patient_id: str | None, terminology
             intake.duplicates += 1
             return
         intake._keys.add(key)
-    resource = validate(model, raw)
+    resource = validate(MODELS[peek.resourceType], raw)
     if isinstance(resource, str):
         intake.skipped.append(SkippedResource(peek.resourceType, peek.id, resource, True))
     else:

@@ -188,11 +188,6 @@ def test_undeclared_keys_are_named_in_a_412_without_fhir_server(service_client: 
     assert outcome["issue"][0]["expression"] == ["prefetch.observations"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: prefetch._fetch_missing's 412 (fetch failed) omits _ignored_note, so the undeclared "
-    "keys are named only in the no-fhirServer 412",
-)
 def test_undeclared_keys_are_named_in_a_412_after_a_failed_fetch(service_client: Any) -> None:
     body = warning_request()
     del body["prefetch"]["observations"]
