@@ -120,6 +120,16 @@ class FeedbackItem(_Element):
             )
         return value
 
+    @field_validator("outcomeTimestamp", mode="after")
+    @classmethod
+    def _representable_in_utc(cls, value: datetime) -> datetime:
+        # 0001-01-01T00:00:00+00:01 is valid RFC 3339 but its UTC instant is before year 1: unstorable.
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise PydanticCustomError("rfc3339", "must be a date-time whose UTC instant lies in years 1-9999") from None
+        return value
+
     @model_validator(mode="after")
     def _cds_fb_2(self) -> FeedbackItem:
         if self.outcome == "accepted" and not self.acceptedSuggestions:
