@@ -1,0 +1,186 @@
+"""`mscc-alert evaluate FILE [--json] [--now]` and `mscc-alert serve`'s start-up checks, run as the user runs
+them: `python -m cds_hooks ...` in a subprocess with a clean MSCC_ALERT_* environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import SHARED_DATA, free_port
+from tests.scenarios.fhir_builders import (
+    CORD_COMPRESSION,
+    JSON,
+    back_pain,
+    breast_cancer,
+    finding,
+    hook_request,
+    now,
+    patient,
+)
+from tests.scenarios.test_clinical_scenarios import assert_valid_cds_response
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHEA = SHARED_DATA / "synthea/sample-bulk-10-patients"
+DECEASED_BREAST_CANCER = SYNTHEA / "129c6ac7-8d06-89de-ad63-0204a93e76c3.json"
+BACK_PAIN_NO_CANCER = SYNTHEA / "ca15b832-01e4-41dd-6a52-97bd3e5510cb.json"
+
+
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSCC_ALERT_")}
+    env["MSCC_ALERT_DATABASE_URL"] = "memory://"
+    env.update(extra or {})
+    return env
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cds_hooks", *args],
+        capture_output=True,
+        text=True,
+        env=environment(env),
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def write(tmp_path: Path, body: JSON | str, name: str = "request.json") -> str:
+    path = tmp_path / name
+    path.write_text(body if isinstance(body, str) else json.dumps(body))
+    return str(path)
+
+
+def warning_request() -> JSON:
+    return hook_request(patient(), conditions=[breast_cancer(), back_pain()])
+
+
+# --- evaluate ---------------------------------------------------------------------------------------------------
+def test_evaluate_prints_a_readable_card(tmp_path: Path) -> None:
+    result = cli("evaluate", write(tmp_path, warning_request()))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[WARNING] ")
+    assert "MRI" in result.stdout and "Suggestion:" in result.stdout
+    assert not result.stdout.lstrip().startswith("{")
+
+
+def test_evaluate_prints_a_critical_card(tmp_path: Path) -> None:
+    body = hook_request(patient(), conditions=[breast_cancer(), back_pain(), finding(CORD_COMPRESSION)])
+    result = cli("evaluate", write(tmp_path, body))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[CRITICAL] ")
+
+
+def test_evaluate_json_prints_a_cds_hooks_response(tmp_path: Path) -> None:
+    body = warning_request()
+    result = cli("evaluate", "--json", write(tmp_path, body))
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout)
+    assert_valid_cds_response(response, patient_id=body["context"]["patientId"])
+    assert [card["indicator"] for card in response["cards"]] == ["warning"]
+
+
+def test_evaluate_now_moves_the_clock(tmp_path: Path) -> None:
+    """A year later the same back pain is no longer new: no card."""
+    later = (now() + timedelta(days=365)).isoformat()
+    result = cli("evaluate", "--now", later, write(tmp_path, warning_request()))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("No card")
+
+
+@pytest.mark.parametrize(("bundle", "reason"), [(DECEASED_BREAST_CANCER, "deceased"), (BACK_PAIN_NO_CANCER, "")])
+def test_evaluate_synthea_bundle_prints_no_card(bundle: Path, reason: str) -> None:
+    result = cli("evaluate", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("No card")
+    assert reason in result.stdout
+
+
+def test_evaluate_request_without_data_says_412(tmp_path: Path) -> None:
+    body = warning_request()
+    del body["prefetch"]
+    result = cli("evaluate", write(tmp_path, body))
+    assert result.returncode != 0
+    assert "412" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ("this is not JSON {", "not JSON"),
+        ("[1, 2, 3]", "neither"),
+        ('"patient-view"', "neither"),
+        ('{"hook": "patient-view"}', "400"),
+    ],
+)
+def test_evaluate_garbage_fails_with_a_message(tmp_path: Path, content: str, said: str) -> None:
+    path = write(tmp_path, content, "garbage.json")
+    result = cli("evaluate", path)
+    assert result.returncode != 0
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="service bug: cli._evaluate reads the file unguarded, so a missing or "
+    "unreadable FILE ends in a FileNotFoundError traceback instead of a one-line message",
+)
+def test_evaluate_missing_file_fails_with_a_message(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-request.json"
+    result = cli("evaluate", str(missing))
+    assert result.returncode != 0
+    assert "no-such-request.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- serve: start-up checks ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["abc", "7", ""])
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("evaluate", str(DECEASED_BREAST_CANCER))])
+def test_invalid_setting_exits_2_naming_the_variable(command: tuple[str, ...], value: str) -> None:
+    result = cli(*command, env={"MSCC_ALERT_NEW_PAIN_WINDOW_DAYS": value})
+    assert result.returncode == 2
+    assert "MSCC_ALERT_NEW_PAIN_WINDOW_DAYS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_beyond_loopback_without_issuers_refuses_to_start() -> None:
+    result = cli("serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "MSCC_ALERT_TRUSTED_ISSUERS" in result.stderr and "MSCC_ALERT_AUTH=off" in result.stderr
+
+
+def test_serve_beyond_loopback_with_auth_off_starts() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cds_hooks", "serve", "--host", "0.0.0.0", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=environment({"MSCC_ALERT_AUTH": "off"}),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while status != 200 and time.monotonic() < deadline and process.poll() is None:
+            try:
+                status = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
+            except requests.RequestException:
+                time.sleep(0.1)
+        assert status == 200, f"exit code {process.poll()}"
+        discovery = requests.get(f"http://127.0.0.1:{port}/cds-services", timeout=5)
+        assert discovery.status_code == 200  # open: no JWT needed
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "AUTHENTICATION IS OFF" in output
