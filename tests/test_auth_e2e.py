@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# PyJWT imports the OpenSSL backend lazily, on the first ECDSA signature. On CPython 3.11 an import that a
+# garbage collection interrupts (a finaliser importing in the same thread) can fail with KeyError inside
+# importlib's module lock, which made the first signature in a module flaky: import it up front.
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 import jwt
 import pytest
 import requests

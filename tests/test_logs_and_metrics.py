@@ -330,3 +330,36 @@ def test_text_log_format_holds_no_phi_either(tmp_path: Path) -> None:
     assert log.count("route=/cds-services/{service_id}") == 2
     for secret in PHI:
         assert secret not in log
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "service bug: cds_hooks/logs.py TextFormatter writes client-chosen strings (hookInstance, undeclared "
+        "prefetch key names) as `k=v` without escaping or bounding them, so a request can forge whole log lines and "
+        "make one line as long as its body"
+    ),
+)
+def test_client_strings_cannot_forge_or_flood_text_log_lines(tmp_path: Path) -> None:
+    forged = "2026-11-21T06:00:00 INFO mscc_alert.http: request route=/cds-services method=GET status=200"
+    request = fb.hook_request(fb.patient(), **chart())
+    request["hookInstance"] = "abc\n" + forged
+    request["prefetch"]["note\n" + forged] = None
+    flood = fb.hook_request(fb.patient(), **chart())
+    flood["hookInstance"] = "h" * 100_000
+    service = start_live_service(tmp_path, {"MSCC_ALERT_LOG_FORMAT": "text"})
+    try:
+        for body in (request, flood):
+            response = send(
+                service,
+                "POST",
+                SERVICE_PATH,
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            assert response.status_code == 200
+    finally:
+        stop_live_service(service)
+    lines = service.logs().splitlines()
+    assert not any(line.startswith(forged) for line in lines)
+    assert max(len(line) for line in lines) < 4096
