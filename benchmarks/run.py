@@ -127,8 +127,11 @@ def run_size(resources: int, service: Any, warm_body: bytes, quick: bool, tmp: P
 
 
 def _git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, check=False)
-    return done.stdout.decode().strip() or "unknown"
+    """HEAD, with `+dirty` when the service code differs from it (the work tree is shared while people work)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "cds_hooks", "fhir_mapping", "cards"],
+                           cwd=ROOT, capture_output=True, check=False)
+    return (head.stdout.decode().strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> int:
