@@ -121,6 +121,46 @@ class AccessLog:
                                             "latency_ms": round(elapsed * 1000, 2), **fields})
 
 
+class InternalErrors:
+    """An unexpected exception becomes a 500 OperationOutcome, never an empty card list.
+
+    Starlette's own catch-all runs outside every middleware, so its 500 would lack the CORS headers a browser
+    client needs to read it; this sits inside the CORS middleware instead.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "unknown"
+            fields = scope.get("state", {}).get("log", {})
+            # Exception messages can quote resource content: log the type and the place only.
+            _log.error("internal error", extra={**fields, "error_type": type(exc).__name__, "reason": where})
+            if started:
+                raise
+            body = orjson.dumps(operation_outcome([(
+                "fatal", "exception", "Internal error: the request was not evaluated. No conclusion about the "
+                "patient can be drawn from this response.", None)]))
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", FHIR_JSON_MEDIA_TYPE.encode()),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     terminology = load_terminology()
@@ -211,18 +251,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             error.message = f"Method {request.method} is not allowed here"
         return _outcome_response(error, headers=dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "unknown"
-        # Exception messages can quote resource content: log the type and place only.
-        _log.error("internal error", extra={**log_fields(request), "error_type": type(exc).__name__,
-                                            "reason": where})
-        body = operation_outcome([("fatal", "exception",
-                                   "Internal error: the request was not evaluated. No conclusion about the "
-                                   "patient can be drawn from this response.", None)])
-        return Response(orjson.dumps(body), status_code=500, media_type=FHIR_JSON_MEDIA_TYPE)
-
     @app.get("/cds-services")
     async def discovery(request: Request) -> Response:
         authenticate(request)
@@ -297,6 +325,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(InternalErrors)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),

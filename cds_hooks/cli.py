@@ -66,7 +66,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from fhir_mapping.terminology import load_terminology
 
     settings = _settings()
-    raw = Path(args.file).read_bytes()
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"mscc-alert: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
     terminology = load_terminology()
     try:

@@ -84,7 +84,7 @@ def start_live_service(tmp_dir: Path, env_extra: dict[str, str] | None = None) -
         try:
             if requests.get(base_url + "/healthz", timeout=1).status_code == 200:
                 return LiveService(base_url, process, log_path)
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still starting up on a loaded machine
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"service did not start:\n{log_path.read_text()}")

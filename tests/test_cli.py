@@ -130,11 +130,6 @@ def test_evaluate_garbage_fails_with_a_message(tmp_path: Path, content: str, sai
     assert result.stdout == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: cli._evaluate reads the file unguarded, so a missing or "
-    "unreadable FILE ends in a FileNotFoundError traceback instead of a one-line message",
-)
 def test_evaluate_missing_file_fails_with_a_message(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-request.json"
     result = cli("evaluate", str(missing))

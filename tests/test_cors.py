@@ -161,11 +161,6 @@ def test_actual_responses_for_other_origins_carry_no_origin(live_service: LiveSe
     assert "access-control-allow-origin" not in call.headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: the 500 response is built by Starlette's ServerErrorMiddleware, "
-    "outside CORSMiddleware, so a browser cannot read it (no Access-Control-Allow-Origin)",
-)
 def test_internal_error_response_carries_the_origin(monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("forced")
