@@ -89,6 +89,10 @@ def _evidence(
     return Evidence(resource.get_resource_type(), resource.id, display, code, status, date[0], date[1])
 
 
+def _period(period: Any) -> DateSpan | None:
+    return span_of_period(period.start, period.end) if period is not None else None
+
+
 def _first_date(*candidates: tuple[object, DateKind]) -> tuple[DateSpan | None, DateKind | None]:
     for value, kind in candidates:
         span = value if isinstance(value, DateSpan) else parse_span(value)
@@ -129,9 +133,7 @@ class _Extractor:
             return
         clinical = _status_code(resource.clinicalStatus)
         onset = self._condition_onset(resource)
-        abated = parse_span(resource.abatementDateTime) or span_of_period(
-            getattr(resource.abatementPeriod, "start", None), getattr(resource.abatementPeriod, "end", None)
-        )
+        abated = parse_span(resource.abatementDateTime) or _period(resource.abatementPeriod)
         # con-4: an abatement in the past means the condition is over, whatever clinicalStatus says.
         resolved = clinical in _RESOLVED_CLINICAL or (abated is not None and abated.earliest <= self.now)
         status = clinical or verification
@@ -158,7 +160,7 @@ class _Extractor:
     def _condition_onset(self, resource: Any) -> tuple[DateSpan | None, DateKind | None]:
         onset: DateSpan | None = parse_span(resource.onsetDateTime)
         if onset is None and resource.onsetPeriod is not None:
-            onset = span_of_period(resource.onsetPeriod.start, resource.onsetPeriod.end)
+            onset = _period(resource.onsetPeriod)
         birth = self._birth()
         if onset is None and resource.onsetAge is not None and resource.onsetAge.value is not None and birth:
             onset = span_after_birth(birth, _years(float(resource.onsetAge.value), resource.onsetAge))
@@ -260,8 +262,7 @@ class _Extractor:
             return
         date = _first_date(
             (resource.effectiveDateTime, "effective"),
-            (span_of_period(getattr(resource.effectivePeriod, "start", None),
-                            getattr(resource.effectivePeriod, "end", None)), "effective"),
+            (_period(resource.effectivePeriod), "effective"),
             (resource.effectiveInstant, "effective"),
             (resource.issued, "issued"),
         )
@@ -344,8 +345,7 @@ class _Extractor:
             return
         date = _first_date(
             (resource.effectiveDateTime, "effective"),
-            (span_of_period(getattr(resource.effectivePeriod, "start", None),
-                            getattr(resource.effectivePeriod, "end", None)), "effective"),
+            (_period(resource.effectivePeriod), "effective"),
             (resource.dateAsserted, "recorded"),
         )
         self._drug(resource, resource.medicationCodeableConcept, date, resource.status in _STATEMENT_CURRENT)
@@ -377,8 +377,7 @@ class _Extractor:
             return
         date = _first_date(
             (resource.performedDateTime, "performed"),
-            (span_of_period(getattr(resource.performedPeriod, "start", None),
-                            getattr(resource.performedPeriod, "end", None)), "performed"),
+            (_period(resource.performedPeriod), "performed"),
         )
         matches = _by_value_set(_coded(self.terminology, resource.code))
         if "spine-imaging" in matches:
@@ -399,8 +398,7 @@ class _Extractor:
         date = _first_date(
             (resource.authoredOn, "authored"),
             (resource.occurrenceDateTime, "occurrence"),
-            (span_of_period(getattr(resource.occurrencePeriod, "start", None),
-                            getattr(resource.occurrencePeriod, "end", None)), "occurrence"),
+            (_period(resource.occurrencePeriod), "occurrence"),
         )
         coded = _by_value_set(_coded(self.terminology, resource.code)).get("spine-imaging")
         if coded is not None:
@@ -411,8 +409,7 @@ class _Extractor:
             return
         date = _first_date(
             (resource.effectiveDateTime, "effective"),
-            (span_of_period(getattr(resource.effectivePeriod, "start", None),
-                            getattr(resource.effectivePeriod, "end", None)), "effective"),
+            (_period(resource.effectivePeriod), "effective"),
             (resource.issued, "issued"),
         )
         coded = _by_value_set(_coded(self.terminology, resource.code)).get("spine-imaging")
