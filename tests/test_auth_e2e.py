@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # PyJWT imports the OpenSSL backend lazily, on the first ECDSA signature. On CPython 3.11 an import that a
 # garbage collection interrupts (a finaliser importing in the same thread) can fail with KeyError inside
@@ -434,6 +435,45 @@ def test_host_header_cannot_redirect_the_audience(
     token = ec_signer.token("https://other-cds.example.net/cds-services")
     response = call(secured, DISCOVERY, token, headers={"Host": "other-cds.example.net", "X-Forwarded-Proto": "https"})
     assert_bare_401(response, token, reference_401)
+
+
+@pytest.fixture(scope="module")
+def without_public_url(tmp_path_factory: pytest.TempPathFactory, jwks_server: HTTPServer) -> Iterator[LiveService]:
+    service = start_live_service(
+        tmp_path_factory.mktemp("auth-no-public-url"),
+        {**trusted_issuer_env(jwks_server), "MSCC_ALERT_LOG_FORMAT": "json"},
+    )
+    yield service
+    stop_live_service(service)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_host_header_cannot_redirect_the_audience_without_a_public_url(
+    without_public_url: LiveService, ec_signer: Signer, scheme: str
+) -> None:
+    token = ec_signer.token(f"{scheme}://other-cds.example.net/cds-services")
+    response, record = call_logged(
+        without_public_url, DISCOVERY, token, headers={"Host": "other-cds.example.net", "X-Forwarded-Proto": scheme}
+    )
+    assert response.status_code == 401
+    assert record["reason"] == "auth: bad-audience"
+
+
+def test_url_by_the_socket_and_by_a_loopback_name_are_accepted_without_a_public_url(
+    without_public_url: LiveService, ec_signer: Signer
+) -> None:
+    """In development (no public URL) the EHR may call us by the address we listen on or by `localhost`."""
+    port = urlsplit(without_public_url.base_url).port
+    assert_route_answered(
+        DISCOVERY, call(without_public_url, DISCOVERY, ec_signer.token(f"http://127.0.0.1:{port}/cds-services"))
+    )
+    response = call(
+        without_public_url,
+        DISCOVERY,
+        ec_signer.token(f"http://localhost:{port}/cds-services"),
+        headers={"Host": f"localhost:{port}"},
+    )
+    assert_route_answered(DISCOVERY, response)
 
 
 def test_401_names_the_bearer_scheme(secured: LiveService) -> None:
