@@ -19,6 +19,7 @@ from fhir_mapping.findings import (
     EndOfLifeFinding,
     ImagingFinding,
     MetastasisFinding,
+    ModifierFinding,
     NeuroFinding,
     PainFinding,
     SupportFinding,
@@ -68,6 +69,7 @@ class Decision:
     imaging_context: list[ImagingFinding] = field(default_factory=list)
     differentials: list[DrugFinding] = field(default_factory=list)
     end_of_life: list[EndOfLifeFinding] = field(default_factory=list)
+    modifiers: list[ModifierFinding] = field(default_factory=list)
     downgraded_for_end_of_life: bool = False
     pain_before_cancer: bool | None = None
     skipped: list[SkippedResource] = field(default_factory=list)
@@ -124,6 +126,7 @@ def _decide(record: ClinicalRecord, policy: Policy, now: datetime) -> Decision:
         if d.back_pain_differential and (d.current or _within(d.evidence.date, now - _DIFFERENTIAL_LOOKBACK))
     ]
     decision.end_of_life = [e for e in record.end_of_life if e.kind != "dnr"]
+    decision.modifiers = [m for m in record.modifiers if not _future(m.evidence.date, now)]
     if decision.end_of_life and policy.end_of_life_mode == "downgrade" and tier != "info":
         decision.indicator, decision.downgraded_for_end_of_life = "info", True
     decision.pain_before_cancer = _pain_before_cancer(decision)

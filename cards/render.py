@@ -139,6 +139,8 @@ def _detail(decision: Decision, now: datetime) -> str:
         why += [_cite(p.evidence, now) for p in decision.current_pain]
     why += [f"Neurological feature ({n.feature.replace('-', ' ')}): {_cite(n.evidence, now)}" for n in decision.neuro]
     why += [f"Known metastatic disease: {_cite(m.evidence, now)}" for m in decision.metastases]
+    why += [f"Supporting finding: {_cite(m.evidence, now)}" for m in decision.modifiers
+            if m.kind in ("vertebral-fracture", "constitutional")]
     if decision.pain_before_cancer:
         why.append("The pain was first recorded before the cancer diagnosis; it is flagged because it is new now.")
     sections.append("**Why this alert**\n" + _bullets(why))
@@ -161,6 +163,13 @@ def _detail(decision: Decision, now: datetime) -> str:
     sections.append("**What to do**\n" + _bullets(actions))
 
     notes: list[str] = []
+    for m in decision.modifiers:
+        if m.kind == "hypercalcaemia":
+            notes.append(f"Hypercalcaemia is recorded ({_cite(m.evidence, now)}): a separate emergency in cancer; "
+                         "check corrected calcium today (NICE CKS).")
+        elif m.kind == "treatment-differential":
+            notes.append(f"Differential: {_cite(m.evidence, now)} (treatment-related; does not explain away "
+                         "new spinal pain).")
     if decision.differentials:
         drugs = ", ".join(sorted({d.ingredient for d in decision.differentials}))
         notes.append(f"Differential: {drugs} can cause musculoskeletal or back pain. That is a reason to "

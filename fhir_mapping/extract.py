@@ -18,6 +18,7 @@ from fhir_mapping.findings import (
     Evidence,
     ImagingFinding,
     MetastasisFinding,
+    ModifierFinding,
     NeuroFinding,
     PainFinding,
     PainScore,
@@ -45,6 +46,13 @@ _CANCER_SETS = {
     "breast-cancer-history": "history",
     "breast-carcinoma-in-situ": "in-situ",
     "breast-cancer-exclusions": "excluded",
+}
+# Value sets of findings shown on the card but never changing the tier (clinical.md §1.3, §2.7, §2.11).
+_MODIFIER_SETS = {
+    "vertebral-fracture": "vertebral-fracture",
+    "constitutional-symptoms": "constitutional",
+    "hypercalcaemia": "hypercalcaemia",
+    "treatment-differentials": "treatment-differential",
 }
 _SCORE_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(10|100))?\s*$")
 
@@ -154,6 +162,11 @@ class _Extractor:
                         self.record.end_of_life.append(EndOfLifeFinding(evidence, kind))
                 else:
                     self.record.support.append(SupportFinding(evidence, kind))
+        for value_set, kind in _MODIFIER_SETS.items():
+            if value_set in matches and not resolved:
+                coded = matches[value_set]
+                evidence = _evidence(resource, coded.display, coded.concept, status, onset)
+                self.record.modifiers.append(ModifierFinding(evidence, kind))
         if not matches:
             self._condition_text(resource, status, onset, resolved, abated, spinal_site)
 
@@ -226,10 +239,12 @@ class _Extractor:
         if region == "unspecified" and resource.get_resource_type() == "Condition":
             region = self._site_region(resource.bodySite) or region
         evidence = _evidence(resource, coded.display, coded.concept, status, date)
+        severe = any(c.concept.attributes.get("severity") == "severe"
+                     for c in _coded(self.terminology, getattr(resource, "severity", None)))
         self.record.pains.append(
             PainFinding(
                 evidence, region,
-                suggestive=bool(attributes.get("suggestive")) or region in ("thoracic", "cervical"),
+                suggestive=bool(attributes.get("suggestive")) or region in ("thoracic", "cervical") or severe,
                 chronic=bool(attributes.get("chronic")),
                 acute="acute" in coded.display.lower(),
                 resolved=resolved, abated=abated,

@@ -94,6 +94,14 @@ class ImagingFinding:
 
 
 @dataclass(frozen=True, slots=True)
+class ModifierFinding:
+    """Shown on the card, never a change of tier (clinical.md §1.3 "Modifiers", §3 item 18)."""
+
+    evidence: Evidence
+    kind: str  # vertebral-fracture | constitutional | hypercalcaemia | treatment-differential
+
+
+@dataclass(frozen=True, slots=True)
 class EndOfLifeFinding:
     evidence: Evidence
     kind: str  # hospice | palliative | terminal | dnr
@@ -118,5 +126,6 @@ class ClinicalRecord:
     support: list[SupportFinding] = field(default_factory=list)
     imaging: list[ImagingFinding] = field(default_factory=list)
     end_of_life: list[EndOfLifeFinding] = field(default_factory=list)
+    modifiers: list[ModifierFinding] = field(default_factory=list)
     skipped: list[SkippedResource] = field(default_factory=list)
     ignored_other_patient: int = 0

@@ -172,6 +172,7 @@ READ_VALUE_SETS = (
     "breast-cancer", "breast-cancer-history", "breast-carcinoma-in-situ", "breast-cancer-exclusions",
     "bone-metastasis", "spinal-pain", "spine-body-sites", "neuro-red-flags", "breast-cancer-drugs",
     "breast-cancer-supporting", "spine-imaging", "end-of-life", "observation-codes", "stage-iv-values",
+    "vertebral-fracture", "constitutional-symptoms", "hypercalcaemia", "treatment-differentials",
 )
 # A coding in one of these systems is authoritative: an Observation coded in them is not read for words.
 _STANDARD_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, RXNORM, CPT})
