@@ -34,6 +34,7 @@ DEFAULT_SIZES = (100, 1_000, 10_000, 50_000)
 QUICK_SIZES = (100, 1_000)
 THROUGHPUT_CONNECTIONS = 4
 EXPECT = '"indicator":"warning"'
+MIN_SIZE = 20  # the resources the rules read, plus a little bulk
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write all results to this file")
     parser.add_argument("--no-workers2", action="store_true", help="skip the --workers 2 keep-alive check")
     args = parser.parse_args(argv)
-    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")] if args.sizes else list(
-        QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    try:
+        sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")] if args.sizes else list(
+            QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    except ValueError:
+        parser.error("--sizes takes comma-separated whole numbers, e.g. 100,1000,10000,50000")
+    if min(sizes) < MIN_SIZE:
+        parser.error(f"a benchmark chart has at least {MIN_SIZE} resources")
 
     began = time.perf_counter()
     print(f"mscc-alert benchmarks  commit {_git_commit()}  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  "
