@@ -395,8 +395,14 @@ def audiences_for(request: Request, settings: Settings) -> list[str]:
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for uvicorn workers (each worker builds its own app from the environment)."""
-    return create_app(Settings())
+    """Factory for uvicorn workers (each worker builds its own app from the environment).
+
+    Workers are spawned processes: they inherit neither the parent's logging set-up nor its app."""
+    from cds_hooks.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)
 
 
 def is_loopback(host: str) -> bool:

@@ -27,7 +27,7 @@ def _settings() -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cds_hooks.app import build_verifier, is_loopback
+    from cds_hooks.app import build_verifier, is_loopback, open_feedback_store
     from cds_hooks.logs import configure_logging
     from cds_hooks.server import serve
 
@@ -51,6 +51,13 @@ def _serve(args: argparse.Namespace) -> int:
     elif not settings.public_base_url and not is_loopback(args.host):
         _log.warning("MSCC_ALERT_PUBLIC_BASE_URL is not set: client JWTs must then name this server's socket "
                      "address as their aud; set it to the URL the EHR calls")
+    # Migrate the feedback database once, here, before any worker starts: workers starting together on a
+    # fresh database would otherwise race to create it. A bad database URL also fails now, clearly.
+    try:
+        open_feedback_store(settings).close()
+    except Exception as exc:
+        print(f"mscc-alert: cannot open the feedback database: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     _log.info("starting", extra={"host": args.host, "port": args.port, "workers": args.workers,
                                  "auth": "off" if verifier is None else "jwt"})
     serve(args.host, args.port, args.workers)
