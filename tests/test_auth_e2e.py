@@ -36,6 +36,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 
 from tests.conftest import SERVICE_ID, SHARED_DATA, LiveService, free_port, start_live_service, stop_live_service
@@ -581,16 +582,19 @@ def test_bad_security_settings_stop_the_start(tmp_path: Path, setting: str, valu
     assert setting in completed.stderr
 
 
-def wait_until_serving(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
+def wait_until_serving(process: subprocess.Popen[bytes], base_url: str, log_path: Path, workers: int = 1) -> None:
+    """Until every worker has finished starting and the service answers /healthz."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"service exited ({process.returncode}):\n{log_path.read_text()}")
         try:
-            if requests.get(base_url + "/healthz", timeout=1).status_code == 200:
+            started = log_path.read_text().count("Application startup complete")
+            if started >= workers and requests.get(base_url + "/healthz", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
-            time.sleep(0.1)
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
     raise AssertionError(f"service did not start:\n{log_path.read_text()}")
 
 
@@ -629,3 +633,61 @@ def test_loopback_without_issuers_runs_open_and_says_so(tmp_path: Path) -> None:
     # Said before the service takes its first request.
     first_request = next(i for i, r in enumerate(log_records(service)) if r.get("message") == "request")
     assert log_records(service).index(banner[0]) < first_request
+
+
+# --- several worker processes ---------------------------------------------------------------------------
+
+
+def discovery_200s_seen_by(session: requests.Session, base_url: str) -> float:
+    """How many GET /cds-services this connection's worker answered 200 (metrics are per process)."""
+    text = session.get(base_url + "/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mscc_alert_requests_total" and sample.labels == {
+                "route": "/cds-services",
+                "method": "GET",
+                "status": "200",
+            }:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "service bug: the jti replay cache (cds_hooks/security/jwt_auth.py _ReplayCache, built per app in "
+        "cds_hooks/app.py build_verifier) lives in each worker process, so with `mscc-alert serve --workers N` "
+        "the same token is accepted once per worker; the seen jtis must be shared (e.g. in the database)"
+    ),
+)
+def test_replayed_jti_is_refused_by_every_worker(tmp_path: Path, jwks_server: HTTPServer, ec_signer: Signer) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*serve_command("127.0.0.1", port), "--workers", "4"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=clean_env(tmp_path, **trusted_issuer_env(jwks_server)),
+        )
+    sessions: list[requests.Session] = []
+    try:
+        wait_until_serving(process, base_url, log_path, workers=4)
+        token = {"Authorization": f"Bearer {ec_signer.token(base_url + '/cds-services')}"}
+        first = requests.Session()
+        sessions.append(first)
+        assert first.get(base_url + "/cds-services", headers=token, timeout=30).status_code == 200
+        # Keep-alive connections stay with the worker that accepted them: find one on another worker.
+        for _ in range(64):
+            session = requests.Session()
+            sessions.append(session)
+            if discovery_200s_seen_by(session, base_url) == 0:
+                assert session.get(base_url + "/cds-services", headers=token, timeout=30).status_code == 401
+                return
+        pytest.skip("every connection reached the worker that had seen the token")
+    finally:
+        for session in sessions:
+            session.close()
+        process.terminate()
+        process.wait(timeout=30)
