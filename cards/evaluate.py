@@ -15,7 +15,7 @@ from cards.policy import Policy
 from cards.render import CardContext, render_cards
 from fhir_mapping.extract import build_record
 from fhir_mapping.findings import ClinicalRecord
-from fhir_mapping.intake import collect
+from fhir_mapping.intake import Buffer, Document, collect
 from fhir_mapping.terminology import Terminology
 
 
@@ -29,7 +29,7 @@ class Evaluation:
 
 
 def evaluate_documents(
-    documents: Iterable[bytes],
+    documents: Iterable[Document | Buffer],
     *,
     patient_id: str | None,
     user_id: str | None,

@@ -46,7 +46,7 @@ class HookRequest(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(HookRequest)
 
 
-def decode_hook_request(body: bytes, expected_hook: str) -> HookRequest:
+def decode_hook_request(body: bytes | bytearray, expected_hook: str) -> HookRequest:
     """Raises BadRequest with a message that says exactly what is wrong and where."""
     try:
         request = _decoder.decode(body)

@@ -19,12 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-import msgspec
-
 from cds_hooks.errors import PreconditionFailed
 from cds_hooks.fhir_client import FetchLimits, FhirClient, FhirFetchError
 from cds_hooks.hook_request import HookRequest
-from fhir_mapping.intake import DECODE_ERRORS
+from fhir_mapping.intake import Document, read_document
 from fhir_mapping.terminology import LOINC, SNOMED, Terminology
 
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -66,48 +64,9 @@ def fill(template: str, patient_id: str) -> str:
     return template.replace("{{context.patientId}}", quote(patient_id, safe=""))
 
 
-class _TypeOnly(msgspec.Struct):
-    resourceType: str = ""
-
-
-class _Entry(msgspec.Struct):
-    resource: _TypeOnly | None = None
-
-
-class _Link(msgspec.Struct):
-    relation: str | None = None
-
-
-class _Value(msgspec.Struct):
-    resourceType: str = ""
-    entry: list[_Entry] | None = None
-    link: list[_Link] | None = None
-
-
-_value_decoder = msgspec.json.Decoder(_Value)
-
-
-def _unusable(raw: bytes) -> str | None:
-    """Why a prefetch value cannot be used as data, or None when it can."""
-    try:
-        value = _value_decoder.decode(raw)
-    except DECODE_ERRORS:
-        return "the prefetch value is not a FHIR resource"
-    if not value.resourceType:
-        return "the prefetch value is not a FHIR resource"
-    if value.resourceType == "OperationOutcome":
-        return "the client reported an error instead of data (OperationOutcome)"
-    if value.resourceType == "Bundle":
-        if any(e.resource is not None and e.resource.resourceType == "OperationOutcome" for e in value.entry or ()):
-            return "the client's Bundle holds an OperationOutcome"
-        if any(link.relation == "next" for link in value.link or ()):
-            return "the prefetch Bundle is paged (has a next link)"
-    return None
-
-
 @dataclass(slots=True)
 class Gathered:
-    documents: list[bytes] = field(default_factory=list)
+    documents: list[Document] = field(default_factory=list)
     from_prefetch: list[str] = field(default_factory=list)
     null_keys: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
@@ -122,15 +81,14 @@ def gather(request: HookRequest, templates: Mapping[str, str], limits: FetchLimi
         if raw is None:
             to_fetch[key] = "not provided in prefetch"
             continue
-        body = bytes(raw)
-        if body.strip() == b"null":
+        if len(raw) == 4 and bytes(raw) == b"null":  # msgspec.Raw holds the value's exact span
             gathered.null_keys.append(key)
             continue
-        problem = _unusable(body)
-        if problem:
-            to_fetch[key] = problem
+        document = read_document(raw)  # peeked once here; the intake reuses the peek
+        if document.problem:
+            to_fetch[key] = f"prefetch value unusable: {document.problem}"
         else:
-            gathered.documents.append(body)
+            gathered.documents.append(document)
             gathered.from_prefetch.append(key)
     if to_fetch:
         _fetch_missing(request, templates, to_fetch, limits, gathered)
@@ -171,7 +129,8 @@ def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch:
             if isinstance(outcome, FhirFetchError):
                 failures[key] = f"{to_fetch[key]}, and fetching it from fhirServer failed: {outcome}"
             else:
-                gathered.documents.extend(outcome)
+                # A fetched page's next link was followed by the client: only the prefetch's is a problem.
+                gathered.documents.extend(read_document(page) for page in outcome)
                 gathered.fetched.append(key)
     if failures:
         raise PreconditionFailed(

@@ -96,9 +96,14 @@ class _Entry(msgspec.Struct, gc=False):
     resource: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
+class _Link(msgspec.Struct, gc=False):
+    relation: str | None = None
+
+
 class _Document(msgspec.Struct, gc=False):
     resourceType: str = ""
     entry: list[_Entry] | None = None
+    link: list[_Link] | None = None
 
 
 class _PeekEntry(msgspec.Struct, gc=False):
@@ -108,6 +113,7 @@ class _PeekEntry(msgspec.Struct, gc=False):
 class _PeekDocument(msgspec.Struct, gc=False):
     resourceType: str = ""
     entry: list[_PeekEntry] | None = None
+    link: list[_Link] | None = None
 
 
 class _TypeOnly(msgspec.Struct, gc=False):
@@ -123,6 +129,51 @@ _peek_decoder = msgspec.json.Decoder(_Peek)
 _document_decoder = msgspec.json.Decoder(_Document)
 _peek_document_decoder = msgspec.json.Decoder(_PeekDocument)
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+
+# JSON as it arrived (the request body, a msgspec.Raw slice of it, or a fetched page): never copied whole.
+Buffer = bytes | bytearray | msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One FHIR JSON document (a resource or a Bundle), peeked once.
+
+    `problem` says why it is not usable as data: an OperationOutcome (a client's error report), a Bundle
+    holding one, a paged Bundle (`next` link: incomplete), or not a FHIR resource at all.
+    """
+
+    raw: Buffer
+    resource_type: str
+    problem: str | None
+    peeks: _PeekDocument | None  # None when some entry is malformed: then read entry by entry
+
+
+def read_document(raw: Buffer) -> Document:
+    try:
+        peeks: _PeekDocument | None = _peek_document_decoder.decode(raw)
+    except DECODE_ERRORS:
+        peeks = None
+    if peeks is not None:
+        kinds = [e.resource.resourceType for e in peeks.entry or () if e.resource is not None]
+        head_type, links = peeks.resourceType, peeks.link
+    else:
+        try:
+            head = _document_decoder.decode(raw)
+        except DECODE_ERRORS:
+            return Document(raw, "", "not a FHIR resource (unreadable JSON)", None)
+        kinds = [_type_and_id(e.resource)[0] for e in head.entry or () if e.resource]
+        head_type, links = head.resourceType, head.link
+    problem = None
+    if not head_type:
+        problem = "not a FHIR resource"
+    elif head_type == "OperationOutcome":
+        problem = "the client reported an error instead of data (OperationOutcome)"
+    elif head_type == "Bundle" and "OperationOutcome" in kinds:
+        problem = "the Bundle holds an OperationOutcome"
+    elif head_type == "Bundle" and any(link.relation == "next" for link in links or ()):
+        problem = "the Bundle is paged (has a next link)"
+    return Document(raw, head_type, problem, peeks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,43 +295,41 @@ def _is_relevant(peek: _Peek, terminology: Terminology) -> bool:
     return bool(texts) and mentions_anything_relevant(" | ".join(texts))
 
 
-def collect(documents: Iterable[bytes], patient_id: str | None, terminology: Terminology) -> Intake:
+def collect(documents: Iterable[Document | Buffer], patient_id: str | None, terminology: Terminology) -> Intake:
     """Read prefetch values / fetched pages (each a resource or a Bundle) into one deduplicated intake."""
     intake = Intake()
     for document in documents:
+        if not isinstance(document, Document):
+            document = read_document(document)
         add_document(intake, document, patient_id, terminology)
     return intake
 
 
-def add_document(intake: Intake, document: bytes, patient_id: str | None, terminology: Terminology) -> None:
-    # Fast path: every entry's peek in one decode call, then raw bytes only for the entries that matter.
-    try:
-        peeks = _peek_document_decoder.decode(document)
-    except DECODE_ERRORS:
-        peeks = None  # some entry is malformed: go entry by entry, so only that one is lost
-    if peeks is not None and peeks.resourceType != "Bundle":
-        add_resource(intake, document, patient_id, terminology)
+def add_document(intake: Intake, document: Document, patient_id: str | None, terminology: Terminology) -> None:
+    if not document.resource_type:
+        intake.skipped.append(SkippedResource("unknown", None, document.problem or "not a FHIR resource", True))
         return
+    if document.resource_type != "Bundle":
+        add_resource(intake, document.raw, patient_id, terminology)
+        return
+    peeks = document.peeks
     if peeks is not None:
+        # Fast path: every entry was peeked in one call; copy raw bytes only of the entries that matter.
         entries = peeks.entry or []
         intake.seen += sum(1 for e in entries if e.resource is not None)
         wanted = [i for i, e in enumerate(entries) if e.resource is not None and _wanted(e.resource, terminology)]
         if wanted:
-            raws = _document_decoder.decode(document).entry or []
+            raws = _document_decoder.decode(document.raw).entry or []
             for i in wanted:
                 _admit(intake, entries[i].resource, bytes(raws[i].resource), patient_id)  # type: ignore[arg-type]
         return
-    try:
-        head = _document_decoder.decode(document)
-    except DECODE_ERRORS as exc:
-        intake.skipped.append(SkippedResource("unknown", None, f"not a FHIR resource: {exc}", True))
-        return
-    for entry in head.entry or ():
+    # Some entry is malformed: go entry by entry, so only that one is lost.
+    for entry in _document_decoder.decode(document.raw).entry or ():
         if entry.resource:
-            add_resource(intake, bytes(entry.resource), patient_id, terminology)
+            add_resource(intake, entry.resource, patient_id, terminology)
 
 
-def add_resource(intake: Intake, raw: bytes, patient_id: str | None, terminology: Terminology) -> None:
+def add_resource(intake: Intake, raw: Buffer, patient_id: str | None, terminology: Terminology) -> None:
     intake.seen += 1
     try:
         peek = _peek_decoder.decode(raw)
@@ -290,7 +339,7 @@ def add_resource(intake: Intake, raw: bytes, patient_id: str | None, terminology
             intake.skipped.append(SkippedResource(kind, rid, str(exc), True))
         return
     if _wanted(peek, terminology):
-        _admit(intake, peek, raw, patient_id)
+        _admit(intake, peek, bytes(raw), patient_id)
 
 
 def _wanted(peek: _Peek, terminology: Terminology) -> bool:
@@ -319,7 +368,7 @@ def _admit(intake: Intake, peek: _Peek, raw: bytes, patient_id: str | None) -> N
         intake.resources.append(resource)
 
 
-def _type_and_id(raw: bytes) -> tuple[str, str | None]:
+def _type_and_id(raw: Buffer) -> tuple[str, str | None]:
     try:
         head = _type_decoder.decode(raw)
     except DECODE_ERRORS:
