@@ -7,6 +7,7 @@ a careless call cannot leak a resource into the log.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -21,8 +22,26 @@ ALLOWED_FIELDS = frozenset({
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+_MAX_VALUE = 200  # a client-chosen string (hookInstance, a prefetch key name) never makes a long line
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def _safe(value: Any) -> Any:
+    """Client-chosen strings: control characters escaped (no forged lines), length bounded (no flooding)."""
+    if not isinstance(value, str):
+        return value
+    value = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), value)
+    return value if len(value) <= _MAX_VALUE else value[:_MAX_VALUE] + "…"
+
+
+def _text_value(value: Any) -> str:
+    """`k=v` in text lines: a value with spaces, '=' or quotes is quoted, so it cannot pose as more fields."""
+    text = str(value)
+    return orjson.dumps(text).decode() if any(c in text for c in ' ="') else text
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k in ALLOWED_FIELDS and k not in _STANDARD}
+    return {k: _safe(v) for k, v in record.__dict__.items() if k in ALLOWED_FIELDS and k not in _STANDARD}
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,7 +59,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname} {record.name}: {record.getMessage()}"
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        extra = " ".join(f"{k}={_text_value(v)}" for k, v in _fields(record).items())
         return f"{base} {extra}" if extra else base
 
 

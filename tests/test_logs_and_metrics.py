@@ -332,14 +332,6 @@ def test_text_log_format_holds_no_phi_either(tmp_path: Path) -> None:
         assert secret not in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: cds_hooks/logs.py TextFormatter writes client-chosen strings (hookInstance, undeclared "
-        "prefetch key names) as `k=v` without escaping or bounding them, so a request can forge whole log lines and "
-        "make one line as long as its body"
-    ),
-)
 def test_client_strings_cannot_forge_or_flood_text_log_lines(tmp_path: Path) -> None:
     forged = "2026-11-21T06:00:00 INFO mscc_alert.http: request route=/cds-services method=GET status=200"
     request = fb.hook_request(fb.patient(), **chart())
