@@ -139,33 +139,11 @@ def missing_data_request() -> dict[str, Any]:
 
 
 FEEDBACK_ITEM = {"card": "card-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:05:31Z"}
-UNDOCUMENTED_ERRORS = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: the OpenAPI document (cds_hooks/app.py _openapi_with_bodies) lists only 200 and FastAPI's "
-        "422 HTTPValidationError (never sent: the routes read raw bytes) for the hook and feedback routes; the "
-        "400/404/412/415 application/fhir+json OperationOutcome answers the service really gives are undocumented"
-    ),
-)
-FEEDBACK_MEDIA_TYPE = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: the OpenAPI document says the feedback route answers 200 application/json, but it sends an "
-        "OperationOutcome as application/fhir+json"
-    ),
-)
-METRICS_MEDIA_TYPE = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: the OpenAPI document says GET /metrics answers application/json, but it serves the "
-        "Prometheus text format (text/plain; version=0.0.4); declare response_class/responses on the route"
-    ),
-)
 
 ANSWERS = [
     pytest.param("GET", "/cds-services", None, None, "application/json", 200, id="discovery-200"),
     pytest.param("GET", "/healthz", None, None, "application/json", 200, id="healthz-200"),
-    pytest.param("GET", "/metrics", None, None, "application/json", 200, id="metrics-200", marks=METRICS_MEDIA_TYPE),
+    pytest.param("GET", "/metrics", None, None, "application/json", 200, id="metrics-200"),
     pytest.param("POST", HOOK, SERVICE_ID, warning_request(), "application/json", 200, id="hook-200"),
     pytest.param(
         "POST",
@@ -175,7 +153,6 @@ ANSWERS = [
         "application/json",
         400,
         id="hook-400",
-        marks=UNDOCUMENTED_ERRORS,
     ),
     pytest.param(
         "POST",
@@ -185,7 +162,6 @@ ANSWERS = [
         "application/json",
         404,
         id="hook-404",
-        marks=UNDOCUMENTED_ERRORS,
     ),
     pytest.param(
         "POST",
@@ -195,9 +171,8 @@ ANSWERS = [
         "application/json",
         412,
         id="hook-412",
-        marks=UNDOCUMENTED_ERRORS,
     ),
-    pytest.param("POST", HOOK, SERVICE_ID, "plain text", "text/plain", 415, id="hook-415", marks=UNDOCUMENTED_ERRORS),
+    pytest.param("POST", HOOK, SERVICE_ID, "plain text", "text/plain", 415, id="hook-415"),
     pytest.param(
         "POST",
         FEEDBACK,
@@ -206,7 +181,6 @@ ANSWERS = [
         "application/json",
         200,
         id="feedback-200",
-        marks=FEEDBACK_MEDIA_TYPE,
     ),
     pytest.param(
         "POST",
@@ -216,7 +190,6 @@ ANSWERS = [
         "application/json",
         400,
         id="feedback-400",
-        marks=UNDOCUMENTED_ERRORS,
     ),
 ]
 
