@@ -46,6 +46,7 @@ from cds_hooks.metrics import Metrics
 from cds_hooks.patient_view import PatientViewService
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
 from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jwks
+from cds_hooks.security.jwt_auth import ReplayCache
 from cds_hooks.settings import Settings
 from fhir_mapping.terminology import load_terminology
 
@@ -63,8 +64,11 @@ def _outcome_response(error: ServiceError, headers: dict[str, str] | None = None
                     headers=headers)
 
 
-def build_verifier(settings: Settings) -> JwtVerifier | None:
-    """None means the service runs open (see `mscc-alert serve` for when that is allowed)."""
+def build_verifier(settings: Settings, replay_cache: ReplayCache | None = None) -> JwtVerifier | None:
+    """None means the service runs open (see `mscc-alert serve` for when that is allowed).
+
+    `replay_cache`: where seen JWT ids are kept; workers must share one (the database), or a token replayed
+    to another worker would be accepted. None keeps them in this process (one worker, tests)."""
     if settings.auth == "off":
         return None
     issuers = dict(settings.trusted_issuers)
@@ -75,7 +79,7 @@ def build_verifier(settings: Settings) -> JwtVerifier | None:
     if not issuers:
         return None
     return JwtVerifier(issuers, algorithms=settings.jwt_algorithms, leeway_seconds=settings.jwt_leeway_seconds,
-                       jwks=cache)
+                       jwks=cache, replay_cache=replay_cache)
 
 
 def open_feedback_store(settings: Settings) -> FeedbackStore:
@@ -172,20 +176,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_bytes=settings.max_body_bytes),
     )
     services = {service.id: service}
-    verifier = build_verifier(settings)
+    store = open_feedback_store(settings)
+    verifier = build_verifier(settings, store.replay_cache())
     metrics = Metrics()
-    store_holder: dict[str, FeedbackStore] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        store_holder["store"] = open_feedback_store(settings)
         # Long-lived objects from imports and start-up never need another GC pass (performance.md).
         gc.collect()
         gc.freeze()
         try:
             yield
         finally:
-            store_holder.pop("store").close()
+            store.close()
 
     app = FastAPI(title="mscc-alert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -288,7 +291,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for card in cards:
             metrics.cards.labels(card["indicator"]).inc()
         if cards:
-            store_holder["store"].record_issued(
+            store.record_issued(
                 service.id, [IssuedCard(c["uuid"], c["indicator"]) for c in cards],
                 client.issuer if client else None, client.tenant if client else None,
             )
@@ -305,7 +308,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except FeedbackError as exc:
             raise BadRequest(exc.message, expression=[exc.expression]) from None
         stored = await run_in_threadpool(
-            store_holder["store"].record_feedback, service.id, parsed,
+            store.record_feedback, service.id, parsed,
             client.issuer if client else None, client.tenant if client else None,
         )
         message = f"Feedback received: {len(parsed.feedback)} item(s), {stored} new"

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
+from cds_hooks.security.jwt_auth import ReplayCache
 
 __all__ = [
     "AcceptedSuggestion",
@@ -243,6 +244,9 @@ class FeedbackStore(Protocol):
 
     def report(self) -> FeedbackReport: ...
 
+    def replay_cache(self) -> ReplayCache | None:
+        """Where client JWT ids are remembered, shared by every worker using this store (None: in memory)."""
+
     def close(self) -> None: ...
 
 
@@ -334,6 +338,9 @@ class MemoryFeedbackStore:
                 for row in self._feedback.values()
             ]
         return build_report(issued_by_kind, facts)
+
+    def replay_cache(self) -> None:
+        return None  # one process: the verifier's own in-memory cache is shared by everything
 
     def close(self) -> None:
         """Nothing to release; present to satisfy `FeedbackStore`."""

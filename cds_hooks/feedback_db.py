@@ -12,6 +12,7 @@ than slowing a hook response; an issued card that is missing only makes its feed
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import queue
@@ -32,6 +33,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
@@ -40,6 +42,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     create_engine,
+    delete,
     event,
     func,
     literal,
@@ -48,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
 from cds_hooks.feedback import FeedbackRequest, IssuedCard, stored_rows
@@ -99,6 +103,15 @@ issued_cards = Table(
     Column("issuer", Text()),
     Column("tenant", Text()),
     CheckConstraint("indicator IN ('info', 'warning', 'critical')", name="ck_issued_cards_indicator"),
+)
+
+# Client JWT ids seen by any worker sharing this database (replay protection), kept until the token expires.
+# The key is a SHA-256 of (iss, jti): fixed length whatever the client sends.
+seen_tokens = Table(
+    "seen_tokens",
+    metadata,
+    Column("token_key", String(64), primary_key=True),
+    Column("expires_at", Float(), nullable=False),
 )
 
 feedback = Table(
@@ -167,6 +180,32 @@ def _sqlite_file_lock(database: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class SqlReplayCache:
+    """`ReplayCache` in the service's database, so every worker refuses a token any of them has seen."""
+
+    _PRUNE_EVERY = 60.0  # seconds between deletions of expired rows
+
+    def __init__(self, engine: Engine, dialect: str) -> None:
+        self._engine = engine
+        self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(seen_tokens)
+        self._next_prune = 0.0
+
+    def add(self, key: tuple[str, str], expires_at: float, now: float) -> bool:
+        digest = hashlib.sha256("\0".join(key).encode()).hexdigest()
+        statement = self._insert.values(token_key=digest, expires_at=expires_at).on_conflict_do_nothing(
+            index_elements=["token_key"]).returning(seen_tokens.c.token_key)
+        try:
+            with self._engine.begin() as connection:
+                if now >= self._next_prune:
+                    connection.execute(delete(seen_tokens).where(seen_tokens.c.expires_at <= now))
+                    self._next_prune = now + self._PRUNE_EVERY
+                inserted = connection.execute(statement).first()
+        except SQLAlchemyError:
+            log.warning("replay cache unavailable: token refused")  # fail closed
+            return False
+        return inserted is not None
+
+
 class SqlFeedbackStore:
     """`FeedbackStore` on SQLite or PostgreSQL; migrates the schema to head on construction."""
 
@@ -206,6 +245,9 @@ class SqlFeedbackStore:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
+
+    def replay_cache(self) -> SqlReplayCache:
+        return SqlReplayCache(self._engine, self._dialect)
 
     def _insert(self, table: Table) -> Any:
         return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)

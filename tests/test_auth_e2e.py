@@ -652,14 +652,6 @@ def discovery_200s_seen_by(session: requests.Session, base_url: str) -> float:
     return 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: the jti replay cache (cds_hooks/security/jwt_auth.py _ReplayCache, built per app in "
-        "cds_hooks/app.py build_verifier) lives in each worker process, so with `mscc-alert serve --workers N` "
-        "the same token is accepted once per worker; the seen jtis must be shared (e.g. in the database)"
-    ),
-)
 def test_replayed_jti_is_refused_by_every_worker(tmp_path: Path, jwks_server: HTTPServer, ec_signer: Signer) -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"

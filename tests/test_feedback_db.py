@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_migrations_create_the_schema(store: SqlFeedbackStore, inspector_engine:
     head = ScriptDirectory.from_config(config).get_current_head()
     with inspector_engine.connect() as connection:
         schema = inspect(connection)
-        assert set(schema.get_table_names()) == {"alembic_version", "issued_cards", "feedback"}
+        assert set(schema.get_table_names()) == {"alembic_version", "issued_cards", "feedback", "seen_tokens"}
         assert MigrationContext.configure(connection).get_current_revision() == head
         # The tables the store queries with are exactly what the migrations built.
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
@@ -96,7 +97,7 @@ def test_migrations_create_the_schema(store: SqlFeedbackStore, inspector_engine:
 def test_reopening_a_migrated_database_keeps_it(database_url: str, inspector_engine: Engine) -> None:
     SqlFeedbackStore(database_url).close()
     SqlFeedbackStore(database_url).close()
-    assert all_rows(inspector_engine)["alembic_version"] == [("0001",)]
+    assert all_rows(inspector_engine)["alembic_version"] == [("0002",)]
 
 
 def test_concurrent_first_starts_migrate_once(database_url: str, inspector_engine: Engine) -> None:
@@ -119,7 +120,7 @@ def test_concurrent_first_starts_migrate_once(database_url: str, inspector_engin
     for store in stores:
         store.close()
     assert errors == []
-    assert all_rows(inspector_engine)["alembic_version"] == [("0001",)]
+    assert all_rows(inspector_engine)["alembic_version"] == [("0002",)]
 
 
 def test_sql_store_is_a_feedback_store(store: SqlFeedbackStore) -> None:
@@ -332,3 +333,21 @@ def test_default_database_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert url == f"sqlite:///{tmp_path}/home/.local/share/mscc-alert/feedback.sqlite3"
     SqlFeedbackStore(url).close()
     assert (tmp_path / "home/.local/share/mscc-alert/feedback.sqlite3").is_file()
+
+
+def test_replay_cache_is_shared_through_the_database(database_url: str) -> None:
+    """Two stores on one database stand for two workers: a JWT id seen by one is a replay for the other."""
+    first, second = SqlFeedbackStore(database_url), SqlFeedbackStore(database_url)
+    try:
+        one, two = first.replay_cache(), second.replay_cache()
+        key = ("https://ehr.example", f"jti-{uuid.uuid4()}")
+        assert one.add(key, expires_at=2_000.0, now=1_000.0) is True
+        assert two.add(key, expires_at=2_000.0, now=1_000.0) is False
+        assert one.add(key, expires_at=2_000.0, now=1_000.0) is False
+        assert two.add(("https://other.example", key[1]), expires_at=2_000.0, now=1_000.0) is True
+        with first._engine.connect() as connection:  # only a digest is stored, never the jti itself
+            stored = [row[0] for row in connection.execute(text("SELECT token_key FROM seen_tokens"))]
+        assert stored and all(len(k) == 64 and key[1] not in k for k in stored)
+    finally:
+        first.close()
+        second.close()

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
@@ -28,7 +28,7 @@ from jwt.types import Options
 
 from cds_hooks.security.jwks import AuthenticationError, JwksCache
 
-__all__ = ["AuthenticationError", "JwtVerifier", "VerifiedClient"]
+__all__ = ["AuthenticationError", "JwtVerifier", "ReplayCache", "VerifiedClient"]
 
 # The spec forbids `none` and symmetric algorithms; everything asymmetric that PyJWT verifies with EC/RSA keys
 # may be configured (ES384 and RS384 are the spec's RECOMMENDED pair).
@@ -36,6 +36,14 @@ _ASYMMETRIC_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class ReplayCache(Protocol):
+    """Remembers (iss, jti) pairs until their token expires. Several workers must share one (a database)."""
+
+    def add(self, key: tuple[str, str], expires_at: float, now: float) -> bool:
+        """Record `key`; False if it was already recorded (a replay) or cannot be recorded (fail closed)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,7 @@ class JwtVerifier:
         clock: Callable[[], float] = time.time,
         *,
         replay_cache_size: int = 100_000,
+        replay_cache: ReplayCache | None = None,
     ) -> None:
         """`trusted_issuers` maps each allowed `iss` to the JWKS URL its keys are taken from."""
         if isinstance(algorithms, str):
@@ -82,7 +91,7 @@ class JwtVerifier:
         self._max_lifetime = max_lifetime_seconds
         self._jwks = jwks if jwks is not None else JwksCache()
         self._clock = clock
-        self._replay = _ReplayCache(replay_cache_size)
+        self._replay: ReplayCache = replay_cache if replay_cache is not None else _ReplayCache(replay_cache_size)
 
     def verify(self, authorization_header: str | None, audience: str | Collection[str]) -> VerifiedClient:
         """Authenticate one request. `audience` is the exact URL invoked (or the URLs it is known by).
