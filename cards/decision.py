@@ -202,15 +202,21 @@ def _new_episode(pains: list[PainFinding], record: ClinicalRecord, policy: Polic
         return PainEpisode(tuple(recent), onset, f"new {names} pain on top of earlier back pain", regions)
     if any(p.acute for p in recent) and any(p.chronic for p in prior):
         return PainEpisode(tuple(recent), onset, "acute on chronic back pain", regions)
-    rise = _score_rise(record, window_start)
+    rise = _score_rise(record, window_start, pain_score_horizon(policy, now))
     if rise is not None and rise >= 2:
         return PainEpisode(tuple(recent), onset, f"pain score up {rise:g} points", regions)
     return None
 
 
-def _score_rise(record: ClinicalRecord, window_start: datetime) -> float | None:
+def pain_score_horizon(policy: Policy, now: datetime) -> datetime:
+    """Pain scores older than this never matter: the rise is measured against a baseline in the washout
+    period before the new-pain window (a design choice: a years-old score says nothing about "worse now")."""
+    return now - timedelta(days=policy.new_pain_window_days + policy.pain_washout_days)
+
+
+def _score_rise(record: ClinicalRecord, window_start: datetime, horizon: datetime) -> float | None:
     dated = sorted((s for s in record.pain_scores if s.evidence.date), key=lambda s: s.evidence.date.earliest)  # type: ignore[union-attr]
-    before = [s for s in dated if s.evidence.date and s.evidence.date.latest < window_start]
+    before = [s for s in dated if s.evidence.date and horizon <= s.evidence.date.latest < window_start]
     during = [s for s in dated if _within(s.evidence.date, window_start)]
     if not before or not during:
         return None

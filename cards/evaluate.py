@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cards.decision import Decision, decide
+from cards.decision import Decision, decide, pain_score_horizon
 from cards.policy import Policy
 from cards.render import CardContext, render_cards
 from fhir_mapping.extract import build_record
@@ -37,7 +37,8 @@ def evaluate_documents(
     policy: Policy,
     terminology: Terminology,
 ) -> Evaluation:
-    intake = collect(documents, patient_id, terminology)
+    # Old pain scores are dropped before validation: the decision would not read them (pain_score_horizon).
+    intake = collect(documents, patient_id, terminology, pain_scores_since=pain_score_horizon(policy, now))
     record = build_record(intake, terminology, now, include_unconfirmed=policy.count_unconfirmed)
     decision = decide(record, policy, now)
     subject = patient_id or _patient_id_of(intake.resources) or "unknown"

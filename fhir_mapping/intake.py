@@ -14,6 +14,7 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
+from fhir_mapping.dates import parse_span
 from fhir_mapping.terminology import (
     CPT,
     ICD10CM,
@@ -76,6 +78,11 @@ class _Series(msgspec.Struct, gc=False):
     modality: _Coding | None = None
 
 
+class _Period(msgspec.Struct, gc=False):
+    start: str | None = None
+    end: str | None = None
+
+
 class _Peek(msgspec.Struct, gc=False):
     resourceType: str = ""
     id: str | None = None
@@ -89,6 +96,10 @@ class _Peek(msgspec.Struct, gc=False):
     reasonCode: list[_Concept] | None = None
     series: list[_Series] | None = None
     description: str | None = None
+    effectiveDateTime: str | None = None
+    effectiveInstant: str | None = None
+    effectivePeriod: _Period | None = None
+    issued: str | None = None
 
 
 class _Entry(msgspec.Struct, gc=False):
@@ -188,6 +199,9 @@ class SkippedResource:
 
 @dataclass(slots=True)
 class Intake:
+    # Pain-score Observations (codes in `pain_scores`) dated before this are not read (None: all are).
+    pain_scores_since: datetime | None = None
+    pain_scores: frozenset[str] = frozenset()
     resources: list[Resource] = field(default_factory=list)
     skipped: list[SkippedResource] = field(default_factory=list)
     other_patient: int = 0  # resources about someone else, not used
@@ -227,6 +241,13 @@ READ_VALUE_SETS = (
 )
 # A coding in one of these systems is authoritative: an Observation coded in them is not read for words.
 _STANDARD_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, RXNORM, CPT})
+
+
+@functools.cache
+def pain_score_codes(terminology: Terminology) -> frozenset[str]:
+    """LOINC pain severity scores (observation-codes with role pain-score; clinical.md §2.8)."""
+    concepts = terminology.value_set("observation-codes")
+    return frozenset(c.code for c in concepts if c.attributes.get("role") == "pain-score")
 
 
 @functools.cache
@@ -295,9 +316,12 @@ def _is_relevant(peek: _Peek, terminology: Terminology) -> bool:
     return bool(texts) and mentions_anything_relevant(" | ".join(texts))
 
 
-def collect(documents: Iterable[Document | Buffer], patient_id: str | None, terminology: Terminology) -> Intake:
+def collect(
+    documents: Iterable[Document | Buffer], patient_id: str | None, terminology: Terminology, *,
+    pain_scores_since: datetime | None = None,
+) -> Intake:
     """Read prefetch values / fetched pages (each a resource or a Bundle) into one deduplicated intake."""
-    intake = Intake()
+    intake = Intake(pain_scores_since, pain_score_codes(terminology))
     for document in documents:
         if not isinstance(document, Document):
             document = read_document(document)
@@ -346,8 +370,22 @@ def _wanted(peek: _Peek, terminology: Terminology) -> bool:
     return peek.resourceType in MODELS and _is_relevant(peek, terminology)
 
 
+def _old_pain_score(peek: _Peek, since: datetime, codes: frozenset[str]) -> bool:
+    """A pain-score Observation dated before `since` (a cheap look at codes and dates before validation)."""
+    if peek.resourceType != "Observation" or peek.code is None:
+        return False
+    if not any(c.code in codes for c in peek.code.coding or () if isinstance(c.code, str)):
+        return False
+    period_start = peek.effectivePeriod.start if peek.effectivePeriod else None
+    span = parse_span(peek.effectiveDateTime or peek.effectiveInstant or period_start or peek.issued)
+    return span is not None and span.latest < since
+
+
 def _admit(intake: Intake, peek: _Peek, raw: bytes, patient_id: str | None) -> None:
-    """A relevant resource: drop it if it is someone else's or a duplicate, else validate and keep it."""
+    """A relevant resource: drop it if it is someone else's, a duplicate or an old pain score, else validate
+    and keep it."""
+    if intake.pain_scores_since is not None and _old_pain_score(peek, intake.pain_scores_since, intake.pain_scores):
+        return
     if patient_id is not None:
         owner = peek.id if peek.resourceType == "Patient" else _patient_of(
             (peek.subject or peek.patient or _Reference()).reference
