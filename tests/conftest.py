@@ -20,9 +20,7 @@ import pytest
 import requests
 
 SERVICE_ID = "breast-cancer-back-pain"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.exists():  # CI clones main beside shared/
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # the project's clone sits beside shared/
 SHARED_DATA = SHARED / "data"
 
 
