@@ -26,6 +26,7 @@ from tests.scenarios.fhir_builders import (
     CORD_COMPRESSION,
     HEART_RATE,
     JSON,
+    KEY_BY_RESOURCE_TYPE,
     OTHER_PATIENT_ID,
     TAMOXIFEN,
     back_pain,
@@ -44,17 +45,7 @@ from tests.test_hook_errors import assert_operation_outcome
 
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 TOKEN = "fhir-access-token-7c1e"
-ALL_TYPES = {
-    "Patient",
-    "Condition",
-    "MedicationStatement",
-    "MedicationRequest",
-    "Observation",
-    "ServiceRequest",
-    "DiagnosticReport",
-    "ImagingStudy",
-    "Procedure",
-}
+ALL_TYPES = {"Patient", *KEY_BY_RESOURCE_TYPE}
 SEARCH_PARAMS = {"patient", "code", "modality", "_count"}
 CONTINUATION = "_search"
 

@@ -22,7 +22,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from tests.conftest import SERVICE_ID, SHARED_DATA, LiveService
-from tests.scenarios.fhir_builders import JSON, PREFETCH_KEYS
+from tests.scenarios.fhir_builders import JSON, KEY_BY_RESOURCE_TYPE, PREFETCH_KEYS
 from tests.test_fhir_server_fallback import FhirTestServer
 from tests.test_hook_errors import assert_operation_outcome
 
@@ -94,18 +94,7 @@ def test_sandbox_request_is_answered_from_the_fhir_server(
     assert response.status_code == 200, response.text[:800]
     assert response.json() == {"cards": []}  # breast cancer in 1989, but deceased in 1989
     # `patient` was prefetched; the other eight declared keys were not (the sandbox used its own names).
-    assert synthea_server.first_page_types() == sorted(
-        {
-            "Condition",
-            "MedicationStatement",
-            "MedicationRequest",
-            "Observation",
-            "ServiceRequest",
-            "DiagnosticReport",
-            "ImagingStudy",
-            "Procedure",
-        }
-    )
+    assert synthea_server.first_page_types() == sorted(KEY_BY_RESOURCE_TYPE)
     assert all(seen.authorization is None for seen in synthea_server.seen)
     assert all(seen.status == 200 for seen in synthea_server.seen)
     lines = log_lines_for(live_service, body["hookInstance"])
