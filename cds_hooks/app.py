@@ -285,6 +285,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resources_seen=evaluation.resources_seen, resources_used=evaluation.resources_used,
             skipped=len(evaluation.record.skipped), other_patient=evaluation.record.ignored_other_patient,
         )
+        if gathered.from_prefetch:
+            fields["prefetch_keys"] = ",".join(gathered.from_prefetch)
+        if gathered.null_keys:
+            fields["null_keys"] = ",".join(gathered.null_keys)
         if gathered.fetched:
             fields["fetched_keys"] = ",".join(gathered.fetched)
             metrics.fhir_fetches.labels("ok").inc(len(gathered.fetched))
