@@ -50,11 +50,6 @@ class Server:
     def __enter__(self) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSCC_ALERT_")}
         env.update(MSCC_ALERT_DATABASE_URL=f"sqlite:///{self.tmp / 'feedback.db'}", MSCC_ALERT_AUTH="off")
-        if self.workers > 1:
-            # Workers that start together on a fresh SQLite file race to run the Alembic migrations and one
-            # can die ("table alembic_version already exists"); migrate once first so the benchmark measures
-            # serving. The race itself is a service bug, reported, not hidden: see benchmarks/README.md.
-            subprocess.run([*_cli_command(), "feedback-report"], env=env, capture_output=True, check=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [*_cli_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
