@@ -117,21 +117,37 @@ def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch:
     patient_id = request.context.patientId
 
     def fetch(key: str) -> tuple[str, list[bytes] | FhirFetchError]:
+        query = fill(templates[key], patient_id)
         with FhirClient(server, token, limits) as client:
             try:
-                return key, client.fetch(fill(templates[key], patient_id))
+                return key, client.fetch(query)
             except FhirFetchError as exc:
+                if "?" not in query:
+                    return key, exc  # a read (the Patient): nothing to fall back to
+                if exc.status == 400 and "&" in query:
+                    # A simple server may refuse our code/modality filter; we filter the answer ourselves.
+                    try:
+                        return key, client.fetch(query.split("&", 1)[0])
+                    except FhirFetchError as retry:
+                        return key, retry
                 return key, exc
 
-    failures: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=min(4, len(to_fetch))) as pool:
-        for key, outcome in pool.map(fetch, list(to_fetch)):
-            if isinstance(outcome, FhirFetchError):
-                failures[key] = f"{to_fetch[key]}, and fetching it from fhirServer failed: {outcome}"
-            else:
-                # A fetched page's next link was followed by the client: only the prefetch's is a problem.
-                gathered.documents.extend(read_document(page) for page in outcome)
+        outcomes = dict(pool.map(fetch, list(to_fetch)))
+    answered = any(not isinstance(outcome, FhirFetchError) for outcome in outcomes.values())
+    failures: dict[str, str] = {}
+    for key, outcome in outcomes.items():
+        if isinstance(outcome, FhirFetchError):
+            unsupported = outcome.status == 404 and "?" in templates[key]
+            if unsupported and answered:
+                # The server answers searches but does not offer this resource type: no such data to miss.
                 gathered.fetched.append(key)
+                continue
+            failures[key] = f"{to_fetch[key]}, and fetching it from fhirServer failed: {outcome}"
+        else:
+            # A fetched page's next link was followed by the client: only the prefetch's is a problem.
+            gathered.documents.extend(read_document(page) for page in outcome)
+            gathered.fetched.append(key)
     if failures:
         raise PreconditionFailed(
             "Could not obtain data the rules need: "
