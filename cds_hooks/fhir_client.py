@@ -98,7 +98,13 @@ def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or _DEFAULT_PORTS.get(scheme, -1)  # ValueError on a malformed port
-    return scheme, (parts.hostname or "").lower(), port
+    host = (parts.hostname or "").lower()
+    # `localhost` is 127.0.0.1 or ::1: a server called by one of these names that writes its next links with
+    # another is the same server. Other loopback addresses (127.0.0.2) can be another process: not equated.
+    return scheme, "localhost" if host in _LOCALHOST_NAMES else host, port
+
+
+_LOCALHOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _classify(relative_url: str) -> tuple[str, str, bool]:

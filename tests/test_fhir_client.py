@@ -572,3 +572,16 @@ def test_relative_url_outside_the_prefetch_subset_is_rejected(relative_url: str)
     with FhirClient("http://127.0.0.1:9/fhir", None) as client, pytest.raises(ValueError) as info:
         client.fetch(relative_url)
     assert PATIENT not in str(info.value)
+
+
+def test_next_link_with_another_loopback_name_is_followed(httpserver: HTTPServer) -> None:
+    """A server called as 127.0.0.1 that writes its links as localhost (or the reverse) is the same server."""
+    port = httpserver.port
+    first = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+             "link": [{"relation": "next", "url": f"http://localhost:{port}/fhir/Condition?page=2"}]}
+    second = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    httpserver.expect_ordered_request("/fhir/Condition", query_string="patient=p1").respond_with_json(first)
+    httpserver.expect_ordered_request("/fhir/Condition", query_string="page=2",
+                                      headers={"Authorization": "Bearer tok"}).respond_with_json(second)
+    with FhirClient(f"http://127.0.0.1:{port}/fhir", "tok") as client:
+        assert len(client.fetch("Condition?patient=p1")) == 2
