@@ -23,7 +23,7 @@ from cds_hooks.errors import PreconditionFailed
 from cds_hooks.fhir_client import FetchLimits, FhirClient, FhirFetchError
 from cds_hooks.hook_request import HookRequest
 from fhir_mapping.intake import Document, read_document
-from fhir_mapping.terminology import LOINC, SNOMED, Terminology
+from fhir_mapping.terminology import ICD10CM, LOINC, SNOMED, Terminology
 
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 
@@ -47,6 +47,8 @@ def build_templates(terminology: Terminology) -> dict[str, str]:
     imaging_codes = _codes(terminology, ["spine-imaging"], (LOINC, SNOMED, "http://www.ama-assn.org/go/cpt"))
     procedure_codes = _codes(terminology, ["spine-imaging", "breast-cancer-supporting", "end-of-life"],
                              (LOINC, SNOMED, "http://www.ama-assn.org/go/cpt"))
+    # Encounter.reasonCode is pain evidence too (clinical.md §1.2); EHRs code reasons in SNOMED or ICD-10-CM.
+    reason_codes = _codes(terminology, ["spinal-pain", "neuro-red-flags"], (SNOMED, ICD10CM))
     return {
         "patient": f"Patient/{patient}",
         "conditions": f"Condition?patient={patient}",
@@ -57,6 +59,7 @@ def build_templates(terminology: Terminology) -> dict[str, str]:
         "diagnosticReports": f"DiagnosticReport?patient={patient}&code={imaging_codes}",
         "imagingStudies": f"ImagingStudy?patient={patient}&modality={DICOM}|MR,{DICOM}|CT",
         "procedures": f"Procedure?patient={patient}&code={procedure_codes}",
+        "encounters": f"Encounter?patient={patient}&reason-code={reason_codes}",
     }
 
 

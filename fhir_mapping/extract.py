@@ -386,6 +386,19 @@ class _Extractor:
                         bool(attributes.get("backPainDifferential")), current)
         )
 
+    # --- Encounter reasons ------------------------------------------------------------------------------
+    def encounter(self, resource: Any) -> None:
+        """A visit for back pain or a neurological symptom is evidence of it, dated by the visit."""
+        if resource.status in ("cancelled", "entered-in-error"):
+            return
+        date = _first_date((_period(resource.period), "effective"))
+        for reason in resource.reasonCode or ():
+            matches = _by_value_set(_coded(self.terminology, reason))
+            if matches:
+                self._observed(resource, matches, resource.status, date, False)
+            else:
+                self._observation_text(resource, _texts(reason), resource.status, date, False)
+
     # --- Imaging and procedures -------------------------------------------------------------------------
     def procedure(self, resource: Any) -> None:
         if resource.status not in _PROCEDURE_DONE:
@@ -546,6 +559,7 @@ _HANDLERS = {
     "ServiceRequest": _Extractor.service_request,
     "DiagnosticReport": _Extractor.diagnostic_report,
     "ImagingStudy": _Extractor.imaging_study,
+    "Encounter": _Extractor.encounter,
 }
 
 

@@ -21,6 +21,7 @@ import msgspec
 import orjson
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
@@ -54,6 +55,7 @@ MODELS: dict[str, type[Resource]] = {
     "ServiceRequest": ServiceRequest,
     "DiagnosticReport": DiagnosticReport,
     "ImagingStudy": ImagingStudy,
+    "Encounter": Encounter,
 }
 
 

@@ -42,6 +42,7 @@ TYPE_OF_KEY = {
     "diagnosticReports": "DiagnosticReport",
     "imagingStudies": "ImagingStudy",
     "procedures": "Procedure",
+    "encounters": "Encounter",
 }
 FILTER_OF_TYPE = {
     "Observation": "code",
@@ -49,6 +50,7 @@ FILTER_OF_TYPE = {
     "DiagnosticReport": "code",
     "Procedure": "code",
     "ImagingStudy": "modality",
+    "Encounter": "reason-code",
 }
 M1_METASTASIS = (LOINC, "21907-1")  # Synthea's only metastasis signal (shared/data/README.md)
 MAX_REQUEST_LINE = 8000  # Tomcat's and nginx's default limits are 8 KB
@@ -109,7 +111,7 @@ def filter_codes(template: str) -> set[tuple[str, str]]:
     _, params = search_params(template)
     codes: set[tuple[str, str]] = set()
     for name, value in params:
-        if name in ("code", "modality"):
+        if name in ("code", "modality", "reason-code"):
             for token in value.split(","):
                 system, _, code = token.rpartition("|")
                 codes.add((system, code))
@@ -132,7 +134,7 @@ def test_in_process_and_live_discovery_agree(service_client: Any, discovery: JSO
     assert service_client.get("/cds-services").json() == discovery
 
 
-def test_prefetch_declares_the_nine_keys(service: JSON) -> None:
+def test_prefetch_declares_the_ten_keys(service: JSON) -> None:
     assert list(service["prefetch"]) == list(PREFETCH_KEYS)
 
 

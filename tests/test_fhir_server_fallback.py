@@ -46,7 +46,7 @@ from tests.test_hook_errors import assert_operation_outcome
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 TOKEN = "fhir-access-token-7c1e"
 ALL_TYPES = {"Patient", *KEY_BY_RESOURCE_TYPE}
-SEARCH_PARAMS = {"patient", "code", "modality", "_count"}
+SEARCH_PARAMS = {"patient", "code", "modality", "reason-code", "_count"}
 CONTINUATION = "_search"
 
 
@@ -74,6 +74,8 @@ def _refers_to(resource: JSON, patient_id: str) -> bool:
 
 
 def _codings(resource: JSON, param: str) -> list[JSON]:
+    if param == "reason-code":
+        return [c for reason in resource.get("reasonCode", []) for c in reason.get("coding", [])]
     if param == "modality":
         series = [s["modality"] for s in resource.get("series", []) if "modality" in s]
         return [*resource.get("modality", []), *series]
@@ -150,7 +152,7 @@ class FhirTestServer:
     def _search(self, resource_type: str, args: dict[str, str]) -> JSON:
         patient_id = args.get("patient", "").removeprefix("Patient/")
         matches = [r for r in self.resources if r["resourceType"] == resource_type and _refers_to(r, patient_id)]
-        for param in ("code", "modality"):
+        for param in ("code", "modality", "reason-code"):
             if param in args:
                 matches = [r for r in matches if _token_matches(_codings(r, param), args[param])]
         search_id = uuid.uuid4().hex
@@ -274,6 +276,7 @@ def test_observations_and_imaging_are_searched_by_code(httpserver: HTTPServer, s
     for resource_type in ("Observation", "ServiceRequest", "DiagnosticReport", "Procedure"):
         assert filters[resource_type] == {"code"}, resource_type
     assert filters["ImagingStudy"] == {"modality"}
+    assert filters["Encounter"] == {"reason-code"}
 
 
 def test_open_server_is_fetched_without_authorization(httpserver: HTTPServer, service_client: Any) -> None:

@@ -134,6 +134,7 @@ def all_resources() -> dict[str, list[JSON]]:
         "diagnosticReports": [fb.diagnostic_report(fb.MRI_LUMBAR_SNOMED, effective_days_ago=400)],
         "imagingStudies": [fb.imaging_study(fb.MRI_LUMBAR_SNOMED, started_days_ago=400)],
         "procedures": [fb.procedure(fb.MRI_LUMBAR_SNOMED, performed_days_ago=400)],
+        "encounters": [fb.encounter(fb.snomed("279039007", "Low back pain"), days_ago=6)],
     }
 
 

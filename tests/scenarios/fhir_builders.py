@@ -43,6 +43,7 @@ PREFETCH_KEYS = (
     "diagnosticReports",
     "imagingStudies",
     "procedures",
+    "encounters",
 )
 KEY_BY_RESOURCE_TYPE = {
     "Condition": "conditions",
@@ -53,6 +54,7 @@ KEY_BY_RESOURCE_TYPE = {
     "DiagnosticReport": "diagnosticReports",
     "ImagingStudy": "imagingStudies",
     "Procedure": "procedures",
+    "Encounter": "encounters",
 }
 
 _ids = itertools.count(1)
@@ -429,6 +431,19 @@ def procedure(
 
 
 # --- Bundles and the hook request ------------------------------------------------------------------------
+def encounter(*reasons: JSON, status: str = "finished", days_ago: float = 5, patient_id: str = PATIENT_ID) -> JSON:
+    """An ambulatory Encounter whose reasonCode is given (pain documented only as the visit reason)."""
+    return {
+        "resourceType": "Encounter",
+        "id": _id("encounter"),
+        "status": status,
+        "class": coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", "AMB", "ambulatory"),
+        "subject": reference(patient_id),
+        "period": {"start": iso_datetime(days_ago), "end": iso_datetime(days_ago)},
+        "reasonCode": [concept(r) if "coding" not in r and "text" not in r else r for r in reasons],
+    }
+
+
 def searchset(resources: Iterable[JSON]) -> JSON:
     """A FHIR searchset Bundle, as a FHIR server answers a prefetch query."""
     entries = [
@@ -456,7 +471,7 @@ def hook_request(
     patient_id: str | None = None,
     **resources_by_key: list[JSON] | JSON | None,
 ) -> JSON:
-    """A CDS Hooks 2.0 patient-view request that fills all nine prefetch keys.
+    """A CDS Hooks 2.0 patient-view request that fills all ten prefetch keys.
 
     For each key other than `patient`: a list becomes a searchset Bundle, a dict is sent as it is (a ready
     Bundle or an OperationOutcome), an explicit None is sent as JSON null ("no data"), and a key not given
@@ -481,7 +496,7 @@ def hook_request(
 
 
 def hook_request_from_bundle(bundle: Mapping[str, Any]) -> JSON:
-    """Split an exported patient Bundle (Synthea collection/transaction) into the nine prefetch keys.
+    """Split an exported patient Bundle (Synthea collection/transaction) into the ten prefetch keys.
 
     The Patient goes to `patient`; the eight searched types go to their keys; every other resource type is
     dropped, as the service's prefetch queries would never return it.
