@@ -1,4 +1,4 @@
-"""Realistic patient-view hook requests of a given size (total resources over the nine prefetch keys).
+"""Realistic patient-view hook requests of a given size (total resources over the ten prefetch keys).
 
 What a chart of N resources holds here, in the proportions a large EHR export has:
 - the few resources the rules read (tests/scenarios/fhir_builders.py): a breast-cancer history, new low back
@@ -213,7 +213,7 @@ def build_request(resources: int, seed: int = 1) -> tuple[bytes, dict[str, int]]
     generated = observations - synthea_obs
     for raw in others[:synthea_other]:
         resource = orjson.loads(raw)
-        by_key[fb.KEY_BY_RESOURCE_TYPE[resource["resourceType"]]].append(resource)
+        by_key.setdefault(fb.KEY_BY_RESOURCE_TYPE[resource["resourceType"]], []).append(resource)
     rng = random.Random(seed * 1_000_003 + resources)
     bulk = [generated_observation(i, rng) for i in range(generated)]
     bulk.extend(_synthea_observations(synthea_obs))
