@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from fhir_mapping.dates import DateSpan, parse_span, span_after_birth, span_of_period
+from fhir_mapping.drug_names import drug_named
 from fhir_mapping.findings import (
     CancerFinding,
     ClinicalRecord,
@@ -363,23 +364,24 @@ class _Extractor:
             (_period(resource.effectivePeriod), "effective"),
             (resource.dateAsserted, "recorded"),
         )
-        self._drug(resource, resource.medicationCodeableConcept, date, resource.status in _STATEMENT_CURRENT)
+        self._drug(resource, date, resource.status in _STATEMENT_CURRENT)
 
     def medication_request(self, resource: Any) -> None:
         if resource.status in _REQUEST_VOID:
             return
         date = _first_date((resource.authoredOn, "authored"))
-        self._drug(resource, resource.medicationCodeableConcept, date, resource.status in _REQUEST_CURRENT)
+        self._drug(resource, date, resource.status in _REQUEST_CURRENT)
 
-    def _drug(self, resource: Any, concept: Any, date: tuple[DateSpan | None, DateKind | None],
-              current: bool) -> None:
+    def _drug(self, resource: Any, date: tuple[DateSpan | None, DateKind | None], current: bool) -> None:
+        concept = resource.medicationCodeableConcept or _contained_medication_code(resource)
         matches = _by_value_set(_coded(self.terminology, concept))
         coded = matches.get("breast-cancer-drugs")
-        drug = coded.concept if coded else _drug_named(self.terminology, " ".join(_texts(concept)))
+        reference = resource.medicationReference
+        text = " ".join([*_texts(concept), *([reference.display] if reference and reference.display else [])])
+        drug = coded.concept if coded else drug_named(self.terminology, text)
         if drug is None:
             return
-        evidence = _evidence(resource, coded.display if coded else " ".join(_texts(concept))[:120], drug,
-                             resource.status, date)
+        evidence = _evidence(resource, coded.display if coded else text[:120], drug, resource.status, date)
         attributes = drug.attributes
         self.record.drugs.append(
             DrugFinding(evidence, str(attributes.get("ingredient", drug.display)), str(attributes.get("tier", "C")),
@@ -486,32 +488,15 @@ class _Extractor:
         )
 
 
-def _drug_named(terminology: Terminology, text: str) -> Concept | None:
-    """Text-only medication ("Faslodex 250 mg injection"): match an ingredient or brand name as a word."""
-    if not text:
+def _contained_medication_code(resource: Any) -> Any:
+    """medicationReference "#id" to a contained Medication (as Epic and others send): that Medication's code."""
+    reference = resource.medicationReference
+    if reference is None or not (reference.reference or "").startswith("#"):
         return None
-    for name, concept in _drug_names(terminology):
-        if name.search(text):
-            return concept
+    for contained in resource.contained or ():
+        if contained.get_resource_type() == "Medication" and contained.id == reference.reference[1:]:
+            return contained.code
     return None
-
-
-_DRUG_NAME_CACHE: dict[int, list[tuple[re.Pattern[str], Concept]]] = {}
-
-
-def _drug_names(terminology: Terminology) -> list[tuple[re.Pattern[str], Concept]]:
-    cached = _DRUG_NAME_CACHE.get(id(terminology))
-    if cached is None:
-        names: dict[str, Concept] = {}
-        for concept in terminology.value_set("breast-cancer-drugs"):
-            ingredient = str(concept.attributes.get("ingredient", "")).strip()
-            if ingredient:
-                names.setdefault(ingredient.lower(), concept)
-            if concept.attributes.get("tty") == "BN":
-                names.setdefault(concept.display.lower(), concept)
-        cached = [(re.compile(rf"\b{re.escape(n)}\b", re.IGNORECASE), c) for n, c in names.items()]
-        _DRUG_NAME_CACHE[id(terminology)] = cached
-    return cached
 
 
 def _years(value: float, quantity: Any) -> float:

@@ -33,6 +33,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from fhir_mapping.dates import parse_span
+from fhir_mapping.drug_names import drug_named
 from fhir_mapping.terminology import (
     CPT,
     ICD10CM,
@@ -73,6 +74,12 @@ class _Concept(msgspec.Struct, gc=False):
 
 class _Reference(msgspec.Struct, gc=False):
     reference: str | None = None
+    display: str | None = None
+
+
+class _Contained(msgspec.Struct, gc=False):
+    resourceType: str = ""
+    code: _Concept | list[Any] | None = None  # a list in some resource types (Questionnaire): not ours
 
 
 class _Series(msgspec.Struct, gc=False):
@@ -92,6 +99,8 @@ class _Peek(msgspec.Struct, gc=False):
     patient: _Reference | None = None
     code: _Concept | None = None
     medicationCodeableConcept: _Concept | None = None
+    medicationReference: _Reference | None = None
+    contained: list[_Contained] | None = None
     valueCodeableConcept: _Concept | None = None
     valueString: str | None = None
     procedureCode: list[_Concept] | None = None
@@ -231,6 +240,9 @@ def _concepts(peek: _Peek) -> Iterable[_Concept]:
             yield concept
     yield from peek.procedureCode or ()
     yield from peek.reasonCode or ()
+    for contained in peek.contained or ():  # e.g. the Medication a MedicationRequest refers to as "#med"
+        if isinstance(contained.code, _Concept):
+            yield contained.code
 
 
 # The value sets fhir_mapping.extract reads from codes in resources. A resource none of whose codes is in
@@ -315,7 +327,14 @@ def _is_relevant(peek: _Peek, terminology: Terminology) -> bool:
         texts.append(peek.valueString)
     if peek.description:
         texts.append(peek.description)
-    return bool(texts) and mentions_anything_relevant(" | ".join(texts))
+    if peek.medicationReference is not None and peek.medicationReference.display:
+        texts.append(peek.medicationReference.display)
+    if not texts:
+        return False
+    text = " | ".join(texts)
+    if peek.resourceType in ("MedicationStatement", "MedicationRequest") and drug_named(terminology, text):
+        return True
+    return mentions_anything_relevant(text)
 
 
 def collect(
