@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import gc
 import ipaddress
-import logging
-import time
-import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -34,15 +30,16 @@ from cds_hooks.errors import (
 )
 from cds_hooks.feedback import (
     FeedbackError,
-    FeedbackRequest,
     FeedbackStore,
     IssuedCard,
     MemoryFeedbackStore,
     parse_feedback,
 )
 from cds_hooks.fhir_client import FetchLimits
-from cds_hooks.hook_request import HookRequest, decode_hook_request
+from cds_hooks.hook_request import decode_hook_request
 from cds_hooks.metrics import Metrics
+from cds_hooks.middleware import AccessLog, InternalErrors
+from cds_hooks.openapi import openapi_document
 from cds_hooks.patient_view import PatientViewService
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
 from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jwks
@@ -50,9 +47,7 @@ from cds_hooks.security.jwt_auth import ReplayCache
 from cds_hooks.settings import Settings
 from fhir_mapping.terminology import load_terminology
 
-_log = logging.getLogger("mscc_alert.http")
 _JSON_TYPES = ("application/json", "application/fhir+json")
-ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
 
 def _json(content: Any, status: int = 200) -> Response:
@@ -88,81 +83,6 @@ def open_feedback_store(settings: Settings) -> FeedbackStore:
     from cds_hooks.feedback_db import SqlFeedbackStore, default_database_url
 
     return SqlFeedbackStore(settings.database_url or default_database_url())
-
-
-class AccessLog:
-    """One PHI-free log line and the metrics for every request (pure ASGI: no body buffering)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        fields: dict[str, Any] = {}
-        scope.setdefault("state", {})["log"] = fields
-        status = 500
-
-        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            route_path = getattr(route, "path", "unmatched")
-            elapsed = time.perf_counter() - start
-            self.metrics.requests.labels(route_path, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route_path).observe(elapsed)
-            if route_path not in ("/healthz", "/metrics"):
-                _log.info("request", extra={"route": route_path, "method": scope["method"], "status": status,
-                                            "latency_ms": round(elapsed * 1000, 2), **fields})
-
-
-class InternalErrors:
-    """An unexpected exception becomes a 500 OperationOutcome, never an empty card list.
-
-    Starlette's own catch-all runs outside every middleware, so its 500 would lack the CORS headers a browser
-    client needs to read it; this sits inside the CORS middleware instead.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception as exc:
-            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "unknown"
-            fields = scope.get("state", {}).get("log", {})
-            # Exception messages can quote resource content: log the type and the place only.
-            _log.error("internal error", extra={**fields, "error_type": type(exc).__name__, "reason": where})
-            if started:
-                raise
-            body = orjson.dumps(operation_outcome([(
-                "fatal", "exception", "Internal error: the request was not evaluated. No conclusion about the "
-                "patient can be drawn from this response.", None)]))
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", FHIR_JSON_MEDIA_TYPE.encode()),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -349,101 +269,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     app.add_middleware(AccessLog, metrics=metrics)
-    app.openapi = _openapi_document(app)  # type: ignore[method-assign]
+    app.openapi = openapi_document(app)  # type: ignore[method-assign]
     return app
-
-
-_OPERATION_OUTCOME_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["resourceType", "issue"],
-    "properties": {
-        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
-        "issue": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["severity", "code"],
-            "properties": {"severity": {"type": "string"}, "code": {"type": "string"},
-                           "diagnostics": {"type": "string"},
-                           "expression": {"type": "array", "items": {"type": "string"}}}}},
-    },
-}
-_CARD_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["uuid", "summary", "indicator", "source"],
-    "properties": {
-        "uuid": {"type": "string"}, "summary": {"type": "string", "maxLength": 139},
-        "detail": {"type": "string"}, "indicator": {"type": "string", "enum": ["info", "warning", "critical"]},
-        "source": {"type": "object", "required": ["label"]},
-        "suggestions": {"type": "array", "items": {"type": "object", "required": ["label"]}},
-        "selectionBehavior": {"type": "string", "enum": ["at-most-one", "any"]},
-        "overrideReasons": {"type": "array", "items": {"type": "object", "required": ["code", "system", "display"]}},
-        "links": {"type": "array", "items": {"type": "object", "required": ["label", "url", "type"]}},
-    },
-}
-_ERRORS = {
-    "400": "Malformed request", "401": "No valid client JWT", "404": "Unknown service", "413": "Body too large",
-    "415": "Not JSON", "500": "Internal error: the request was not evaluated",
-}
-
-
-def _json_answer(description: str, schema: dict[str, Any], media_type: str = "application/json") -> dict[str, Any]:
-    return {"description": description, "content": {media_type: {"schema": schema}}}
-
-
-def _openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The document says what the service really takes and answers. The hook and feedback routes read raw
-    bytes (the fast path), so their bodies are described from the models that decode them; every error is
-    an OperationOutcome (application/fhir+json); FastAPI's 422 is never sent."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        from fastapi.openapi.utils import get_openapi
-
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        template = "#/components/schemas/{name}"
-        (hook_ref,), components = msgspec.json.schema_components([HookRequest], ref_template=template)
-        feedback = FeedbackRequest.model_json_schema(ref_template=template.replace("{name}", "{model}"))
-        components.update(feedback.pop("$defs", {}))
-        components["FeedbackRequest"] = feedback
-        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        for unused in ("HTTPValidationError", "ValidationError"):
-            schemas.pop(unused, None)
-        schemas.update(components)
-
-        def errors(*codes: str) -> dict[str, Any]:
-            return {c: _json_answer(_ERRORS[c], _OPERATION_OUTCOME_SCHEMA, FHIR_JSON_MEDIA_TYPE) for c in codes}
-
-        paths = schema["paths"]
-        hook = paths["/cds-services/{service_id}"]["post"]
-        feedback_path = paths["/cds-services/{service_id}/feedback"]["post"]
-        hook["requestBody"] = {"required": True, "content": {"application/json": {"schema": hook_ref}}}
-        hook["responses"] = {
-            "200": _json_answer("CDS Hooks response", {"type": "object", "required": ["cards"], "properties": {
-                "cards": {"type": "array", "items": _CARD_SCHEMA}}}),
-            "412": _json_answer("Data the rules need could not be obtained", _OPERATION_OUTCOME_SCHEMA,
-                                FHIR_JSON_MEDIA_TYPE),
-            **errors("400", "401", "404", "413", "415", "500"),
-        }
-        feedback_path["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": {"$ref": template.format(name="FeedbackRequest")}}}}
-        feedback_path["responses"] = {
-            "200": _json_answer("Feedback recorded", _OPERATION_OUTCOME_SCHEMA, FHIR_JSON_MEDIA_TYPE),
-            **errors("400", "401", "404", "413", "415", "500"),
-        }
-        paths["/cds-services"]["get"]["responses"] = {
-            "200": _json_answer("Discovery", {"type": "object", "required": ["services"], "properties": {
-                "services": {"type": "array", "items": {"type": "object",
-                                                        "required": ["hook", "description", "id"]}}}}),
-            **errors("401", "500"),
-        }
-        paths["/metrics"]["get"]["responses"] = {
-            "200": {"description": "Prometheus metrics",
-                    "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
-        }
-        paths["/healthz"]["get"]["responses"] = {
-            "200": _json_answer("Alive", {"type": "object", "properties": {"status": {"type": "string"}}})
-        }
-        app.openapi_schema = schema
-        return schema
-
-    return openapi
 
 
 def audiences_for(request: Request, settings: Settings) -> list[str]:
