@@ -64,10 +64,17 @@ def _day(span: DateSpan) -> str:
 
 
 def _ago(span: DateSpan, now: datetime) -> str:
+    """Days while they decide "new" (the window is weeks); months and years for the long history."""
     days = (now - span.latest).days
     if days < 0:
         return "in the future"
-    return "today" if days == 0 else f"{days} day{'s' if days != 1 else ''} ago"
+    if days == 0:
+        return "today"
+    if days < 90:
+        return f"{days} day{'s' if days != 1 else ''} ago"
+    if days < 730:
+        return f"{days // 30} months ago"
+    return f"{days // 365} years ago"
 
 
 def _when(evidence: Evidence, now: datetime) -> str:
