@@ -180,6 +180,11 @@ def _sqlite_file_lock(database: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _dialect_insert(dialect: str, table: Table) -> Any:
+    """INSERT with the dialect's ON CONFLICT support (both SQLite and PostgreSQL have it, spelled alike)."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
 class SqlReplayCache:
     """`ReplayCache` in the service's database, so every worker refuses a token any of them has seen."""
 
@@ -187,7 +192,7 @@ class SqlReplayCache:
 
     def __init__(self, engine: Engine, dialect: str) -> None:
         self._engine = engine
-        self._insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(seen_tokens)
+        self._insert = _dialect_insert(dialect, seen_tokens)
         self._next_prune = 0.0
 
     def add(self, key: tuple[str, str], expires_at: float, now: float) -> bool:
@@ -250,7 +255,7 @@ class SqlFeedbackStore:
         return SqlReplayCache(self._engine, self._dialect)
 
     def _insert(self, table: Table) -> Any:
-        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+        return _dialect_insert(self._dialect, table)
 
     # --- issued cards (hook path) ---------------------------------------------------------------------
 

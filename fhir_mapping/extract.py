@@ -201,9 +201,7 @@ class _Extractor:
             evidence = _evidence(resource, coded.display, coded.concept, status, date)
             self.record.cancers.append(CancerFinding(evidence, category, str(reason) if reason else None))  # type: ignore[arg-type]
         if "bone-metastasis" in matches:
-            coded = matches["bone-metastasis"]
-            evidence = _evidence(resource, coded.display, coded.concept, status, date)
-            self.record.metastases.append(MetastasisFinding(evidence, bool(coded.concept.attributes.get("spine"))))
+            self._add_metastasis(resource, matches["bone-metastasis"], status, date)
 
     def _condition_text(
         self, resource: Any, status: str | None, onset: tuple[DateSpan | None, DateKind | None],
@@ -214,19 +212,33 @@ class _Extractor:
                 evidence = _evidence(resource, text, None, status, onset)
                 self.record.cancers.append(CancerFinding(evidence, "primary"))
                 return
-            if cord_compression_in(text):
-                evidence = _evidence(resource, text, None, status, onset)
-                feature = "cauda-equina" if "cauda" in text.lower() else "cord-compression"
-                self.record.neuro.append(NeuroFinding(evidence, feature, True, spinal_site, resolved))
+            if self._text_finding(resource, text, status, onset, resolved, abated, spinal_site):
                 return
-            pain = spinal_pain_in(text)
-            if pain is not None:
-                evidence = _evidence(resource, text, None, status, onset)
-                self.record.pains.append(
-                    PainFinding(evidence, pain.region, pain.suggestive or pain.region in ("thoracic", "cervical"),
-                                "chronic" in text.lower(), "acute" in text.lower(), resolved, abated)
-                )
-                return
+
+    def _add_metastasis(self, resource: Any, coded: _Coded, status: str | None,
+                        date: tuple[DateSpan | None, DateKind | None]) -> None:
+        evidence = _evidence(resource, coded.display, coded.concept, status, date)
+        self.record.metastases.append(MetastasisFinding(evidence, bool(coded.concept.attributes.get("spine"))))
+
+    def _text_finding(
+        self, resource: Any, text: str, status: str | None, date: tuple[DateSpan | None, DateKind | None],
+        resolved: bool, abated: DateSpan | None, spinal_site: bool,
+    ) -> bool:
+        """Cord compression or spinal pain named in free text (no usable code); True if one was found."""
+        evidence = _evidence(resource, text, None, status, date)
+        lowered = text.lower()
+        if cord_compression_in(text):
+            feature = "cauda-equina" if "cauda" in lowered else "cord-compression"
+            self.record.neuro.append(NeuroFinding(evidence, feature, True, spinal_site, resolved))
+            return True
+        pain = spinal_pain_in(text)
+        if pain is None:
+            return False
+        self.record.pains.append(
+            PainFinding(evidence, pain.region, pain.suggestive or pain.region in ("thoracic", "cervical"),
+                        "chronic" in lowered, "acute" in lowered, resolved, abated)
+        )
+        return True
 
     def _spinal_site(self, sites: Any) -> bool:
         return any("spine-body-sites" in _by_value_set(_coded(self.terminology, site)) for site in sites or ())
@@ -334,25 +346,14 @@ class _Extractor:
         if "neuro-red-flags" in matches:
             self._add_neuro(resource, matches["neuro-red-flags"], status, date, False, spinal_site)
         if "bone-metastasis" in matches:
-            coded = matches["bone-metastasis"]
-            evidence = _evidence(resource, coded.display, coded.concept, status, date)
-            self.record.metastases.append(MetastasisFinding(evidence, bool(coded.concept.attributes.get("spine"))))
+            self._add_metastasis(resource, matches["bone-metastasis"], status, date)
 
     def _observation_text(
         self, resource: Any, texts: list[str], status: str | None,
         date: tuple[DateSpan | None, DateKind | None], spinal_site: bool,
     ) -> None:
         for text in texts:
-            pain = spinal_pain_in(text)
-            if pain is not None:
-                evidence = _evidence(resource, text, None, status, date)
-                self.record.pains.append(
-                    PainFinding(evidence, pain.region, pain.suggestive or pain.region in ("thoracic", "cervical"),
-                                False, False, False, None))
-                return
-            if cord_compression_in(text):
-                evidence = _evidence(resource, text, None, status, date)
-                self.record.neuro.append(NeuroFinding(evidence, "cord-compression", True, spinal_site, False))
+            if self._text_finding(resource, text, status, date, False, None, spinal_site):
                 return
 
     # --- Medications ------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def normalize_code(system: str, code: str | int) -> str:
 class Terminology:
     """All value sets, indexed by (canonical system, normalised code) and by value-set id."""
 
-    __slots__ = ("_by_code", "_members", "_value_sets", "relevant_codes")
+    __slots__ = ("_by_code", "_members", "_value_sets")
 
     def __init__(self, concepts: Iterable[Concept]) -> None:
         by_code: dict[tuple[str, str], list[Concept]] = {}
@@ -129,7 +129,6 @@ class Terminology:
         self._by_code: dict[tuple[str, str], tuple[Concept, ...]] = {k: tuple(v) for k, v in by_code.items()}
         self._members = members
         self._value_sets = {name: tuple(codes.values()) for name, codes in members.items()}
-        self.relevant_codes: frozenset[tuple[str, str]] = frozenset(by_code)
 
     def _key(self, system: str | None, code: str | int | None) -> tuple[str, str] | None:
         canonical = canonical_system(system)

@@ -177,13 +177,16 @@ def test_value_set_and_codes() -> None:
         terminology.value_set("no-such-value-set")
 
 
-def test_relevant_codes_cover_every_concept() -> None:
+def test_relevant_codes_are_those_the_rules_read() -> None:
+    from fhir_mapping.intake import READ_VALUE_SETS, relevant_codes
+
     terminology = load_terminology()
-    relevant = terminology.relevant_codes
+    relevant = relevant_codes(terminology)
     assert (ICD10CM, "C50.A1") in relevant and (SNOMED, "278860009") in relevant
-    for value_set in ("breast-cancer", "spinal-pain", "spine-imaging", "breast-cancer-drugs"):
+    for value_set in READ_VALUE_SETS:
         assert set(terminology.codes(value_set)) <= relevant
     assert (SNOMED, "22298006") not in relevant
+    assert (SNOMED, "2667000") not in relevant  # "Absent" only qualifies a value; it never makes a record matter
 
 
 def test_concepts_are_immutable() -> None:
