@@ -234,15 +234,19 @@ def _patient_of(reference: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def _concepts(peek: _Peek) -> Iterable[_Concept]:
-    for concept in (peek.code, peek.medicationCodeableConcept, peek.valueCodeableConcept):
-        if concept is not None:
-            yield concept
-    yield from peek.procedureCode or ()
-    yield from peek.reasonCode or ()
+def _concepts(peek: _Peek) -> list[_Concept]:
+    if (peek.medicationCodeableConcept is None and peek.valueCodeableConcept is None and peek.procedureCode is None
+            and peek.reasonCode is None and peek.contained is None):
+        return [peek.code] if peek.code is not None else []  # most of a chart: an Observation, one code
+    concepts = [c for c in (peek.code, peek.medicationCodeableConcept, peek.valueCodeableConcept) if c is not None]
+    if peek.procedureCode:
+        concepts += peek.procedureCode
+    if peek.reasonCode:
+        concepts += peek.reasonCode
     for contained in peek.contained or ():  # e.g. the Medication a MedicationRequest refers to as "#med"
         if isinstance(contained.code, _Concept):
-            yield contained.code
+            concepts.append(contained.code)
+    return concepts
 
 
 # The value sets fhir_mapping.extract reads from codes in resources. A resource none of whose codes is in
@@ -278,6 +282,7 @@ class _CodingVerdicts:
     _MAX = 100_000  # bounded: a hostile request could send a million distinct codes
 
     def __init__(self, terminology: Terminology) -> None:
+        self.terminology = terminology
         self.relevant = relevant_codes(terminology)
         self.verdicts: dict[tuple[str | None, str | int], tuple[bool, bool]] = {}
 
@@ -299,23 +304,22 @@ def _verdicts(terminology: Terminology) -> _CodingVerdicts:
     return _CodingVerdicts(terminology)
 
 
-def _is_relevant(peek: _Peek, terminology: Terminology) -> bool:
+def _is_relevant(peek: _Peek, verdict: _CodingVerdicts) -> bool:
+    # Called for every resource of a chart: codes first, with the memoised verdicts read inline, and text
+    # gathered only when no standard code settled the question.
     if peek.resourceType == "Patient":
         return True
-    verdict = _verdicts(terminology)
-    texts: list[str] = []
+    concepts = _concepts(peek)
+    verdicts = verdict.verdicts
     standard = False
-    for concept in _concepts(peek):
+    for concept in concepts:
         for coding in concept.coding or ():
             if coding.code is not None:
-                relevant, in_standard = verdict(coding.system, coding.code)
+                relevant, in_standard = verdicts.get((coding.system, coding.code)) or verdict(
+                    coding.system, coding.code)
                 if relevant:
                     return True
                 standard = standard or in_standard
-            if coding.display:
-                texts.append(coding.display)
-        if concept.text:
-            texts.append(concept.text)
     # Free text matters for records coded in no standard system; a LOINC-coded heart rate never does.
     if standard and peek.resourceType == "Observation":
         return False
@@ -323,16 +327,15 @@ def _is_relevant(peek: _Peek, terminology: Terminology) -> bool:
         for coded in (series.bodySite, series.modality):
             if coded and coded.code is not None and verdict(coded.system, coded.code)[0]:
                 return True
-    if peek.valueString:
-        texts.append(peek.valueString)
-    if peek.description:
-        texts.append(peek.description)
+    texts = [text for concept in concepts for coding in concept.coding or () if (text := coding.display)]
+    texts += [text for concept in concepts if (text := concept.text)]
+    texts += [text for text in (peek.valueString, peek.description) if text]
     if peek.medicationReference is not None and peek.medicationReference.display:
         texts.append(peek.medicationReference.display)
     if not texts:
         return False
     text = " | ".join(texts)
-    if peek.resourceType in ("MedicationStatement", "MedicationRequest") and drug_named(terminology, text):
+    if peek.resourceType in ("MedicationStatement", "MedicationRequest") and drug_named(verdict.terminology, text):
         return True
     return mentions_anything_relevant(text)
 
@@ -362,7 +365,11 @@ def add_document(intake: Intake, document: Document, patient_id: str | None, ter
         # Fast path: every entry was peeked in one call; copy raw bytes only of the entries that matter.
         entries = peeks.entry or []
         intake.seen += sum(1 for e in entries if e.resource is not None)
-        wanted = [i for i, e in enumerate(entries) if e.resource is not None and _wanted(e.resource, terminology)]
+        verdict = _verdicts(terminology)
+        wanted = [
+            i for i, e in enumerate(entries)
+            if (peek := e.resource) is not None and peek.resourceType in MODELS and _is_relevant(peek, verdict)
+        ]
         if wanted:
             raws = _document_decoder.decode(document.raw).entry or []
             for i in wanted:
@@ -383,12 +390,12 @@ def add_resource(intake: Intake, raw: Buffer, patient_id: str | None, terminolog
         if kind in MODELS:
             intake.skipped.append(SkippedResource(kind, rid, str(exc), True))
         return
-    if _wanted(peek, terminology):
+    if _wanted(peek, _verdicts(terminology)):
         _admit(intake, peek, bytes(raw), patient_id)
 
 
-def _wanted(peek: _Peek, terminology: Terminology) -> bool:
-    return peek.resourceType in MODELS and _is_relevant(peek, terminology)
+def _wanted(peek: _Peek, verdict: _CodingVerdicts) -> bool:
+    return peek.resourceType in MODELS and _is_relevant(peek, verdict)
 
 
 def _old_pain_score(peek: _Peek, since: datetime, codes: frozenset[str]) -> bool:

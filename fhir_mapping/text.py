@@ -93,6 +93,16 @@ _ANY_RELEVANT = re.compile(
 )
 
 
+# Every phrase _ANY_RELEVANT matches contains one of these, case-folded (each _PAIN word holds "pain" or
+# "ach", or is named here). Most texts in a chart (drug names, visit types) hold none of them and are settled
+# with a few substring tests instead of the regex; tests/test_text.py checks the two agree.
+_ANCHORS = ("pain", "ach", "lumbago", "dorsalgia", "sciatica", "cervicalgia", "breast", "cord compression", "mscc",
+            "cauda equina")
+
+
 def mentions_anything_relevant(text: str) -> bool:
-    """Cheap pre-filter used when picking resources out of a large prefetch: one regex pass."""
+    """Cheap pre-filter used when picking resources out of a large prefetch."""
+    folded = text.casefold()
+    if not any(anchor in folded for anchor in _ANCHORS):
+        return False
     return _ANY_RELEVANT.search(text) is not None
