@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from tests.scenarios.fhir_builders import (
     ABSENT,
@@ -119,6 +120,8 @@ def _assert_valid_action(action: Any, where: str, indicator: str, patient_id: st
         assert isinstance(resource, dict), f"{where}.resource must be a FHIR resource object"
         assert isinstance(resource.get("resourceType"), str), f"{where}.resource.resourceType"
         if resource["resourceType"] == "ServiceRequest":
+            validated = ServiceRequest.model_validate(resource).model_dump(mode="json", exclude_none=True)
+            assert validated == resource, f"{where}.resource is not a valid R4 ServiceRequest as it stands"
             for field in ("status", "intent", "subject", "code", "priority"):
                 assert field in resource, f"{where}.resource.{field} is missing"
             wanted = PRIORITY_FOR_INDICATOR.get(indicator)
