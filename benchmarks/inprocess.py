@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from cds_hooks.allocator import keep_freed_memory
 from cds_hooks.fhir_client import FetchLimits
 from cds_hooks.hook_request import decode_hook_request
 from cds_hooks.patient_view import PatientViewService
@@ -27,7 +28,8 @@ from fhir_mapping.terminology import load_terminology
 
 
 def build_service() -> PatientViewService:
-    """As create_app() does (settings from the environment, value sets loaded once)."""
+    """As create_app_from_env() does (allocator tuned, settings from the environment, value sets loaded once)."""
+    keep_freed_memory()
     settings = Settings()
     return PatientViewService(
         load_terminology(),

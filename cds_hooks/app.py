@@ -118,11 +118,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fields: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
         return fields
 
-    def authenticate(request: Request) -> VerifiedClient | None:
+    async def authenticate(request: Request) -> VerifiedClient | None:
         if verifier is None:
             return None
         try:
-            client = verifier.verify(request.headers.get("authorization"), audiences_for(request, settings))
+            # Off the event loop: verifying may fetch a JWKS over HTTP and records the jti in the database.
+            client = await run_in_threadpool(
+                verifier.verify, request.headers.get("authorization"), audiences_for(request, settings))
         except AuthenticationError as exc:
             log_fields(request)["reason"] = f"auth: {exc}"
             raise Unauthorized() from None
@@ -139,18 +141,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expected = int(declared) if declared and declared.isdigit() else None
         if expected is not None and expected > limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
-        # One buffer, filled in place: the body is held once, never as chunks plus a joined copy.
-        body = bytearray(expected) if expected is not None else bytearray()
-        size = 0
+        # One growing buffer: appends reuse its spare capacity (realloc), so the body is held once, never as
+        # chunks plus a joined copy; a zero-filled buffer of the declared size would cost a page fault per 4 KiB.
+        body = bytearray()
         async for chunk in request.stream():
-            if size + len(chunk) > limit:
+            if len(body) + len(chunk) > limit:
                 raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
-            if expected is not None and size + len(chunk) <= expected:
-                body[size:size + len(chunk)] = chunk
-            else:
-                body[size:] = chunk
-            size += len(chunk)
-        del body[size:]  # a body shorter than declared (the server rejects longer ones)
+            body += chunk
         return body
 
     def service_for(service_id: str) -> PatientViewService:
@@ -182,7 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/cds-services")
     async def discovery(request: Request) -> Response:
-        authenticate(request)
+        await authenticate(request)
         return _json({"services": [s.discovery() for s in services.values()]})
 
     @app.post("/cds-services/{service_id}")
@@ -190,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = service_for(service_id)
         fields = log_fields(request)
         fields["service_id"] = service.id
-        client = authenticate(request)
+        client = await authenticate(request)
         body = await read_json_body(request)
         hook_request = decode_hook_request(body, service.hook)
         fields["hook_instance"] = hook_request.hookInstance
@@ -225,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def feedback(service_id: str, request: Request) -> Response:
         service = service_for(service_id)
         log_fields(request)["service_id"] = service.id
-        client = authenticate(request)
+        client = await authenticate(request)
         body = await read_json_body(request)
         try:
             parsed = parse_feedback(bytes(body))  # small: a copy is cheaper than a second API
@@ -301,10 +298,12 @@ def create_app_from_env() -> FastAPI:
     """Factory for uvicorn workers (each worker builds its own app from the environment).
 
     Workers are spawned processes: they inherit neither the parent's logging set-up nor its app."""
+    from cds_hooks.allocator import keep_freed_memory
     from cds_hooks.logs import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
+    keep_freed_memory()
     return create_app(settings)
 
 
