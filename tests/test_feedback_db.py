@@ -299,6 +299,17 @@ def test_sqlite_file_uses_wal_and_creates_its_directory(tmp_path: Path) -> None:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_sqlite_store_commits_without_an_fsync_per_write(tmp_path: Path) -> None:
+    """synchronous=NORMAL on the store's own connections (WAL: crash-safe, synced at checkpoints)."""
+    store = SqlFeedbackStore(f"sqlite:///{tmp_path / 'feedback.sqlite3'}")
+    try:
+        with store._engine.connect() as connection:
+            # 1 = NORMAL (2 = FULL, SQLite's default)
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1
+    finally:
+        store.close()
+
+
 @pytest.mark.postgres
 def test_plain_postgresql_url_uses_psycopg3(postgres_server: PostgresServer) -> None:
     url = postgres_server.create_database().replace("postgresql+psycopg://", "postgresql://")
