@@ -128,16 +128,6 @@ class _Document(msgspec.Struct, gc=False):
     link: list[_Link] | None = None
 
 
-class _PeekEntry(msgspec.Struct, gc=False):
-    resource: _Peek | None = None
-
-
-class _PeekDocument(msgspec.Struct, gc=False):
-    resourceType: str = ""
-    entry: list[_PeekEntry] | None = None
-    link: list[_Link] | None = None
-
-
 class _TypeOnly(msgspec.Struct, gc=False):
     resourceType: str = ""
     id: str | None = None
@@ -149,7 +139,6 @@ DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 _peek_decoder = msgspec.json.Decoder(_Peek)
 _document_decoder = msgspec.json.Decoder(_Document)
-_peek_document_decoder = msgspec.json.Decoder(_PeekDocument)
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
@@ -159,43 +148,51 @@ Buffer = bytes | bytearray | msgspec.Raw
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One FHIR JSON document (a resource or a Bundle), peeked once.
+    """One FHIR JSON document (a resource or a Bundle), read once.
 
     `problem` says why it is not usable as data: an OperationOutcome (a client's error report), a Bundle
     holding one, a paged Bundle (`next` link: incomplete), or not a FHIR resource at all.
+    For a Bundle, `entries` holds each entry's raw JSON (a slice of the body, not a copy) and `peeks` the peek
+    of each, or why it is unreadable: a broken entry loses only itself.
     """
 
     raw: Buffer
     resource_type: str
     problem: str | None
-    peeks: _PeekDocument | None  # None when some entry is malformed: then read entry by entry
+    entries: list[msgspec.Raw] = field(default_factory=list)
+    peeks: list[_Peek | str] = field(default_factory=list)
+
+
+def _peek(raw: Buffer) -> _Peek | str:
+    """The peek, or why the JSON cannot be read."""
+    try:
+        return _peek_decoder.decode(raw)
+    except DECODE_ERRORS as exc:
+        return str(exc)
 
 
 def read_document(raw: Buffer) -> Document:
+    # Two passes over the bytes: the Bundle with each entry left raw, then each entry peeked from its slice.
+    # (One typed pass over the Bundle could not hand back the raw JSON of the entries we then validate.)
     try:
-        peeks: _PeekDocument | None = _peek_document_decoder.decode(raw)
+        head = _document_decoder.decode(raw)
     except DECODE_ERRORS:
-        peeks = None
-    if peeks is not None:
-        kinds = [e.resource.resourceType for e in peeks.entry or () if e.resource is not None]
-        head_type, links = peeks.resourceType, peeks.link
-    else:
-        try:
-            head = _document_decoder.decode(raw)
-        except DECODE_ERRORS:
-            return Document(raw, "", "not a FHIR resource (unreadable JSON)", None)
-        kinds = [_type_and_id(e.resource)[0] for e in head.entry or () if e.resource]
-        head_type, links = head.resourceType, head.link
+        return Document(raw, "", "not a FHIR resource (unreadable JSON)")
+    entries = [entry.resource for entry in head.entry or () if entry.resource]
+    peeks = [_peek(entry) for entry in entries]
     problem = None
-    if not head_type:
+    if not head.resourceType:
         problem = "not a FHIR resource"
-    elif head_type == "OperationOutcome":
+    elif head.resourceType == "OperationOutcome":
         problem = "the client reported an error instead of data (OperationOutcome)"
-    elif head_type == "Bundle" and "OperationOutcome" in kinds:
+    elif head.resourceType == "Bundle" and any(
+        (_type_and_id(entry)[0] if isinstance(peek, str) else peek.resourceType) == "OperationOutcome"
+        for entry, peek in zip(entries, peeks, strict=True)
+    ):
         problem = "the Bundle holds an OperationOutcome"
-    elif head_type == "Bundle" and any(link.relation == "next" for link in links or ()):
+    elif head.resourceType == "Bundle" and any(link.relation == "next" for link in head.link or ()):
         problem = "the Bundle is paged (has a next link)"
-    return Document(raw, head_type, problem, peeks)
+    return Document(raw, head.resourceType, problem, entries, peeks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,38 +357,28 @@ def add_document(intake: Intake, document: Document, patient_id: str | None, ter
     if document.resource_type != "Bundle":
         add_resource(intake, document.raw, patient_id, terminology)
         return
-    peeks = document.peeks
-    if peeks is not None:
-        # Fast path: every entry was peeked in one call; copy raw bytes only of the entries that matter.
-        entries = peeks.entry or []
-        intake.seen += sum(1 for e in entries if e.resource is not None)
-        verdict = _verdicts(terminology)
-        wanted = [
-            i for i, e in enumerate(entries)
-            if (peek := e.resource) is not None and peek.resourceType in MODELS and _is_relevant(peek, verdict)
-        ]
-        if wanted:
-            raws = _document_decoder.decode(document.raw).entry or []
-            for i in wanted:
-                _admit(intake, entries[i].resource, bytes(raws[i].resource), patient_id)  # type: ignore[arg-type]
-        return
-    # Some entry is malformed: go entry by entry, so only that one is lost.
-    for entry in _document_decoder.decode(document.raw).entry or ():
-        if entry.resource:
-            add_resource(intake, entry.resource, patient_id, terminology)
+    verdict = _verdicts(terminology)
+    intake.seen += len(document.entries)
+    for raw, peek in zip(document.entries, document.peeks, strict=True):
+        if isinstance(peek, str):
+            _skip_unreadable(intake, raw, peek)
+        elif peek.resourceType in MODELS and _is_relevant(peek, verdict):
+            _admit(intake, peek, bytes(raw), patient_id)
 
 
 def add_resource(intake: Intake, raw: Buffer, patient_id: str | None, terminology: Terminology) -> None:
     intake.seen += 1
-    try:
-        peek = _peek_decoder.decode(raw)
-    except DECODE_ERRORS as exc:
-        kind, rid = _type_and_id(raw)
-        if kind in MODELS:
-            intake.skipped.append(SkippedResource(kind, rid, str(exc), True))
-        return
-    if _wanted(peek, _verdicts(terminology)):
+    peek = _peek(raw)
+    if isinstance(peek, str):
+        _skip_unreadable(intake, raw, peek)
+    elif _wanted(peek, _verdicts(terminology)):
         _admit(intake, peek, bytes(raw), patient_id)
+
+
+def _skip_unreadable(intake: Intake, raw: Buffer, reason: str) -> None:
+    kind, rid = _type_and_id(raw)
+    if kind in MODELS:
+        intake.skipped.append(SkippedResource(kind, rid, reason, True))
 
 
 def _wanted(peek: _Peek, verdict: _CodingVerdicts) -> bool:
