@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 from fhir_mapping.terminology import Concept, Terminology
 
@@ -18,9 +19,31 @@ def _matcher(terminology: Terminology) -> tuple[re.Pattern[str], dict[str, Conce
             names.setdefault(ingredient, concept)
         if concept.attributes.get("tty") == "BN":
             names.setdefault(concept.display.lower(), concept)
-    # Longest first, so "pertuzumab/trastuzumab" style names win over their parts.
-    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE), names
+    return re.compile(rf"\b{_trie(sorted(names))}\b", re.IGNORECASE), names
+
+
+def _trie(words: list[str]) -> str:
+    """One regex for the words, sharing their prefixes ("let(?:rozole)|le..."): Python's regex engine tries a
+    flat alternation name by name at every position of the text, ~3x slower on the long medication texts of a
+    chart. Continuations come before the end of a shorter word, so the longest name still wins
+    ("pertuzumab/trastuzumab" over "pertuzumab"), as in the flat longest-first alternation."""
+    root: dict[str, Any] = {}
+    for word in words:
+        node = root
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a word ends here
+
+    def pattern(node: dict[str, Any]) -> str:
+        branches = [re.escape(char) + pattern(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        group = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        if "" in node:
+            return f"(?:{group})?"
+        return group
+
+    return f"(?:{pattern(root)})"
 
 
 def drug_named(terminology: Terminology, text: str) -> Concept | None:

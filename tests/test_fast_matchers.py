@@ -1,0 +1,66 @@
+"""The fast matchers on the intake's hot path must agree with the plain regexes they stand for: a text they turn
+away is a resource never validated, so a missed back-pain note or drug name would be a missed alert."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_mapping import text
+from fhir_mapping.drug_names import _matcher, drug_named
+from fhir_mapping.terminology import load_terminology
+from fhir_mapping.text import mentions_anything_relevant
+
+PHRASES = [
+    "back pain", "Low Back Pain", "pain in the lower back", "pain of upper spine", "neck ache", "lumbar aching",
+    "BACKACHE", "lumbago", "Dorsalgia", "sciatica", "cervicalgia", "breast cancer", "Carcinoma of the left breast",
+    "malignancy of breast", "cord compression", "MSCC", "Cauda Equina", "thoracic  pain", "sacral\tache",
+    "ſciatica", "K", "breaſt cancer", "back paın", "BACK PAİN", "lumbago\u0307", "Lumbago!", "spine-pain",
+    "pain", "back", "Breast", "ache",
+]
+WORDS = st.sampled_from([*PHRASES, "no", "denies", "the", "of", "in", "lower", "left", "Hydrochlorothiazide", "."])
+
+
+@pytest.mark.parametrize("phrase", PHRASES)
+def test_prefilter_agrees_with_the_regex_on_known_phrases(phrase: str) -> None:
+    assert mentions_anything_relevant(phrase) == (text._ANY_RELEVANT.search(phrase) is not None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(WORDS, st.text(max_size=12)), max_size=8).map(" ".join))
+def test_prefilter_never_drops_what_the_regex_matches(sample: str) -> None:
+    assert mentions_anything_relevant(sample) == (text._ANY_RELEVANT.search(sample) is not None)
+
+
+def test_prefilter_settles_drug_names_and_visit_types_without_the_regex() -> None:
+    assert not mentions_anything_relevant("Hydrochlorothiazide 25 MG Oral Tablet | Evaluation+Plan note")
+    assert mentions_anything_relevant("Backache (finding)")
+
+
+# --- drug names: the prefix-sharing regex must match exactly what a flat longest-first alternation matches ---
+TERMINOLOGY = load_terminology()
+_PATTERN, NAMES = _matcher(TERMINOLOGY)
+FLAT = re.compile(
+    r"\b(?:" + "|".join(re.escape(n) for n in sorted(NAMES, key=len, reverse=True)) + r")\b", re.IGNORECASE
+)
+FRAGMENTS = st.sampled_from([*NAMES, *(n[: len(n) // 2] for n in NAMES), *(n.upper() for n in NAMES),
+                             "/", "-", " ", "mg", "Oral Tablet", "x", "ſ", "İ", "Hydrochlorothiazide"])
+
+
+def _match(pattern: re.Pattern[str], sample: str) -> tuple[int, int, str] | None:
+    found = pattern.search(sample)
+    return (found.start(), found.end(), found.group().lower()) if found else None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(FRAGMENTS, max_size=6).map("".join))
+def test_drug_name_regex_matches_as_the_flat_alternation(sample: str) -> None:
+    assert _match(_PATTERN, sample) == _match(FLAT, sample)
+
+
+@pytest.mark.parametrize("name", sorted(NAMES))
+def test_every_drug_name_is_found_whole(name: str) -> None:
+    assert drug_named(TERMINOLOGY, f"Rx: {name.upper()} 2.5 MG") is NAMES[name]
