@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSCC_ALERT_", extra="ignore", frozen=True)
 
     # --- HTTP -------------------------------------------------------------------------------------
-    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
+    # 50,000 resources at the ~1.2 KB of performance.md are ~60 MB, and resources with narrative text run larger:
+    # 128 MiB leaves room for such a chart. A request holds about twice its body at peak (README, issue 5).
+    max_body_bytes: int = Field(128 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CORS_ORIGINS
     cors_origin_regex: str | None = DEFAULT_CORS_ORIGIN_REGEX
     public_base_url: str | None = Field(
