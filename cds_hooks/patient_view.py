@@ -60,7 +60,7 @@ class PatientViewService:
         }
 
     def evaluate(self, request: HookRequest, now: datetime | None = None) -> Outcome:
-        gathered = gather(request, self.templates, self.limits)
+        gathered = gather(request, self.templates, self.limits, self.terminology)
         evaluation = evaluate_documents(
             gathered.documents,
             patient_id=request.context.patientId,

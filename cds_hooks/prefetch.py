@@ -75,7 +75,9 @@ class Gathered:
     fetched: list[str] = field(default_factory=list)
 
 
-def gather(request: HookRequest, templates: Mapping[str, str], limits: FetchLimits) -> Gathered:
+def gather(
+    request: HookRequest, templates: Mapping[str, str], limits: FetchLimits, terminology: Terminology
+) -> Gathered:
     gathered = Gathered()
     prefetch = request.prefetch or {}
     to_fetch: dict[str, str] = {}  # key -> why it must be fetched
@@ -87,14 +89,14 @@ def gather(request: HookRequest, templates: Mapping[str, str], limits: FetchLimi
         if len(raw) == 4 and bytes(raw) == b"null":  # msgspec.Raw holds the value's exact span
             gathered.null_keys.append(key)
             continue
-        document = read_document(raw)  # peeked once here; the intake reuses the peek
+        document = read_document(raw, terminology)  # read once here; the intake takes what it picked
         if document.problem:
             to_fetch[key] = f"prefetch value unusable: {document.problem}"
         else:
             gathered.documents.append(document)
             gathered.from_prefetch.append(key)
     if to_fetch:
-        _fetch_missing(request, templates, to_fetch, limits, gathered)
+        _fetch_missing(request, templates, to_fetch, limits, gathered, terminology)
     return gathered
 
 
@@ -107,7 +109,7 @@ def _ignored_note(request: HookRequest, templates: Mapping[str, str]) -> str:
 
 
 def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch: dict[str, str],
-                   limits: FetchLimits, gathered: Gathered) -> None:
+                   limits: FetchLimits, gathered: Gathered, terminology: Terminology) -> None:
     if request.fhirServer is None:
         raise PreconditionFailed(
             "Data the rules need is missing and no fhirServer was given to fetch it: "
@@ -149,7 +151,7 @@ def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch:
             failures[key] = f"{to_fetch[key]}, and fetching it from fhirServer failed: {outcome}"
         else:
             # A fetched page's next link was followed by the client: only the prefetch's is a problem.
-            gathered.documents.extend(read_document(page) for page in outcome)
+            gathered.documents.extend(read_document(page, terminology) for page in outcome)
             gathered.fetched.append(key)
     if failures:
         raise PreconditionFailed(

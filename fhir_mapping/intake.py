@@ -147,20 +147,31 @@ Buffer = bytes | bytearray | msgspec.Raw
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedResource:
+    """A resource we could not use. `relevant` says whether it looked like evidence the rules read."""
+
+    resource_type: str
+    resource_id: str | None
+    reason: str
+    relevant: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
-    """One FHIR JSON document (a resource or a Bundle), read once.
+    """One FHIR JSON document (a resource or a Bundle), read once, keeping only what the rules may read.
 
     `problem` says why it is not usable as data: an OperationOutcome (a client's error report), a Bundle
     holding one, a paged Bundle (`next` link: incomplete), or not a FHIR resource at all.
-    For a Bundle, `entries` holds each entry's raw JSON (a slice of the body, not a copy) and `peeks` the peek
-    of each, or why it is unreadable: a broken entry loses only itself.
+    `picked` are the resources whose codes or text the rules read, each with its peek and its raw JSON (a slice
+    of the body, not a copy); `unreadable` the ones that could not be read: a broken entry loses only itself.
     """
 
     raw: Buffer
     resource_type: str
     problem: str | None
-    entries: list[msgspec.Raw] = field(default_factory=list)
-    peeks: list[_Peek | str] = field(default_factory=list)
+    seen: int = 0
+    picked: list[tuple[_Peek, Buffer]] = field(default_factory=list)
+    unreadable: list[SkippedResource] = field(default_factory=list)
 
 
 def _peek(raw: Buffer) -> _Peek | str:
@@ -171,38 +182,40 @@ def _peek(raw: Buffer) -> _Peek | str:
         return str(exc)
 
 
-def read_document(raw: Buffer) -> Document:
+def read_document(raw: Buffer, terminology: Terminology) -> Document:
     # Two passes over the bytes: the Bundle with each entry left raw, then each entry peeked from its slice.
-    # (One typed pass over the Bundle could not hand back the raw JSON of the entries we then validate.)
+    # (One typed pass over the Bundle could not hand back the raw JSON of the entries we then validate.) Each
+    # peek is dropped as soon as it is judged irrelevant, so a large Bundle never has all of them alive at once.
     try:
         head = _document_decoder.decode(raw)
     except DECODE_ERRORS:
         return Document(raw, "", "not a FHIR resource (unreadable JSON)")
-    entries = [entry.resource for entry in head.entry or () if entry.resource]
-    peeks = [_peek(entry) for entry in entries]
-    problem = None
     if not head.resourceType:
-        problem = "not a FHIR resource"
-    elif head.resourceType == "OperationOutcome":
-        problem = "the client reported an error instead of data (OperationOutcome)"
-    elif head.resourceType == "Bundle" and any(
-        (_type_and_id(entry)[0] if isinstance(peek, str) else peek.resourceType) == "OperationOutcome"
-        for entry, peek in zip(entries, peeks, strict=True)
-    ):
+        return Document(raw, "", "not a FHIR resource")
+    if head.resourceType == "OperationOutcome":
+        return Document(raw, head.resourceType, "the client reported an error instead of data (OperationOutcome)")
+    bundle = head.resourceType == "Bundle"
+    resources: Iterable[Buffer] = (e.resource for e in head.entry or () if e.resource) if bundle else (raw,)
+    verdict = _verdicts(terminology)
+    seen, picked, unreadable, holds_outcome = 0, [], [], False
+    for resource in resources:
+        seen += 1
+        peek = _peek(resource)
+        if isinstance(peek, str):
+            kind, rid = _type_and_id(resource)
+            holds_outcome = holds_outcome or kind == "OperationOutcome"
+            if kind in MODELS:
+                unreadable.append(SkippedResource(kind, rid, peek, True))
+        elif peek.resourceType == "OperationOutcome":
+            holds_outcome = True
+        elif peek.resourceType in MODELS and _is_relevant(peek, verdict):
+            picked.append((peek, resource))
+    problem = None
+    if holds_outcome:
         problem = "the Bundle holds an OperationOutcome"
-    elif head.resourceType == "Bundle" and any(link.relation == "next" for link in head.link or ()):
+    elif bundle and any(link.relation == "next" for link in head.link or ()):
         problem = "the Bundle is paged (has a next link)"
-    return Document(raw, head.resourceType, problem, entries, peeks)
-
-
-@dataclass(frozen=True, slots=True)
-class SkippedResource:
-    """A resource we could not use. `relevant` says whether it looked like evidence the rules read."""
-
-    resource_type: str
-    resource_id: str | None
-    reason: str
-    relevant: bool
+    return Document(raw, head.resourceType, problem, seen, picked, unreadable)
 
 
 @dataclass(slots=True)
@@ -345,44 +358,19 @@ def collect(
     intake = Intake(pain_scores_since, pain_score_codes(terminology))
     for document in documents:
         if not isinstance(document, Document):
-            document = read_document(document)
-        add_document(intake, document, patient_id, terminology)
+            document = read_document(document, terminology)
+        add_document(intake, document, patient_id)
     return intake
 
 
-def add_document(intake: Intake, document: Document, patient_id: str | None, terminology: Terminology) -> None:
+def add_document(intake: Intake, document: Document, patient_id: str | None) -> None:
     if not document.resource_type:
         intake.skipped.append(SkippedResource("unknown", None, document.problem or "not a FHIR resource", True))
         return
-    if document.resource_type != "Bundle":
-        add_resource(intake, document.raw, patient_id, terminology)
-        return
-    verdict = _verdicts(terminology)
-    intake.seen += len(document.entries)
-    for raw, peek in zip(document.entries, document.peeks, strict=True):
-        if isinstance(peek, str):
-            _skip_unreadable(intake, raw, peek)
-        elif peek.resourceType in MODELS and _is_relevant(peek, verdict):
-            _admit(intake, peek, bytes(raw), patient_id)
-
-
-def add_resource(intake: Intake, raw: Buffer, patient_id: str | None, terminology: Terminology) -> None:
-    intake.seen += 1
-    peek = _peek(raw)
-    if isinstance(peek, str):
-        _skip_unreadable(intake, raw, peek)
-    elif _wanted(peek, _verdicts(terminology)):
+    intake.seen += document.seen
+    intake.skipped.extend(document.unreadable)
+    for peek, raw in document.picked:
         _admit(intake, peek, bytes(raw), patient_id)
-
-
-def _skip_unreadable(intake: Intake, raw: Buffer, reason: str) -> None:
-    kind, rid = _type_and_id(raw)
-    if kind in MODELS:
-        intake.skipped.append(SkippedResource(kind, rid, reason, True))
-
-
-def _wanted(peek: _Peek, verdict: _CodingVerdicts) -> bool:
-    return peek.resourceType in MODELS and _is_relevant(peek, verdict)
 
 
 def _old_pain_score(peek: _Peek, since: datetime, codes: frozenset[str]) -> bool:
