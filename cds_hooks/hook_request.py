@@ -1,18 +1,22 @@
 """The CDS Hooks 2.0 request (cds-hooks.md §1.3, §1.4), decoded straight from the raw body bytes.
 
-msgspec decodes the envelope and leaves every prefetch value as raw JSON (`msgspec.Raw`), so a 60 MB
-prefetch is never turned into Python objects here: fhir_mapping picks out the few resources that matter.
-Unknown extra fields are tolerated, as the spec's extensibility asks.
+msgspec decodes the envelope in one pass and splits each prefetch Bundle into its entries left as raw JSON
+(fhir_mapping.intake.PrefetchBundle), so a 60 MB prefetch is never turned into Python objects here:
+fhir_mapping picks out the few resources that matter. A prefetch value of any other shape (not a Bundle, a
+Patient or an OperationOutcome) sends the request through a second decode that keeps every value as raw JSON,
+and that decode is also the one whose errors a client sees. Unknown extra fields are tolerated, as the spec's
+extensibility asks.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
 from cds_hooks.errors import BadRequest
+from fhir_mapping.intake import PREFETCH_VALUE_TYPES
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 # FHIR `id` datatype: what `context.patientId` must be for templates like Patient/{{context.patientId}}.
@@ -34,22 +38,38 @@ class PatientViewContext(msgspec.Struct, frozen=True):
     encounterId: str | None = None
 
 
-class HookRequest(msgspec.Struct, frozen=True):
+Value = TypeVar("Value")
+
+
+class HookRequest(msgspec.Struct, Generic[Value], frozen=True):
+    """`prefetch` values: fhir_mapping.intake.PrefetchValue or None (sent as null); or each msgspec.Raw."""
+
     hook: NonEmpty
     hookInstance: NonEmpty
     context: PatientViewContext
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
-    prefetch: dict[str, msgspec.Raw] | None = None
+    prefetch: dict[str, Value] | None = None
 
 
-_decoder = msgspec.json.Decoder(HookRequest)
+_split_decoder: msgspec.json.Decoder[HookRequest[Any]] = msgspec.json.Decoder(HookRequest[PREFETCH_VALUE_TYPES | None])
+_raw_decoder = msgspec.json.Decoder(HookRequest[msgspec.Raw])  # msgspec.Raw cannot sit in a union with None
 
 
-def decode_hook_request(body: bytes | bytearray, expected_hook: str) -> HookRequest:
+def decode_hook_request(body: bytes | bytearray, expected_hook: str) -> HookRequest[Any]:
     """Raises BadRequest with a message that says exactly what is wrong and where."""
+    request: HookRequest[Any]
     try:
-        request = _decoder.decode(body)
+        request = _split_decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        request = _decode_raw(body)
+    _check(request, expected_hook)
+    return request
+
+
+def _decode_raw(body: bytes | bytearray) -> HookRequest[Any]:
+    try:
+        return _raw_decoder.decode(body)
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).partition(" - at ")
         expression = [path.strip("`").replace("$.", "", 1)] if path else None
@@ -60,6 +80,9 @@ def decode_hook_request(body: bytes | bytearray, expected_hook: str) -> HookRequ
         raise BadRequest("Request body is nested too deeply to be a CDS Hooks request") from None
     except UnicodeDecodeError:
         raise BadRequest("Request body is not valid UTF-8 JSON") from None
+
+
+def _check(request: HookRequest[Any], expected_hook: str) -> None:
     if request.hook != expected_hook:
         raise BadRequest(
             f"This service answers the '{expected_hook}' hook, not '{request.hook}'", expression=["hook"]
@@ -73,4 +96,3 @@ def decode_hook_request(body: bytes | bytearray, expected_hook: str) -> HookRequ
         parts = urlsplit(request.fhirServer)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadRequest("fhirServer must be an absolute http(s) URL", expression=["fhirServer"])
-    return request

@@ -59,7 +59,7 @@ class PatientViewService:
             "usageRequirements": USAGE_REQUIREMENTS,
         }
 
-    def evaluate(self, request: HookRequest, now: datetime | None = None) -> Outcome:
+    def evaluate(self, request: HookRequest[Any], now: datetime | None = None) -> Outcome:
         gathered = gather(request, self.templates, self.limits, self.terminology)
         evaluation = evaluate_documents(
             gathered.documents,

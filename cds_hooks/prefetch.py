@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
+
+import msgspec
 
 from cds_hooks.errors import PreconditionFailed
 from cds_hooks.fhir_client import FetchLimits, FhirClient, FhirFetchError
@@ -76,17 +79,18 @@ class Gathered:
 
 
 def gather(
-    request: HookRequest, templates: Mapping[str, str], limits: FetchLimits, terminology: Terminology
+    request: HookRequest[Any], templates: Mapping[str, str], limits: FetchLimits, terminology: Terminology
 ) -> Gathered:
     gathered = Gathered()
     prefetch = request.prefetch or {}
     to_fetch: dict[str, str] = {}  # key -> why it must be fetched
     for key in templates:
-        raw = prefetch.get(key)
-        if raw is None:
+        if key not in prefetch:
             to_fetch[key] = "not provided in prefetch"
             continue
-        if len(raw) == 4 and bytes(raw) == b"null":  # msgspec.Raw holds the value's exact span
+        raw = prefetch[key]
+        # null, as decoded with values split, or as raw JSON (msgspec.Raw holds the value's exact span)
+        if raw is None or (isinstance(raw, msgspec.Raw) and len(raw) == 4 and bytes(raw) == b"null"):
             gathered.null_keys.append(key)
             continue
         document = read_document(raw, terminology)  # read once here; the intake takes what it picked
@@ -100,7 +104,7 @@ def gather(
     return gathered
 
 
-def _ignored_note(request: HookRequest, templates: Mapping[str, str]) -> str:
+def _ignored_note(request: HookRequest[Any], templates: Mapping[str, str]) -> str:
     undeclared = sorted(k for k in request.prefetch or {} if k not in templates)
     if not undeclared:
         return ""
@@ -108,7 +112,7 @@ def _ignored_note(request: HookRequest, templates: Mapping[str, str]) -> str:
             f"it declares: {', '.join(templates)})")
 
 
-def _fetch_missing(request: HookRequest, templates: Mapping[str, str], to_fetch: dict[str, str],
+def _fetch_missing(request: HookRequest[Any], templates: Mapping[str, str], to_fetch: dict[str, str],
                    limits: FetchLimits, gathered: Gathered, terminology: Terminology) -> None:
     if request.fhirServer is None:
         raise PreconditionFailed(

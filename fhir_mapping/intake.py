@@ -146,6 +146,47 @@ _type_decoder = msgspec.json.Decoder(_TypeOnly)
 Buffer = bytes | bytearray | msgspec.Raw
 
 
+# --- prefetch values, split by the hook request's own decode (cds_hooks.hook_request) ----------------------
+# Decoding the request with its prefetch values left raw, and then each Bundle with its entries left raw, walks
+# the bytes twice. These types let the request's decode split a Bundle into raw entries at once. They hold every
+# Bundle, every OperationOutcome and any Patient whose keys are all R4 Patient elements; for anything else (a
+# single Condition, a Patient with an unknown key, a value that is not a resource) the request is decoded again
+# with raw values, so what is read is never less than the raw bytes would give.
+class PrefetchBundle(msgspec.Struct, tag="Bundle", tag_field="resourceType", gc=False):
+    entry: list[_Entry] | None = None
+    link: list[_Link] | None = None
+
+
+class PrefetchOutcome(msgspec.Struct, tag="OperationOutcome", tag_field="resourceType", gc=False):
+    pass
+
+
+def _patient_elements() -> list[tuple[str, type, Any]]:
+    names = sorted({info.alias or name for name, info in Patient.model_fields.items()})
+    # A Struct field cannot start with "_" ("_birthDate": the extensions of birthDate): renamed on the wire.
+    return [(f"x{name}" if name.startswith("_") else name, msgspec.Raw,
+             msgspec.field(default_factory=msgspec.Raw, name=name)) for name in names]
+
+
+# Every element of an R4 Patient as raw JSON; an unknown key fails the decode (forbid_unknown_fields), so the
+# Patient rebuilt from these is the Patient that was sent.
+PrefetchPatient: type[msgspec.Struct] = msgspec.defstruct(
+    "PrefetchPatient", _patient_elements(), tag="Patient", tag_field="resourceType", forbid_unknown_fields=True,
+    gc=False,
+)
+PrefetchValue = Any  # PrefetchBundle | PrefetchPatient | PrefetchOutcome: a union mypy cannot spell for defstruct
+PREFETCH_VALUE_TYPES: Any = PrefetchBundle | PrefetchPatient | PrefetchOutcome
+
+
+def _patient_json(patient: msgspec.Struct) -> bytes:
+    parts = [b'"resourceType":"Patient"']
+    for attribute, name in zip(patient.__struct_fields__, patient.__struct_encode_fields__, strict=True):
+        value: msgspec.Raw = getattr(patient, attribute)
+        if value:
+            parts.append(b'"%s":%s' % (name.encode(), bytes(value)))
+    return b"{" + b",".join(parts) + b"}"
+
+
 @dataclass(frozen=True, slots=True)
 class SkippedResource:
     """A resource we could not use. `relevant` says whether it looked like evidence the rules read."""
@@ -166,7 +207,6 @@ class Document:
     of the body, not a copy); `unreadable` the ones that could not be read: a broken entry loses only itself.
     """
 
-    raw: Buffer
     resource_type: str
     problem: str | None
     seen: int = 0
@@ -182,18 +222,25 @@ def _peek(raw: Buffer) -> _Peek | str:
         return str(exc)
 
 
-def read_document(raw: Buffer, terminology: Terminology) -> Document:
+def read_document(raw: Buffer | PrefetchValue, terminology: Terminology) -> Document:
     # Two passes over the bytes: the Bundle with each entry left raw, then each entry peeked from its slice.
     # (One typed pass over the Bundle could not hand back the raw JSON of the entries we then validate.) Each
     # peek is dropped as soon as it is judged irrelevant, so a large Bundle never has all of them alive at once.
-    try:
-        head = _document_decoder.decode(raw)
-    except DECODE_ERRORS:
-        return Document(raw, "", "not a FHIR resource (unreadable JSON)")
+    if isinstance(raw, PrefetchBundle | PrefetchOutcome):
+        head = _Document("Bundle" if isinstance(raw, PrefetchBundle) else "OperationOutcome",
+                         raw.entry if isinstance(raw, PrefetchBundle) else None,
+                         raw.link if isinstance(raw, PrefetchBundle) else None)
+    else:
+        if isinstance(raw, PrefetchPatient):
+            raw = _patient_json(raw)
+        try:
+            head = _document_decoder.decode(raw)
+        except DECODE_ERRORS:
+            return Document("", "not a FHIR resource (unreadable JSON)")
     if not head.resourceType:
-        return Document(raw, "", "not a FHIR resource")
+        return Document("", "not a FHIR resource")
     if head.resourceType == "OperationOutcome":
-        return Document(raw, head.resourceType, "the client reported an error instead of data (OperationOutcome)")
+        return Document(head.resourceType, "the client reported an error instead of data (OperationOutcome)")
     bundle = head.resourceType == "Bundle"
     resources: Iterable[Buffer] = (e.resource for e in head.entry or () if e.resource) if bundle else (raw,)
     verdict = _verdicts(terminology)
@@ -215,7 +262,7 @@ def read_document(raw: Buffer, terminology: Terminology) -> Document:
         problem = "the Bundle holds an OperationOutcome"
     elif bundle and any(link.relation == "next" for link in head.link or ()):
         problem = "the Bundle is paged (has a next link)"
-    return Document(raw, head.resourceType, problem, seen, picked, unreadable)
+    return Document(head.resourceType, problem, seen, picked, unreadable)
 
 
 @dataclass(slots=True)
