@@ -223,13 +223,14 @@ def _peek(raw: Buffer) -> _Peek | str:
 
 
 def read_document(raw: Buffer | PrefetchValue, terminology: Terminology) -> Document:
-    # Two passes over the bytes: the Bundle with each entry left raw, then each entry peeked from its slice.
-    # (One typed pass over the Bundle could not hand back the raw JSON of the entries we then validate.) Each
-    # peek is dropped as soon as it is judged irrelevant, so a large Bundle never has all of them alive at once.
-    if isinstance(raw, PrefetchBundle | PrefetchOutcome):
-        head = _Document("Bundle" if isinstance(raw, PrefetchBundle) else "OperationOutcome",
-                         raw.entry if isinstance(raw, PrefetchBundle) else None,
-                         raw.link if isinstance(raw, PrefetchBundle) else None)
+    # The Bundle with each entry left raw (split already by the request's decode, or decoded here), then each
+    # entry peeked from its slice: one typed pass over the Bundle could not hand back the raw JSON of the entries
+    # we then validate. Each peek is dropped as soon as it is judged irrelevant, so a large Bundle never has all
+    # of them alive at once.
+    if isinstance(raw, PrefetchBundle):
+        head = _Document("Bundle", raw.entry, raw.link)
+    elif isinstance(raw, PrefetchOutcome):
+        head = _Document("OperationOutcome")
     else:
         if isinstance(raw, PrefetchPatient):
             raw = _patient_json(raw)
