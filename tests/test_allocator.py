@@ -24,9 +24,9 @@ def from_heap(size):
     libc.free(block)
     return block < top
 
-before = from_heap(4 << 20)
+before = from_heap(16 << 20)
 tuned = keep_freed_memory()
-after = from_heap(4 << 20)
+after = from_heap(16 << 20)
 print(before, tuned, after)
 """
 
