@@ -37,6 +37,7 @@ from cds_hooks.feedback import (
 )
 from cds_hooks.fhir_client import FetchLimits
 from cds_hooks.hook_request import decode_hook_request
+from cds_hooks.inflight import InflightBudget
 from cds_hooks.metrics import Metrics
 from cds_hooks.middleware import AccessLog, InternalErrors
 from cds_hooks.openapi import openapi_document
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = open_feedback_store(settings)
     verifier = build_verifier(settings, store.replay_cache())
     metrics = Metrics()
+    inflight = InflightBudget(settings.max_inflight_body_bytes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -137,8 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise UnsupportedMediaType(
                 f"Content-Type must be application/json (got {content_type or 'none'})")
         limit = settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        expected = int(declared) if declared and declared.isdigit() else None
+        expected = declared_length(request)
         if expected is not None and expected > limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
         # One buffer of the declared size, filled in place: the body is held once, never as chunks plus a joined
@@ -156,6 +157,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             size += len(chunk)
         del body[size:]  # a body shorter than declared (the server rejects longer ones)
         return body
+
+    def reservation(request: Request) -> int:
+        """What a request holds of the in-flight budget: its declared body, or the limit if it declares none
+        (nothing if it is over the limit: it is refused before its body is read)."""
+        expected = declared_length(request)
+        if expected is None:
+            return settings.max_body_bytes
+        return expected if expected <= settings.max_body_bytes else 0
 
     def service_for(service_id: str) -> PatientViewService:
         found = services.get(service_id)
@@ -195,13 +204,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fields = log_fields(request)
         fields["service_id"] = service.id
         client = await authenticate(request)
-        body = await read_json_body(request)
-        hook_request = decode_hook_request(body, service.hook)
-        fields["hook_instance"] = hook_request.hookInstance
-        undeclared = sorted(k for k in hook_request.prefetch or {} if k not in service.templates)
-        if undeclared:
-            fields["undeclared_keys"] = ",".join(undeclared)
-        outcome = await run_in_threadpool(service.evaluate, hook_request)
+        async with inflight.reserve(reservation(request)) as waited_ms:
+            if waited_ms >= 1:
+                fields["queued_ms"] = round(waited_ms, 1)
+            body = await read_json_body(request)
+            hook_request = decode_hook_request(body, service.hook)
+            fields["hook_instance"] = hook_request.hookInstance
+            undeclared = sorted(k for k in hook_request.prefetch or {} if k not in service.templates)
+            if undeclared:
+                fields["undeclared_keys"] = ",".join(undeclared)
+            outcome = await run_in_threadpool(service.evaluate, hook_request)
         evaluation, gathered = outcome.evaluation, outcome.gathered
         cards = evaluation.cards
         fields.update(
@@ -312,6 +324,11 @@ def create_app_from_env() -> FastAPI:
     configure_logging(settings.log_format, settings.log_level)
     keep_freed_memory()
     return create_app(settings)
+
+
+def declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length")
+    return int(declared) if declared and declared.isdigit() else None
 
 
 def is_loopback(host: str) -> bool:

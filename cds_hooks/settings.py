@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # 50,000 resources at the ~1.2 KB of performance.md are ~60 MB, and resources with narrative text run larger:
     # 128 MiB leaves room for such a chart. A request holds about twice its body at peak (README, issue 5).
     max_body_bytes: int = Field(128 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
+    # Bodies one worker holds at once (cds_hooks/inflight.py): beyond this, hook requests queue, never fail.
+    max_inflight_body_bytes: int = Field(512 * 1024 * 1024, gt=0)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CORS_ORIGINS
     cors_origin_regex: str | None = DEFAULT_CORS_ORIGIN_REGEX
     public_base_url: str | None = Field(

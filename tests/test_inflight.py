@@ -1,0 +1,127 @@
+"""The in-flight body budget (cds_hooks/inflight.py): requests beyond it queue in arrival order and all get their
+answer; none is refused, none overtakes a large one that waits, and a cancelled waiter gives back nothing it
+did not hold."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+
+from cds_hooks.inflight import InflightBudget
+from tests.conftest import start_live_service, stop_live_service
+from tests.scenarios import fhir_builders as fb
+
+SERVICE = "/cds-services/breast-cancer-back-pain"
+
+
+async def _hold(budget: InflightBudget, size: int, order: list[str], name: str, release: asyncio.Event) -> float:
+    async with budget.reserve(size) as waited_ms:
+        order.append(name)
+        await release.wait()
+    return waited_ms
+
+
+def test_requests_that_fit_run_together() -> None:
+    async def main() -> None:
+        budget = InflightBudget(100)
+        release = asyncio.Event()
+        order: list[str] = []
+        tasks = [asyncio.create_task(_hold(budget, 40, order, n, release)) for n in "ab"]
+        await asyncio.sleep(0.01)
+        assert order == ["a", "b"] and budget.used == 80
+        release.set()
+        await asyncio.gather(*tasks)
+        assert budget.used == 0
+
+    asyncio.run(main())
+
+
+def test_requests_beyond_the_budget_wait_in_arrival_order() -> None:
+    async def main() -> None:
+        budget = InflightBudget(100)
+        order: list[str] = []
+        first, second, third = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        a = asyncio.create_task(_hold(budget, 60, order, "a", first))
+        await asyncio.sleep(0.01)
+        big = asyncio.create_task(_hold(budget, 90, order, "big", second))
+        await asyncio.sleep(0.01)
+        small = asyncio.create_task(_hold(budget, 20, order, "small", third))  # would fit beside "a"
+        await asyncio.sleep(0.01)
+        assert order == ["a"], "nothing may overtake the large request that waits"
+        first.set()
+        await asyncio.sleep(0.01)
+        assert order == ["a", "big"] and budget.used == 90
+        second.set()
+        await asyncio.sleep(0.01)
+        assert order == ["a", "big", "small"]
+        third.set()
+        waits = await asyncio.gather(a, big, small)
+        assert waits[0] < 5 and waits[1] >= 10 and waits[2] >= 10
+        assert budget.used == 0
+
+    asyncio.run(main())
+
+
+def test_a_request_larger_than_the_budget_runs_alone() -> None:
+    async def main() -> None:
+        budget = InflightBudget(100)
+        release = asyncio.Event()
+        release.set()
+        order: list[str] = []
+        await _hold(budget, 500, order, "huge", release)
+        assert order == ["huge"] and budget.used == 0
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_waiter_gives_back_nothing_it_did_not_hold() -> None:
+    async def main() -> None:
+        budget = InflightBudget(100)
+        order: list[str] = []
+        hold, never = asyncio.Event(), asyncio.Event()
+        a = asyncio.create_task(_hold(budget, 80, order, "a", hold))
+        await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(_hold(budget, 50, order, "gone", never))
+        later = asyncio.create_task(_hold(budget, 20, order, "later", hold))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        hold.set()
+        await asyncio.gather(a, later)
+        assert order == ["a", "later"] and budget.used == 0
+
+    asyncio.run(main())
+
+
+def test_a_burst_beyond_the_budget_is_queued_and_every_request_answered(tmp_path: Path) -> None:
+    """Against `mscc-alert serve` with room for one ~0.6 MB body: six at once all get their warning card."""
+    filler = [fb.medication_request(fb.rxnorm("197361", "amlodipine 5 MG Oral Tablet")) for _ in range(1200)]
+    body = orjson.dumps(fb.hook_request(
+        fb.patient(), conditions=[fb.breast_cancer(fb.BREAST_CANCER_SNOMED), fb.back_pain()],
+        medicationRequests=filler,
+    ))
+    assert 300_000 < len(body) < 1_000_000
+    service = start_live_service(tmp_path, {"MSCC_ALERT_MAX_INFLIGHT_BODY_BYTES": str(len(body) + 1000),
+                                            "MSCC_ALERT_LOG_FORMAT": "json", "MSCC_ALERT_AUTH": "off"})
+    try:
+        def post(_: int) -> requests.Response:
+            return requests.post(service.url(SERVICE), data=body, timeout=60,
+                                 headers={"Content-Type": "application/json"})
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(post, range(6)))
+    finally:
+        stop_live_service(service)
+    assert [a.status_code for a in answers] == [200] * 6
+    assert all(a.json()["cards"][0]["indicator"] == "warning" for a in answers)
+    lines = [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
+    hooks = [line for line in lines if line.get("route") == "/cds-services/{service_id}"]
+    assert len(hooks) == 6
+    assert any(line.get("queued_ms", 0) >= 1 for line in hooks), "with room for one body, some must have queued"
