@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from cds_hooks.errors import (
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
+    RequestTimeout,
     ServiceError,
     Unauthorized,
     UnsupportedMediaType,
@@ -207,7 +209,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with inflight.reserve(reservation(request)) as waited_ms:
             if waited_ms >= 1:
                 fields["queued_ms"] = round(waited_ms, 1)
-            body = await read_json_body(request)
+            try:
+                async with asyncio.timeout(settings.body_read_seconds):
+                    body = await read_json_body(request)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"The request body did not arrive within {settings.body_read_seconds:g} seconds") from None
             hook_request = decode_hook_request(body, service.hook)
             fields["hook_instance"] = hook_request.hookInstance
             undeclared = sorted(k for k in hook_request.prefetch or {} if k not in service.templates)

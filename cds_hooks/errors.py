@@ -4,6 +4,7 @@
       + BadRequest               400: body not JSON / not an object / missing or mistyped field
       + NotFound                 404: unknown service id or path
       + MethodNotAllowed         405
+      + RequestTimeout           408: the body did not arrive in time
       + PayloadTooLarge          413
       + UnsupportedMediaType     415
       + PreconditionFailed       412: data the rules need is absent and cannot be obtained
@@ -40,6 +41,10 @@ class NotFound(ServiceError):
 
 class MethodNotAllowed(ServiceError):
     status, issue_code = 405, "not-supported"
+
+
+class RequestTimeout(ServiceError):
+    status, issue_code = 408, "timeout"
 
 
 class PayloadTooLarge(ServiceError):

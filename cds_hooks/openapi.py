@@ -37,7 +37,8 @@ _CARD_SCHEMA: dict[str, Any] = {
     },
 }
 _ERRORS = {
-    "400": "Malformed request", "401": "No valid client JWT", "404": "Unknown service", "413": "Body too large",
+    "400": "Malformed request", "401": "No valid client JWT", "404": "Unknown service",
+    "408": "Body not received in time", "413": "Body too large",
     "415": "Not JSON", "500": "Internal error: the request was not evaluated",
 }
 
@@ -79,7 +80,7 @@ def openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 "cards": {"type": "array", "items": _CARD_SCHEMA}}}),
             "412": _json_answer("Data the rules need could not be obtained", _OPERATION_OUTCOME_SCHEMA,
                                 FHIR_JSON_MEDIA_TYPE),
-            **errors("400", "401", "404", "413", "415", "500"),
+            **errors("400", "401", "404", "408", "413", "415", "500"),
         }
         feedback_path["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"$ref": template.format(name="FeedbackRequest")}}}}

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(128 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
     # Bodies one worker holds at once (cds_hooks/inflight.py): beyond this, hook requests queue, never fail.
     max_inflight_body_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    # A body that trickles in would hold its share of that budget: it must arrive whole within this (408).
+    body_read_seconds: float = Field(60.0, gt=0)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CORS_ORIGINS
     cors_origin_regex: str | None = DEFAULT_CORS_ORIGIN_REGEX
     public_base_url: str | None = Field(

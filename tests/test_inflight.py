@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -125,3 +127,34 @@ def test_a_burst_beyond_the_budget_is_queued_and_every_request_answered(tmp_path
     hooks = [line for line in lines if line.get("route") == "/cds-services/{service_id}"]
     assert len(hooks) == 6
     assert any(line.get("queued_ms", 0) >= 1 for line in hooks), "with room for one body, some must have queued"
+
+
+def test_a_body_that_trickles_in_gets_408_and_frees_its_share(tmp_path: Path) -> None:
+    body = orjson.dumps(fb.hook_request(fb.patient(), conditions=[fb.breast_cancer(fb.BREAST_CANCER_SNOMED),
+                                                                  fb.back_pain()]))
+    service = start_live_service(tmp_path, {"MSCC_ALERT_MAX_INFLIGHT_BODY_BYTES": str(len(body)),
+                                            "MSCC_ALERT_BODY_READ_SECONDS": "0.5", "MSCC_ALERT_AUTH": "off"})
+    try:
+        port = int(service.base_url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(f"POST {SERVICE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = slow.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            waited = time.monotonic() - started
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        outcome = json.loads(payload)
+        assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "timeout"
+        assert 0.4 < waited < 5
+        # Its share of the budget (all of it, here) was given back: a whole request is answered at once.
+        whole = requests.post(service.url(SERVICE), data=body, timeout=30,
+                              headers={"Content-Type": "application/json"})
+        assert whole.status_code == 200 and whole.json()["cards"][0]["indicator"] == "warning"
+    finally:
+        stop_live_service(service)
