@@ -11,7 +11,6 @@ NICE_CG75: Final = "https://www.nice.org.uk/guidance/cg75"
 ACR_LOW_BACK_PAIN: Final = "https://acsearch.acr.org/docs/69483/Narrative/"
 ACP_LOW_BACK_PAIN: Final = "https://www.acpjournals.org/doi/10.7326/0003-4819-147-7-200710020-00006"
 
-SOURCE_LABEL: Final = "mscc-alert (NICE NG234 spinal metastases and MSCC)"
 SOURCE_URL: Final = NICE_NG234
 
 GUIDELINES: Final = (

@@ -22,13 +22,13 @@ from cards.content import (
     MRI_WHOLE_SPINE_TEXT,
     OVERRIDE_REASON_SYSTEM,
     OVERRIDE_REASONS,
-    SOURCE_LABEL,
     SOURCE_URL,
     SUGGESTIVE_ACTION,
     WARNING_ACTIONS,
 )
 from cards.decision import Decision
 from cards.service_request import mri_whole_spine_request
+from cards.version import CARD_EXTENSION_KEY, rules_version, source_label
 from fhir_mapping.dates import DateSpan
 from fhir_mapping.findings import Evidence
 
@@ -219,7 +219,7 @@ def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
         "summary": _summary(decision),
         "detail": _detail(decision, context.now),
         "indicator": decision.indicator,
-        "source": {"label": SOURCE_LABEL, "url": SOURCE_URL},
+        "source": {"label": source_label(), "url": SOURCE_URL},
     }
     if decision.kind in ("mscc", "spinal-metastases") and not decision.imaging_ordered:
         urgency = "within 24 hours (stat)" if decision.indicator == "critical" else "within 1 week (urgent)"
@@ -242,6 +242,7 @@ def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
         {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display} for code, display in OVERRIDE_REASONS
     ]
     card["links"] = [{"label": label, "url": url, "type": "absolute"} for label, url in GUIDELINES[:2]]
+    card["extension"] = {CARD_EXTENSION_KEY: rules_version()}
     return card
 
 
@@ -257,5 +258,6 @@ def _unreadable_card(decision: Decision) -> dict[str, Any]:
             :MAX_SUMMARY],
         "detail": detail,
         "indicator": "info",
-        "source": {"label": SOURCE_LABEL, "url": SOURCE_URL},
+        "source": {"label": source_label(), "url": SOURCE_URL},
+        "extension": {CARD_EXTENSION_KEY: rules_version()},
     }
