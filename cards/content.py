@@ -13,11 +13,13 @@ ACP_LOW_BACK_PAIN: Final = "https://www.acpjournals.org/doi/10.7326/0003-4819-14
 
 SOURCE_URL: Final = NICE_NG234
 
-GUIDELINES: Final = (
-    ("NICE NG234 (2023): spinal metastases and metastatic spinal cord compression", NICE_NG234),
-    ("NICE QS56: metastatic spinal cord compression in adults (statements 2 and 3)", NICE_QS56),
-    ("ACR Appropriateness Criteria: low back pain, variant 7 (suspected cancer)", ACR_LOW_BACK_PAIN),
-    ("ACP/APS 2007: new low back pain with a history of cancer warrants prompt MRI", ACP_LOW_BACK_PAIN),
+# The card's links: at most three, and never repeated in the detail. NG234
+# holds the recognition lists and the 24-hour / 1-week imaging and dexamethasone recommendations; QS56 the
+# timing measures (statements 2 and 3); ACR variant 7 is the US imaging reference for suspected cancer.
+LINKS: Final = (
+    ("NICE NG234: spinal metastases and MSCC", NICE_NG234_RECS),
+    ("NICE QS56: MSCC quality standard", NICE_QS56),
+    ("ACR: low back pain, suspected cancer (variant 7)", ACR_LOW_BACK_PAIN),
 )
 
 # The order we suggest (clinical.md §1.4): MRI of the WHOLE spine, coded in LOINC (VERIFIED VSAC).
@@ -39,28 +41,45 @@ OVERRIDE_REASONS: Final = (
     ("goals-of-care", "Not in line with the patient's goals of care"),
 )
 
+# Card wording. Each line's source is named here, not on the card: the card links to the guidelines instead.
+# NICE CG75 (contact the MSCC coordinator immediately, an oncological emergency); NG234 rec 1.5.2 (MRI whole
+# spine as soon as possible and always within 24 hours); rec 1.8.1 (16 mg dexamethasone as soon as possible)
+# and 1.8.2 (stop it if MSCC is excluded); CG75/NG234 (neutral spine alignment until assessed if instability
+# or severe mechanical pain is suspected). The second line is replaced when an MRI is already ordered.
 CRITICAL_ACTIONS: Final = (
-    "Contact the acute oncology service / MSCC coordinator **now**: treat as an oncological emergency "
-    "(NICE CG75; NG234).",
-    "MRI of the **whole spine** as soon as possible and **always within 24 hours** (NICE NG234 rec 1.5.2).",
-    "Offer **dexamethasone 16 mg** orally (or the equivalent IV dose) as soon as possible unless "
-    "contraindicated (NICE NG234 rec 1.8.1); stop it if MSCC is later excluded.",
-    "Keep the spine neutral (lie flat, log-roll) if mechanical instability or severe movement-related pain is "
-    "suspected, until assessed; give adequate analgesia.",
+    "Contact the acute oncology / MSCC team **now**: an oncological emergency.",
+    "MRI of the **whole spine** as soon as possible and **within 24 hours**.",
+    "**Dexamethasone 16 mg** orally (or IV equivalent) now unless contraindicated; stop it if MSCC is excluded.",
+    "Keep the spine neutral (lie flat, log-roll) if instability is suspected; give analgesia.",
 )
+MRI_ORDERED_ACTION: Final = "MRI whole spine is ordered ({when}): make sure it is done **within 24 hours**."
+# NICE QS56 statement 2 and NG234 (MRI whole spine within 1 week; thoracic spine commonest, clinical.md §1.0);
+# NG234 (no plain X-ray to diagnose or rule out spinal metastases); CG75/NG234 (safety-net on MSCC symptoms).
 WARNING_ACTIONS: Final = (
-    "MRI of the **whole spine** as soon as possible and **within 1 week** (NICE QS56 statement 2; NG234), "
-    "not just the painful segment: metastases are commonest in the thoracic spine.",
-    "Do not use plain X-ray to diagnose or rule out spinal metastases (NICE NG234).",
-    "Safety-net: tell the patient to seek help **immediately** if leg weakness, numbness, difficulty walking, "
-    "or bladder or bowel problems develop: that is suspected MSCC, an emergency.",
+    "MRI of the **whole spine** (not only the painful level) **within 1 week**.",
+    "Do not use plain X-ray to diagnose or rule out spinal metastases.",
+    "Safety-net: seek help **at once** for leg weakness, numbness, difficulty walking, or bladder or bowel "
+    "problems (suspected MSCC).",
 )
+# CG75: pain suggestive of spinal metastases -> contact the MSCC coordinator urgently (within 24 hours).
 SUGGESTIVE_ACTION: Final = (
-    "The pain has features suggestive of spinal metastases: seek advice from the acute oncology service / "
-    "MSCC coordinator **within 24 hours** (NICE CG75)."
+    "Pain suggestive of metastases ({features}): ask acute oncology for advice **within 24 hours**."
 )
-END_OF_LIFE_NOTE: Final = (
-    "The patient is receiving hospice or palliative care: discuss goals of care with the patient; "
-    "radiotherapy and steroids may still relieve pain and preserve function. A decision not to investigate "
-    "must be made with the patient (BMJ Best Practice, citing Al-Qurainy & Collis, BMJ 2016)."
+# clinical.md §1.1: a weak history (tier-B drug only, carcinoma in situ) asks for the history to be checked.
+WEAK_HISTORY_ACTION: Final = (
+    "Confirm any invasive breast cancer: if so, new spinal pain needs MRI of the whole spine within 1 week, "
+    "sooner with neurological signs."
 )
+PARTIAL_IMAGING_ACTION: Final = "Imaging so far does not cover the whole spine ({what}): image the rest of the spine."
+CONTEXT_IMAGING_ACTION: Final = "{what} does not replace MRI for cord compression."
+# NICE CKS Hypercalcaemia: a separate emergency in cancer; corrected calcium decides the urgency.
+HYPERCALCAEMIA_ACTION: Final = "Hypercalcaemia recorded ({when}): a separate emergency; check corrected calcium today."
+# BMJ Best Practice (citing Al-Qurainy & Collis, BMJ 2016): investigation may not be warranted near the end of
+# life, and a decision not to investigate is made with the patient (clinical.md §1.5 item 4).
+END_OF_LIFE_ACTION: Final = (
+    "Palliative or hospice care recorded: discuss goals of care; radiotherapy and steroids may still palliate. "
+    "Decide with the patient."
+)
+# Drugs and treatment effects that can cause back pain are differentials, never a reason to skip the work-up
+# (clinical.md §3 item 18).
+DIFFERENTIAL_LINE: Final = "**Differential:** {items}: not a reason to skip the MRI."

@@ -1,40 +1,74 @@
-"""A decision -> CDS Hooks 2.0 cards a clinician can act on in seconds.
+"""A decision -> CDS Hooks 2.0 cards a clinician takes in at a glance.
 
 Spec rules kept here (cds-hooks.md §1.1, §1.6): summary < 140 characters; detail is GitHub-flavoured
 Markdown (we emit no raw HTML, and escape text that came from the record); a uuid on every card and
 suggestion; selectionBehavior whenever there are suggestions; every override reason has a display; no
 null or empty value anywhere.
+
+The detail is short (at most MAX_DETAIL characters, Markdown included): why (history, the new pain, the
+neurological features, each with its date and how long ago), what to do, and one line of differentials. It
+names no resource ids: the evidence stays machine-readable in the suggested order's reasonReference and in the
+card's `extension` (EVIDENCE_EXTENSION_KEY). Guideline sources are the card's `links`, never repeated in the
+text. Interruptive alerts that are long are dismissed unread (van der Sijs et al., JAMIA 2006).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from cards.content import (
+    CONTEXT_IMAGING_ACTION,
     CRITICAL_ACTIONS,
-    END_OF_LIFE_NOTE,
-    GUIDELINES,
+    DIFFERENTIAL_LINE,
+    END_OF_LIFE_ACTION,
+    HYPERCALCAEMIA_ACTION,
+    LINKS,
+    MRI_ORDERED_ACTION,
     MRI_WHOLE_SPINE_TEXT,
     OVERRIDE_REASON_SYSTEM,
     OVERRIDE_REASONS,
+    PARTIAL_IMAGING_ACTION,
     SOURCE_URL,
     SUGGESTIVE_ACTION,
     WARNING_ACTIONS,
+    WEAK_HISTORY_ACTION,
 )
 from cards.decision import Decision
 from cards.service_request import mri_whole_spine_request
 from cards.version import CARD_EXTENSION_KEY, rules_version, source_label
 from fhir_mapping.dates import DateSpan
-from fhir_mapping.findings import Evidence
+from fhir_mapping.findings import Evidence, ImagingFinding, NeuroFinding, PainFinding
 
 MAX_SUMMARY = 139
+# Detail length limits, Markdown included: a critical card fits the sandbox's card column without scrolling.
+MAX_DETAIL: Final = {"critical": 900, "warning": 700, "info": 700}
+# The card's machine-readable evidence: the relative references of every record the card names.
+EVIDENCE_EXTENSION_KEY: Final = "org.mscc-alert.evidence"
+UNREADABLE_EXTENSION_KEY: Final = "org.mscc-alert.unreadable"
+
 # Characters that could start Markdown or HTML markup inside record text.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|~])")
+_RECORD_TEXT = 56  # characters of one record's wording on a card
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Coding-system wording a clinician would not say ("Retention of urine, unspecified").
+_DISPLAY_NOISE = re.compile(
+    r",?\s+(?:initial encounter(?: for fracture)?|unspecified site|unspecified|not elsewhere classified|NEC|NOS)\b"
+    r"|\s*\((?:finding|disorder|situation|procedure|generalized|generalised)\)",
+    re.IGNORECASE,
+)
+_DISPLAY_LEAD = re.compile(r"^(?:unspecified|other)\s+", re.IGNORECASE)
+_PHRASES: Final = {
+    "difficulty in walking": "difficulty walking",
+    "retention of urine": "urinary retention",
+    "acute retention of urine": "acute urinary retention",
+    "malignant neoplasm of breast": "breast cancer",
+}
+_REGION_PAIN: Final = {"lumbar": "low back pain", "thoracic": "thoracic back pain", "cervical": "neck pain",
+                       "sacral": "sacral pain", "unspecified": "spinal pain"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,55 +86,275 @@ def render_cards(decision: Decision, context: CardContext) -> list[dict[str, Any
     return [_clinical_card(decision, context)]
 
 
-def _text(value: str) -> str:
-    """Record text inside Markdown: escaped, on one line, bounded."""
-    flat = " ".join(value.split())[:160]
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+# --- words -------------------------------------------------------------------------------------------------
+def _escape(value: str) -> str:
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", value)
 
 
-def _day(span: DateSpan) -> str:
-    """As written when partial ("2019", "2024-05"); the calendar day otherwise."""
-    return span.text if len(span.text) < 10 else span.earliest.date().isoformat()
+def _clip(value: str, limit: int = _RECORD_TEXT) -> str:
+    flat = " ".join(value.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip(" ,;:") + "…"
 
 
-def _ago(span: DateSpan, now: datetime) -> str:
-    """Days while they decide "new" (the window is weeks); months and years for the long history."""
-    days = (now - span.latest).days
-    if days < 0:
-        return "in the future"
-    if days == 0:
-        return "today"
+def _words(evidence: Evidence) -> str:
+    """What the record says, as a clinician would say it: coded displays without coding-system noise, text
+    from the record quoted as written. Escaped for Markdown and bounded."""
+    if evidence.code is None:
+        return "“" + _escape(_clip(evidence.display)) + "”"
+    text = _DISPLAY_LEAD.sub("", _DISPLAY_NOISE.sub("", evidence.display)).strip(" ,")
+    text = _PHRASES.get(text.lower(), text)
+    if len(text) > 1 and not text[1].isupper():  # keep acronyms (MRI, CT) as they are
+        text = text[0].lower() + text[1:]
+    return _escape(_clip(text))
+
+
+def _date(span: DateSpan, now: datetime) -> str:
+    """12 Nov (this year), 12 Nov 2025 (within a year), Nov 2023 (older); partial dates as recorded."""
+    if re.fullmatch(r"\d{4}", span.text):
+        return span.text
+    if re.fullmatch(r"\d{4}-\d{2}", span.text):
+        return f"{_MONTHS[int(span.text[5:7]) - 1]} {span.text[:4]}"
+    day = span.earliest.date()
+    if (now.date() - day).days >= 365:
+        return f"{_MONTHS[day.month - 1]} {day.year}"
+    return f"{day.day} {_MONTHS[day.month - 1]}" + ("" if day.year == now.year else f" {day.year}")
+
+
+def _elapsed(span: DateSpan, now: datetime) -> int:
+    """Calendar days from the span's last day to today (negative: in the future)."""
+    return (now.date() - span.latest.date()).days
+
+
+def _duration(days: int) -> str:
     if days < 90:
-        return f"{days} day{'s' if days != 1 else ''} ago"
+        return f"{days} day{'s' if days != 1 else ''}"
     if days < 730:
-        return f"{days // 30} months ago"
-    return f"{days // 365} years ago"
+        return f"{days // 30} months"
+    return f"{days // 365} years"
+
+
+def _on(span: DateSpan, now: datetime) -> str:
+    """A point in time: "today", "yesterday", "12 Nov (9 days ago)"."""
+    days = _elapsed(span, now)
+    if days < 0:
+        return f"{_date(span, now)} (in the future)"
+    if days <= 1:
+        return ("today", "yesterday")[days]
+    return f"{_date(span, now)} ({_duration(days)} ago)"
+
+
+def _since(span: DateSpan, now: datetime) -> str:
+    """An onset: "since today", "since yesterday", "since 12 Nov (9 days)"."""
+    days = _elapsed(span, now)
+    if days < 0:
+        return f"dated {_date(span, now)} (in the future)"
+    if days <= 1:
+        return ("since today", "since yesterday")[days]
+    return f"since {_date(span, now)} ({_duration(days)})"
 
 
 def _when(evidence: Evidence, now: datetime) -> str:
-    if evidence.date is None:
+    """How the record dates the finding, in words: onset, recorded only, a visit, an order, a result."""
+    span = evidence.date
+    if span is None:
         return "date not documented"
-    when = f"{_day(evidence.date)} ({_ago(evidence.date, now)})"
+    if evidence.resource_type == "Encounter":
+        return f"at a visit {_on(span, now)}"
+    if evidence.date_kind == "onset":
+        return _since(span, now)
     if evidence.date_kind == "recorded":
-        return f"recorded {when}; onset not documented"
-    return f"{evidence.date_kind} {when}"
+        return f"recorded {_on(span, now)}, onset not documented"
+    verb = {"authored": "ordered", "performed": "done", "started": "done"}.get(evidence.date_kind or "", "noted")
+    return f"{verb} {_on(span, now)}"
 
 
-def _cite(evidence: Evidence, now: datetime) -> str:
-    """One piece of evidence: what, when, status, and the resource to find it by."""
-    parts = [_text(evidence.display), _text(_when(evidence, now))]
-    if evidence.status:
-        parts.append(_text(evidence.status))
-    if evidence.reference:
-        parts.append(_text(evidence.reference))
-    return " · ".join(parts)
+def _finding(evidence: Evidence, now: datetime, words: str | None = None) -> str:
+    return f"{words or _words(evidence)} {_when(evidence, now)}"
 
 
-def _bullets(lines: Iterable[str]) -> str:
-    """A Markdown list; a line starting with two spaces becomes an item of the list above it."""
-    return "\n".join(f"  - {line[2:]}" if line.startswith("  ") else f"- {line}" for line in lines)
+def _history_date(evidence: Evidence, now: datetime) -> str:
+    """ (Nov 2023, 3 years ago)": the date and how long ago, for a history rather than an onset."""
+    span = evidence.date
+    if span is None:
+        return " (date not documented)"
+    days = _elapsed(span, now)
+    if days < 0:
+        return f" ({_date(span, now)}, in the future)"
+    if days <= 1:
+        return (" (today)", " (yesterday)")[days]
+    return f" ({_date(span, now)}, {_duration(days)} ago)"
 
 
+# --- the parts of the detail ----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Part:
+    text: str
+    drop: int  # 0: always shown; higher numbers are left out first when the detail is too long
+
+
+def _history(decision: Decision, now: datetime) -> list[_Part]:
+    if decision.history:
+        dated = [c for c in decision.history if c.evidence.date is not None]
+        first = min(dated, key=lambda c: c.evidence.date.earliest) if dated else decision.history[0]  # type: ignore[union-attr]
+        words = {"primary": "breast cancer", "history": "breast cancer (history)",
+                 "in-situ": "breast carcinoma in situ only"}.get(first.category) or _words(first.evidence)
+        return [_Part(words + _history_date(first.evidence, now), 0)]
+    if not decision.history_drugs:
+        return []
+    drugs = ", ".join(sorted({d.ingredient for d in decision.history_drugs}))
+    latest = max((d.evidence for d in decision.history_drugs if d.evidence.date), key=lambda e: e.date.latest,  # type: ignore[union-attr]
+                 default=None)
+    when = _history_date(latest, now) if latest is not None else ""
+    if decision.weak_history == "tier-b-drug":
+        parts = [_Part(f"no breast cancer coded; on {_escape(drugs)}{when}, also used without cancer", 0)]
+    else:
+        parts = [_Part(f"breast cancer **inferred** from {_escape(drugs)}{when}: no diagnosis coded", 0)]
+    parts += [_Part(_words(s.evidence) + _history_date(s.evidence, now), 2) for s in decision.history_support[:2]]
+    return parts
+
+
+def _metastases(decision: Decision, now: datetime) -> list[_Part]:
+    if not decision.metastases:
+        return []
+    first = decision.metastases[0]
+    spine = any(m.spine for m in decision.metastases)
+    coded = [m for m in decision.metastases if m.evidence.code is not None]
+    if spine:
+        words = "known spinal metastases"
+    elif any("bone" in m.evidence.display.lower() for m in coded):
+        words = "known bone metastases"
+    else:
+        words = "known metastatic disease"
+    return [_Part(words + _history_date(first.evidence, now), 1)]
+
+
+def _pain_words(pain: PainFinding) -> str:
+    if pain.evidence.display.startswith("pain located at"):  # a pain-location Observation: say the region
+        return _REGION_PAIN.get(pain.region, "spinal pain")
+    return _words(pain.evidence)
+
+
+def _pain(decision: Decision, now: datetime) -> tuple[list[_Part], set[str | None]]:
+    """The new pain with its onset (and why it counts as new when it is not plainly new onset)."""
+    episode = decision.episode
+    findings = list(episode.findings) if episode else decision.current_pain
+    dated = [p for p in findings if p.evidence.date is not None]
+    if not findings:
+        return [], set()
+    first = min(dated, key=lambda p: p.evidence.date.earliest) if dated else findings[0]  # type: ignore[union-attr]
+    words = _pain_words(first)
+    others = sorted({p.region for p in findings if p.region not in ("unspecified", first.region)})
+    if others:
+        words += " and " + " and ".join(_REGION_PAIN[r] for r in others)
+    text = _finding(first.evidence, now, words)
+    if episode is not None and episode.why_new != "new onset":
+        text += f": {_escape(episode.why_new)}"
+    if decision.pain_before_cancer:
+        text += " (first recorded before the cancer diagnosis)"
+    return [_Part(text, 0)], {p.evidence.reference for p in findings}
+
+
+def _neuro(decision: Decision, now: datetime, pain_shown: set[str | None]) -> list[_Part]:
+    """One item per neurological feature (the earliest record of it), the first always shown."""
+    by_feature: dict[str, NeuroFinding] = {}
+    for n in sorted(decision.neuro, key=lambda n: (n.evidence.date is None, n.evidence.date.earliest
+                                                   if n.evidence.date else now)):
+        by_feature.setdefault(n.feature, n)
+    parts: list[_Part] = []
+    for n in by_feature.values():
+        # A radiculopathy code is both the pain and the neurological feature: name it once.
+        if n.evidence.reference is not None and n.evidence.reference in pain_shown and n.feature == "radicular":
+            continue
+        parts.append(_Part(_finding(n.evidence, now), 0 if not parts else 1))
+    return parts
+
+
+def _supporting(decision: Decision, now: datetime) -> list[_Part]:
+    return [_Part(_finding(m.evidence, now), 3) for m in decision.modifiers
+            if m.kind in ("vertebral-fracture", "constitutional")][:3]
+
+
+def _imaging_words(studies: list[ImagingFinding], now: datetime) -> str:
+    return "; ".join(_finding(i.evidence, now) for i in studies[:2])
+
+
+def _actions(decision: Decision, now: datetime) -> list[_Part]:
+    if decision.kind == "mscc":
+        actions = [_Part(line, 0) for line in CRITICAL_ACTIONS]
+        if decision.imaging_ordered:
+            ordered = min(decision.imaging_ordered, key=lambda i: i.evidence.date.earliest if i.evidence.date else now)
+            when = _when(ordered.evidence, now) if ordered.evidence.date else "date not documented"
+            actions[1] = _Part(MRI_ORDERED_ACTION.format(when=when), 0)
+    elif decision.kind == "spinal-metastases":
+        actions = [_Part(line, 0) for line in WARNING_ACTIONS]
+        if decision.suggestive:
+            features = _escape(_clip("; ".join(decision.suggestive), 90))
+            actions.insert(1, _Part(SUGGESTIVE_ACTION.format(features=features), 0))
+    else:
+        actions = [_Part(WEAK_HISTORY_ACTION, 0)]
+    if decision.imaging_partial:
+        actions.append(_Part(PARTIAL_IMAGING_ACTION.format(what=_imaging_words(decision.imaging_partial, now)), 1))
+    for m in decision.modifiers:
+        if m.kind == "hypercalcaemia":
+            when = _on(m.evidence.date, now) if m.evidence.date else "date not documented"
+            actions.append(_Part(HYPERCALCAEMIA_ACTION.format(when=when), 0))
+            break
+    if decision.end_of_life:
+        actions.append(_Part(END_OF_LIFE_ACTION, 0))
+    if decision.imaging_context:
+        what = _imaging_words(decision.imaging_context, now)
+        actions.append(_Part(CONTEXT_IMAGING_ACTION.format(what=what[0].upper() + what[1:]), 2))
+    return actions
+
+
+def _differentials(decision: Decision, now: datetime) -> list[_Part]:
+    items = [f"{_escape(d)} can cause back pain" for d in sorted({d.ingredient for d in decision.differentials})]
+    items += [_finding(m.evidence, now) for m in decision.modifiers if m.kind == "treatment-differential"][:2]
+    if not items:
+        return []
+    return [_Part(DIFFERENTIAL_LINE.format(items="; ".join(items)), 1)]
+
+
+def _skipped(decision: Decision) -> str:
+    kinds = sorted({s.resource_type for s in decision.skipped})
+    count = len(decision.skipped)
+    return f"{count} record{'s' if count != 1 else ''} ({', '.join(kinds)}) could not be read"
+
+
+def _assemble(why: list[_Part], actions: list[_Part], tail: list[_Part], dropped: int, note: str | None) -> str:
+    why_text = " · ".join(p.text for p in why)
+    if dropped:
+        why_text += f" · and {dropped} more finding{'s' if dropped != 1 else ''} in the record"
+    sections = ["**Why:** " + why_text[0].upper() + why_text[1:]]
+    sections.append("**What to do**\n" + "\n".join(f"- {p.text}" for p in actions))
+    sections += [p.text for p in tail]
+    if note:
+        sections.append(f"_{note}: check the chart._")
+    return "\n\n".join(sections)
+
+
+def _detail(decision: Decision, now: datetime) -> str:
+    pain, pain_shown = _pain(decision, now)
+    why = _history(decision, now) + _metastases(decision, now) + pain + _neuro(decision, now, pain_shown)
+    why += _supporting(decision, now)
+    actions = _actions(decision, now)
+    tail = _differentials(decision, now)
+    note = _skipped(decision) if decision.skipped else None
+    limit = MAX_DETAIL[decision.indicator or "info"]
+    dropped = 0
+    text = _assemble(why, actions, tail, dropped, note)
+    # Too long: leave out the least important parts first (a dropped finding is counted in the why line).
+    for level in (3, 2, 1):
+        for parts in (why, tail, actions):
+            while len(text) > limit and any(p.drop == level for p in parts):
+                index = max(i for i, p in enumerate(parts) if p.drop == level)
+                del parts[index]
+                dropped += parts is why
+                text = _assemble(why, actions, tail, dropped, note)
+    return text
+
+
+# --- cards ---------------------------------------------------------------------------------------------------
 def _summary(decision: Decision) -> str:
     metastatic = bool(decision.metastases)
     if decision.kind == "mscc":
@@ -121,87 +375,14 @@ def _summary(decision: Decision) -> str:
     return text[:MAX_SUMMARY]
 
 
-def _history_lines(decision: Decision, now: datetime) -> list[str]:
-    lines = [_cite(c.evidence, now) for c in decision.history]
-    if decision.history_drugs and not decision.history:
-        drugs = ", ".join(sorted({d.ingredient for d in decision.history_drugs}))
-        if decision.weak_history == "tier-b-drug":
-            lines.append(f"No breast-cancer diagnosis is coded; the patient has {drugs}, which is also used "
-                         "without cancer (risk reduction, fertility, osteoporosis). Check the history.")
-        else:
-            lines.append(f"Breast-cancer history **inferred** from medication ({drugs}): no diagnosis is coded.")
-        lines += [_cite(d.evidence, now) for d in decision.history_drugs]
-        lines += [_cite(s.evidence, now) for s in decision.history_support]
-    return lines
-
-
-def _detail(decision: Decision, now: datetime) -> str:
-    sections: list[str] = []
-    why = _history_lines(decision, now)
-    if decision.episode is not None:
-        onset = decision.episode.onset
-        why.append(f"New spinal pain ({decision.episode.why_new}), onset {_day(onset)} ({_ago(onset, now)}):")
-        why += [f"  {_cite(p.evidence, now)}" for p in decision.episode.findings]
-    elif decision.current_pain:
-        why += [_cite(p.evidence, now) for p in decision.current_pain]
-    why += [f"Neurological feature ({n.feature.replace('-', ' ')}): {_cite(n.evidence, now)}" for n in decision.neuro]
-    why += [f"Known metastatic disease: {_cite(m.evidence, now)}" for m in decision.metastases]
-    why += [f"Supporting finding: {_cite(m.evidence, now)}" for m in decision.modifiers
-            if m.kind in ("vertebral-fracture", "constitutional")]
-    if decision.pain_before_cancer:
-        why.append("The pain was first recorded before the cancer diagnosis; it is flagged because it is new now.")
-    sections.append("**Why this alert**\n" + _bullets(why))
-
-    if decision.kind == "mscc":
-        actions = list(CRITICAL_ACTIONS)
-        if decision.imaging_ordered:
-            actions.insert(1, "An MRI is already ordered (" + "; ".join(_cite(i.evidence, now)
-                           for i in decision.imaging_ordered) + "): make sure it is done within 24 hours.")
-    elif decision.kind == "spinal-metastases":
-        actions = list(WARNING_ACTIONS)
-        if decision.suggestive:
-            actions.insert(1, SUGGESTIVE_ACTION + " Features: " + _text("; ".join(decision.suggestive)) + ".")
-    else:
-        actions = ["Confirm whether the patient has had invasive breast cancer. If so, new spinal pain needs "
-                   "MRI of the whole spine within 1 week (NICE NG234); sooner with neurological signs."]
-    if decision.imaging_partial:
-        actions.append("Imaging so far does not cover the whole spine (" + "; ".join(
-            _cite(i.evidence, now) for i in decision.imaging_partial) + "): image the rest of the spine.")
-    sections.append("**What to do**\n" + _bullets(actions))
-
-    notes: list[str] = []
-    for m in decision.modifiers:
-        if m.kind == "hypercalcaemia":
-            notes.append(f"Hypercalcaemia is recorded ({_cite(m.evidence, now)}): a separate emergency in cancer; "
-                         "check corrected calcium today (NICE CKS).")
-        elif m.kind == "treatment-differential":
-            notes.append(f"Differential: {_cite(m.evidence, now)} (treatment-related; does not explain away "
-                         "new spinal pain).")
-    if decision.differentials:
-        drugs = ", ".join(sorted({d.ingredient for d in decision.differentials}))
-        notes.append(f"Differential: {drugs} can cause musculoskeletal or back pain. That is a reason to "
-                     "keep it in mind, not to skip the work-up for metastases.")
-    if decision.imaging_context:
-        notes.append("Other imaging since the pain began (does not replace MRI for cord compression): "
-                     + "; ".join(_cite(i.evidence, now) for i in decision.imaging_context))
-    if decision.end_of_life:
-        notes.append(END_OF_LIFE_NOTE)
-    if decision.skipped:
-        notes.append(_skipped_line(decision))
-    if notes:
-        sections.append("**Also consider**\n" + _bullets(notes))
-
-    sections.append("**Guideline basis**\n" + _bullets(f"[{label}]({url})" for label, url in GUIDELINES))
-    return "\n\n".join(sections)
-
-
-def _skipped_line(decision: Decision) -> str:
-    names = ", ".join(
-        _text(f"{s.resource_type}/{s.resource_id}" if s.resource_id else s.resource_type)
-        for s in decision.skipped[:5]
-    )
-    more = f" and {len(decision.skipped) - 5} more" if len(decision.skipped) > 5 else ""
-    return f"{len(decision.skipped)} record(s) could not be read and were left out: {names}{more}."
+def _evidence_of(decision: Decision) -> list[Evidence]:
+    evidence = [c.evidence for c in decision.history] + [d.evidence for d in decision.history_drugs]
+    evidence += [s.evidence for s in decision.history_support] + [m.evidence for m in decision.metastases]
+    evidence += [p.evidence for p in (decision.episode.findings if decision.episode else decision.current_pain)]
+    evidence += [n.evidence for n in decision.neuro] + [m.evidence for m in decision.modifiers]
+    evidence += [i.evidence for i in decision.imaging_ordered + decision.imaging_partial + decision.imaging_context]
+    evidence += [d.evidence for d in decision.differentials] + [e.evidence for e in decision.end_of_life]
+    return evidence
 
 
 def _reason_references(decision: Decision) -> list[str]:
@@ -210,6 +391,17 @@ def _reason_references(decision: Decision) -> list[str]:
         evidence += [p.evidence for p in decision.episode.findings]
     evidence += [m.evidence for m in decision.metastases]
     return [e.reference for e in evidence if e.reference]
+
+
+def _extension(decision: Decision) -> dict[str, Any]:
+    extension: dict[str, Any] = {CARD_EXTENSION_KEY: rules_version()}
+    references = list(dict.fromkeys(e.reference for e in _evidence_of(decision) if e.reference))
+    if references:
+        extension[EVIDENCE_EXTENSION_KEY] = references
+    unreadable = [f"{s.resource_type}/{s.resource_id}" if s.resource_id else s.resource_type for s in decision.skipped]
+    if unreadable:
+        extension[UNREADABLE_EXTENSION_KEY] = unreadable
+    return extension
 
 
 def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
@@ -241,16 +433,16 @@ def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
     card["overrideReasons"] = [
         {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display} for code, display in OVERRIDE_REASONS
     ]
-    card["links"] = [{"label": label, "url": url, "type": "absolute"} for label, url in GUIDELINES[:2]]
-    card["extension"] = {CARD_EXTENSION_KEY: rules_version()}
+    card["links"] = [{"label": label, "url": url, "type": "absolute"} for label, url in LINKS]
+    card["extension"] = _extension(decision)
     return card
 
 
 def _unreadable_card(decision: Decision) -> dict[str, Any]:
     detail = (
-        "**Why this note**\n- " + _skipped_line(decision) + "\n- They looked like evidence this check reads "
-        "(breast cancer, spinal pain, neurological signs, medication or spinal imaging), so the check for "
-        "spinal metastases / MSCC may be incomplete. Review them in the chart."
+        f"**Why:** {_skipped(decision)}. They look like evidence this check reads (breast cancer, spinal pain, "
+        "neurological signs, medication or spinal imaging), so the check for spinal metastases / MSCC may be "
+        "incomplete.\n\n**What to do**\n- Review those records in the chart."
     )
     return {
         "uuid": str(uuid.uuid4()),
@@ -259,5 +451,5 @@ def _unreadable_card(decision: Decision) -> dict[str, Any]:
         "detail": detail,
         "indicator": "info",
         "source": {"label": source_label(), "url": SOURCE_URL},
-        "extension": {CARD_EXTENSION_KEY: rules_version()},
+        "extension": _extension(decision),
     }

@@ -49,4 +49,7 @@ def test_the_card_cites_the_visit(service_client: Any) -> None:
     visit = fb.encounter(LOW_BACK_PAIN, days_ago=5)
     body = fb.hook_request(fb.patient(), conditions=[fb.breast_cancer(fb.BREAST_CANCER_SNOMED)], encounters=[visit])
     card = service_client.post(SERVICE, json=body).json()["cards"][0]
-    assert f"Encounter/{visit['id']}" in card["detail"]
+    # Named in words on the card, and by reference in its machine-readable evidence (never in the text).
+    assert "low back pain at a visit" in card["detail"]
+    assert f"Encounter/{visit['id']}" in card["extension"]["org.mscc-alert.evidence"]
+    assert "Encounter/" not in card["detail"]

@@ -131,8 +131,41 @@ def _assert_valid_action(action: Any, where: str, indicator: str, patient_id: st
                 assert resource["subject"].get("reference") == f"Patient/{patient_id}", f"{where}.subject"
 
 
-def assert_valid_cds_response(body: Any, *, patient_id: str | None = None) -> None:
-    """Assert the CDS Hooks 2.0 response and card rules (cds-hooks.md §1.6, §1.10) on a response body."""
+# --- our own card rules: short, no resource references in the text, links only as links ------------------
+MAX_DETAIL = {"critical": 900, "warning": 700, "info": 700}
+REFERENCE_IN_TEXT = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]+")
+RULES_VERSION_KEY = "org.mscc-alert.rules-version"
+EVIDENCE_KEY = "org.mscc-alert.evidence"
+
+
+def assert_card_reads_at_a_glance(card: Any, where: str = "card") -> None:
+    """A card a clinician takes in at a glance: the detail within its length limit (Markdown included), no
+    resource ids in the text, at most three links (absolute https) and none of them repeated in the detail;
+    the rules version and the evidence machine-readable in the card's extension."""
+    indicator = card.get("indicator")
+    detail = card.get("detail", "")
+    assert len(detail) <= MAX_DETAIL.get(indicator, 700), f"{where}.detail is {len(detail)} characters"
+    for field in ("summary", "detail"):
+        found = REFERENCE_IN_TEXT.search(card.get(field, ""))
+        assert found is None, f"{where}.{field} names a resource reference: {found.group() if found else ''}"
+    links = card.get("links", [])
+    assert len(links) <= 3, f"{where} has {len(links)} links"
+    for link in links:
+        assert _is_absolute_url(link.get("url"), https_only=True), f"{where}: link {link.get('url')!r}"
+        assert link["url"] not in detail, f"{where}.detail repeats the link {link['url']}"
+    assert "http://" not in detail and "https://" not in detail, f"{where}.detail holds a URL"
+    extension = card.get("extension", {})
+    assert re.fullmatch(r"\d+\.\d+\.\d+\+[0-9a-f]{8}", str(extension.get(RULES_VERSION_KEY))), (
+        f"{where}: no rules version in the extension")
+    assert str(extension.get(RULES_VERSION_KEY)).split("+")[1] in card["source"]["label"], (
+        f"{where}.source.label does not name the rules version")
+    for reference in extension.get(EVIDENCE_KEY, []):
+        assert REFERENCE_IN_TEXT.fullmatch(reference), f"{where}: evidence {reference!r} is not a reference"
+
+
+def assert_valid_cds_response(body: Any, *, patient_id: str | None = None, ours: bool = True) -> None:
+    """Assert the CDS Hooks 2.0 response and card rules (cds-hooks.md §1.6, §1.10) on a response body, and
+    (`ours`) this service's own card rules (assert_card_reads_at_a_glance)."""
     assert isinstance(body, dict), "response must be a JSON object"
     assert isinstance(body.get("cards"), list), "`cards` must be present (an array, possibly empty)"
     _assert_no_empty_values({k: v for k, v in body.items() if k != "cards"}, "$")
@@ -187,6 +220,9 @@ def assert_valid_cds_response(body: Any, *, patient_id: str | None = None) -> No
     for index, action in enumerate(body.get("systemActions", [])):
         _assert_valid_action(action, f"systemActions[{index}]", "info", patient_id)
     assert len(uuids) == len(set(uuids)), "card and suggestion uuids must be unique"
+    if ours:
+        for index, card in enumerate(body["cards"]):
+            assert_card_reads_at_a_glance(card, f"cards[{index}]")
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -1023,6 +1059,45 @@ _ACTION = ("suggestions", 0, "actions", 0)
     ],
 )
 def test_validator_rejects_broken_cards(path: tuple[Any, ...], value: Any) -> None:
-    assert_valid_cds_response({"cards": [_good_card()]}, patient_id="p")
+    assert_valid_cds_response({"cards": [_good_card()]}, patient_id="p", ours=False)
     with pytest.raises(AssertionError):
-        assert_valid_cds_response(_break(path, value), patient_id="p")
+        assert_valid_cds_response(_break(path, value), patient_id="p", ours=False)
+
+
+def _our_good_card() -> JSON:
+    card = _good_card()
+    card["detail"] = "**Why:** Breast cancer (2019) · low back pain since 12 Nov (9 days)"
+    card["source"]["label"] = "mscc-alert 0.1.0 · rules 3f2a9c1d"
+    card["extension"] = {RULES_VERSION_KEY: "0.1.0+3f2a9c1d", EVIDENCE_KEY: ["Condition/c-1"]}
+    return card
+
+
+_LINK = {"label": "NICE", "url": "https://www.nice.org.uk/guidance/qs56", "type": "absolute"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("detail", "x" * 701, id="warning-detail-701-chars"),
+        pytest.param("detail", "Low back pain · Condition/condition-2-p2", id="reference-in-detail"),
+        pytest.param("summary", "See Observation/obs.1", id="reference-in-summary"),
+        pytest.param("links", [_LINK] * 4, id="four-links"),
+        pytest.param("links", [_LINK | {"url": "http://www.nice.org.uk/guidance/qs56"}], id="http-link"),
+        pytest.param("detail", "See [QS56](https://www.nice.org.uk/guidance/qs56)", id="link-repeated-in-detail"),
+        pytest.param("extension", {EVIDENCE_KEY: ["Condition/c-1"]}, id="no-rules-version"),
+        pytest.param("extension", {RULES_VERSION_KEY: "0.1.0+3f2a9c1d", EVIDENCE_KEY: ["c-1"]}, id="bad-evidence"),
+    ],
+)
+def test_card_rules_reject_long_or_referencing_cards(key: str, value: Any) -> None:
+    assert_valid_cds_response({"cards": [_our_good_card()]}, patient_id="p")
+    card = _our_good_card()
+    card[key] = value
+    with pytest.raises(AssertionError):
+        assert_valid_cds_response({"cards": [card]}, patient_id="p")
+
+
+def test_critical_detail_may_be_longer_than_a_warning() -> None:
+    card = _our_good_card() | {"indicator": "critical", "detail": "x" * 900}
+    assert_card_reads_at_a_glance(card)
+    with pytest.raises(AssertionError):
+        assert_card_reads_at_a_glance(card | {"detail": "x" * 901})
