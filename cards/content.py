@@ -54,31 +54,28 @@ CRITICAL_ACTIONS: Final = (
 )
 MRI_ORDERED_ACTION: Final = "MRI whole spine is ordered ({when}): make sure it is done **within 24 hours**."
 # NICE QS56 statement 2 and NG234 (MRI whole spine within 1 week; thoracic spine commonest, clinical.md §1.0);
-# NG234 (no plain X-ray to diagnose or rule out spinal metastases); CG75/NG234 (safety-net on MSCC symptoms).
+# CG75/NG234 (safety-net on MSCC symptoms); NG234 (no plain X-ray to diagnose or rule out spinal metastases).
+# The X-ray line is the first left out when a card is too long (render.py).
 WARNING_ACTIONS: Final = (
-    "MRI of the **whole spine** (not only the painful level) **within 1 week**.",
-    "Do not use plain X-ray to diagnose or rule out spinal metastases.",
-    "Safety-net: seek help **at once** for leg weakness, numbness, difficulty walking, or bladder or bowel "
-    "problems (suspected MSCC).",
+    "MRI of the **whole spine** (not just the painful level) **within 1 week**.",
+    "Safety-net: leg weakness, numbness, difficulty walking, bladder or bowel problems: seek help **at once**.",
 )
+XRAY_ACTION: Final = "Plain X-ray cannot rule out spinal metastases."
 # CG75: pain suggestive of spinal metastases -> contact the MSCC coordinator urgently (within 24 hours).
-SUGGESTIVE_ACTION: Final = (
-    "Pain suggestive of metastases ({features}): ask acute oncology for advice **within 24 hours**."
-)
+SUGGESTIVE_ACTION: Final = "Suggestive features{features}: acute oncology advice **within 24 hours**."
 # clinical.md §1.1: a weak history (tier-B drug only, carcinoma in situ) asks for the history to be checked.
 WEAK_HISTORY_ACTION: Final = (
     "Confirm any invasive breast cancer: if so, new spinal pain needs MRI of the whole spine within 1 week, "
     "sooner with neurological signs."
 )
-PARTIAL_IMAGING_ACTION: Final = "Imaging so far does not cover the whole spine ({what}): image the rest of the spine."
-CONTEXT_IMAGING_ACTION: Final = "{what} does not replace MRI for cord compression."
+PARTIAL_IMAGING_ACTION: Final = "{what} covers only part of the spine: image the rest of the spine."
+CONTEXT_IMAGING_ACTION: Final = "{what}: does not replace MRI."
 # NICE CKS Hypercalcaemia: a separate emergency in cancer; corrected calcium decides the urgency.
-HYPERCALCAEMIA_ACTION: Final = "Hypercalcaemia recorded ({when}): a separate emergency; check corrected calcium today."
+HYPERCALCAEMIA_ACTION: Final = "Hypercalcaemia{when}: a separate emergency; check corrected calcium today."
 # BMJ Best Practice (citing Al-Qurainy & Collis, BMJ 2016): investigation may not be warranted near the end of
 # life, and a decision not to investigate is made with the patient (clinical.md §1.5 item 4).
 END_OF_LIFE_ACTION: Final = (
-    "Palliative or hospice care recorded: discuss goals of care; radiotherapy and steroids may still palliate. "
-    "Decide with the patient."
+    "Palliative care: agree goals of care with the patient; treatment may still palliate."
 )
 # Drugs and treatment effects that can cause back pain are differentials, never a reason to skip the work-up
 # (clinical.md §3 item 18).

@@ -36,6 +36,7 @@ from cards.content import (
     SUGGESTIVE_ACTION,
     WARNING_ACTIONS,
     WEAK_HISTORY_ACTION,
+    XRAY_ACTION,
 )
 from cards.decision import Decision
 from cards.service_request import mri_whole_spine_request
@@ -52,7 +53,7 @@ UNREADABLE_EXTENSION_KEY: Final = "org.mscc-alert.unreadable"
 
 # Characters that could start Markdown or HTML markup inside record text.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|~])")
-_RECORD_TEXT = 56  # characters of one record's wording on a card
+_RECORD_TEXT = 48  # characters of one record's wording on a card
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # Coding-system wording a clinician would not say ("Retention of urine, unspecified").
 _DISPLAY_NOISE = re.compile(
@@ -67,6 +68,7 @@ _PHRASES: Final = {
     "acute retention of urine": "acute urinary retention",
     "malignant neoplasm of breast": "breast cancer",
 }
+_REGION_WORDS: Final = {"lumbar": "low back", "thoracic": "thoracic", "cervical": "neck", "sacral": "sacral"}
 _REGION_PAIN: Final = {"lumbar": "low back pain", "thoracic": "thoracic back pain", "cervical": "neck pain",
                        "sacral": "sacral pain", "unspecified": "spinal pain"}
 
@@ -190,6 +192,7 @@ def _history_date(evidence: Evidence, now: datetime) -> str:
 class _Part:
     text: str
     drop: int  # 0: always shown; higher numbers are left out first when the detail is too long
+    short: str | None = None  # the same advice without its particulars, used before anything of level 1 goes
 
 
 def _history(decision: Decision, now: datetime) -> list[_Part]:
@@ -201,7 +204,8 @@ def _history(decision: Decision, now: datetime) -> list[_Part]:
         return [_Part(words + _history_date(first.evidence, now), 0)]
     if not decision.history_drugs:
         return []
-    drugs = ", ".join(sorted({d.ingredient for d in decision.history_drugs}))
+    names = sorted({d.ingredient for d in decision.history_drugs})
+    drugs = ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "")
     latest = max((d.evidence for d in decision.history_drugs if d.evidence.date), key=lambda e: e.date.latest,  # type: ignore[union-attr]
                  default=None)
     when = _history_date(latest, now) if latest is not None else ""
@@ -245,20 +249,21 @@ def _pain(decision: Decision, now: datetime) -> tuple[list[_Part], set[str | Non
     words = _pain_words(first)
     others = sorted({p.region for p in findings if p.region not in ("unspecified", first.region)})
     if others:
-        words += " and " + " and ".join(_REGION_PAIN[r] for r in others)
-    text = _finding(first.evidence, now, words)
+        words += f" (also {' and '.join(_REGION_WORDS[r] for r in others)})"
+    text = short = _finding(first.evidence, now, words)
     if episode is not None and episode.why_new != "new onset":
         text += f": {_escape(episode.why_new)}"
     if decision.pain_before_cancer:
         text += " (first recorded before the cancer diagnosis)"
-    return [_Part(text, 0)], {p.evidence.reference for p in findings}
+    return [_Part(text, 0, short if short != text else None)], {p.evidence.reference for p in findings}
 
 
 def _neuro(decision: Decision, now: datetime, pain_shown: set[str | None]) -> list[_Part]:
-    """One item per neurological feature (the earliest record of it), the first always shown."""
+    """One item per neurological feature (the earliest record of it), cord compression and cauda equina
+    first; the first always shown."""
     by_feature: dict[str, NeuroFinding] = {}
-    for n in sorted(decision.neuro, key=lambda n: (n.evidence.date is None, n.evidence.date.earliest
-                                                   if n.evidence.date else now)):
+    for n in sorted(decision.neuro, key=lambda n: (not n.alone, n.evidence.date is None,
+                                                   n.evidence.date.earliest if n.evidence.date else now)):
         by_feature.setdefault(n.feature, n)
     parts: list[_Part] = []
     for n in by_feature.values():
@@ -280,24 +285,34 @@ def _imaging_words(studies: list[ImagingFinding], now: datetime) -> str:
 
 def _actions(decision: Decision, now: datetime) -> list[_Part]:
     if decision.kind == "mscc":
+        # A card downgraded to info for end-of-life care has the info card's room: the last line may go.
         actions = [_Part(line, 0) for line in CRITICAL_ACTIONS]
+        if decision.downgraded_for_end_of_life:
+            actions[-1].drop = 1
         if decision.imaging_ordered:
             ordered = min(decision.imaging_ordered, key=lambda i: i.evidence.date.earliest if i.evidence.date else now)
-            when = _when(ordered.evidence, now) if ordered.evidence.date else "date not documented"
-            actions[1] = _Part(MRI_ORDERED_ACTION.format(when=when), 0)
+            actions[1] = _Part(MRI_ORDERED_ACTION.format(when=_when(ordered.evidence, now)), 0,
+                               MRI_ORDERED_ACTION.format(when="already"))
     elif decision.kind == "spinal-metastases":
         actions = [_Part(line, 0) for line in WARNING_ACTIONS]
         if decision.suggestive:
-            features = _escape(_clip("; ".join(decision.suggestive), 90))
-            actions.insert(1, _Part(SUGGESTIVE_ACTION.format(features=features), 0))
+            features = _escape(_clip("; ".join(decision.suggestive), 44))
+            actions.insert(1, _Part(SUGGESTIVE_ACTION.format(features=f" ({features})"), 0,
+                                    SUGGESTIVE_ACTION.format(features="")))
+        actions.append(_Part(XRAY_ACTION, 2))
     else:
         actions = [_Part(WEAK_HISTORY_ACTION, 0)]
-    if decision.imaging_partial:
-        actions.append(_Part(PARTIAL_IMAGING_ACTION.format(what=_imaging_words(decision.imaging_partial, now)), 1))
+    if decision.imaging_partial:  # part of the MRI line: it changes what to image
+        study = decision.imaging_partial[0].evidence
+        what = f"{_words(study)} {_on(study.date, now)}" if study.date else _words(study)
+        mri = actions[1 if decision.kind == "mscc" else 0]
+        partial = PARTIAL_IMAGING_ACTION.format(what=what[0].upper() + what[1:])
+        unnamed = PARTIAL_IMAGING_ACTION.format(what="Imaging so far")
+        mri.text, mri.short = f"{mri.text} {partial}", f"{mri.text} {unnamed}"
     for m in decision.modifiers:
         if m.kind == "hypercalcaemia":
-            when = _on(m.evidence.date, now) if m.evidence.date else "date not documented"
-            actions.append(_Part(HYPERCALCAEMIA_ACTION.format(when=when), 0))
+            when = f" {_on(m.evidence.date, now)}" if m.evidence.date else ""
+            actions.append(_Part(HYPERCALCAEMIA_ACTION.format(when=when), 0, HYPERCALCAEMIA_ACTION.format(when="")))
             break
     if decision.end_of_life:
         actions.append(_Part(END_OF_LIFE_ACTION, 0))
@@ -318,19 +333,24 @@ def _differentials(decision: Decision, now: datetime) -> list[_Part]:
 def _skipped(decision: Decision) -> str:
     kinds = sorted({s.resource_type for s in decision.skipped})
     count = len(decision.skipped)
-    return f"{count} record{'s' if count != 1 else ''} ({', '.join(kinds)}) could not be read"
+    return f"{count} unreadable record{'s' if count != 1 else ''} ({', '.join(kinds)})"
 
 
-def _assemble(why: list[_Part], actions: list[_Part], tail: list[_Part], dropped: int, note: str | None) -> str:
-    why_text = " · ".join(p.text for p in why)
-    if dropped:
-        why_text += f" · and {dropped} more finding{'s' if dropped != 1 else ''} in the record"
-    sections = ["**Why:** " + why_text[0].upper() + why_text[1:]]
-    sections.append("**What to do**\n" + "\n".join(f"- {p.text}" for p in actions))
+def _assemble(why: list[_Part], actions: list[_Part], tail: list[_Part], dropped: int, note: str | None,
+              limit: int) -> str:
+    sections = ["**What to do**\n" + "\n".join(f"- {p.text}" for p in actions)]
     sections += [p.text for p in tail]
     if note:
-        sections.append(f"_{note}: check the chart._")
-    return "\n\n".join(sections)
+        sections.append(f"_{note}: check them in the chart._")
+    rest = "\n\n" + "\n\n".join(sections)
+    why_text = " · ".join(p.text for p in why)
+    if dropped:
+        why_text += f" · {dropped} more in the record"
+    why_text = "**Why:** " + why_text[0].upper() + why_text[1:]
+    if len(why_text) + len(rest) > limit:  # the last resort: a why line cut short, never an action
+        room = max(limit - len(rest) - 1, 0)
+        why_text = why_text[:room].rsplit(" ", 1)[0] + "…"
+    return why_text + rest
 
 
 def _detail(decision: Decision, now: datetime) -> str:
@@ -342,22 +362,36 @@ def _detail(decision: Decision, now: datetime) -> str:
     note = _skipped(decision) if decision.skipped else None
     limit = MAX_DETAIL[decision.indicator or "info"]
     dropped = 0
-    text = _assemble(why, actions, tail, dropped, note)
-    # Too long: leave out the least important parts first (a dropped finding is counted in the why line).
-    for level in (3, 2, 1):
-        for parts in (why, tail, actions):
-            while len(text) > limit and any(p.drop == level for p in parts):
-                index = max(i for i, p in enumerate(parts) if p.drop == level)
-                del parts[index]
+    # Too long: leave out the least important parts first (a finding left out is counted on the why line), then
+    # say advice without its particulars, then leave out findings after the first two. Actions of level 0 are
+    # always shown.
+    for level in (3, 2, 0, 1):
+        for parts in (actions, tail, why):
+            if level == 0:
+                for part in parts:
+                    if part.short and _too_long(why, actions, tail, dropped, note, limit):
+                        part.text, part.short = part.short, None
+                continue
+            while _too_long(why, actions, tail, dropped, note, limit) and any(p.drop == level for p in parts):
+                del parts[max(i for i, p in enumerate(parts) if p.drop == level)]
                 dropped += parts is why
-                text = _assemble(why, actions, tail, dropped, note)
-    return text
+    while _too_long(why, actions, tail, dropped, note, limit) and len(why) > 2:
+        del why[-1]
+        dropped += 1
+    return _assemble(why, actions, tail, dropped, note, limit)
+
+
+def _too_long(why: list[_Part], actions: list[_Part], tail: list[_Part], dropped: int, note: str | None,
+              limit: int) -> bool:
+    return len(_assemble(why, actions, tail, dropped, note, limit=10**6)) > limit
 
 
 # --- cards ---------------------------------------------------------------------------------------------------
 def _summary(decision: Decision) -> str:
     metastatic = bool(decision.metastases)
-    if decision.kind == "mscc":
+    if decision.downgraded_for_end_of_life:
+        text = "Suspected spinal metastases/MSCC in a patient in palliative care: discuss goals of care"
+    elif decision.kind == "mscc":
         if decision.imaging_ordered:
             text = "Suspected MSCC – oncological emergency: ensure the ordered whole-spine MRI is done within 24 h"
         else:
@@ -368,8 +402,6 @@ def _summary(decision: Decision) -> str:
         text = f"{lead}: suspected spinal metastases – MRI whole spine within 1 week"
     elif decision.weak_history == "in-situ":
         text = "New spinal pain, history of breast carcinoma in situ only: review; imaging if other red flags"
-    elif decision.downgraded_for_end_of_life:
-        text = "Suspected spinal metastases/MSCC in a patient in palliative care: discuss goals of care"
     else:
         text = "New spinal pain on a breast-cancer drug, no coded breast cancer: check the history"
     return text[:MAX_SUMMARY]
