@@ -294,14 +294,25 @@ class _Extractor:
             (resource.effectiveInstant, "effective"),
             (resource.issued, "issued"),
         )
-        code_matches = _by_value_set(_coded(self.terminology, resource.code))
+        spinal_site = self._spinal_site([resource.bodySite] if resource.bodySite else [])
+        self._observation_part(resource, resource, date, spinal_site)
+        # Flowsheets export a pain assessment or a neurological examination as one panel Observation whose
+        # components carry the findings (pain location 38204-4, severity 72514-3, a finding and its presence):
+        # each component is read as an Observation of its own, with the panel's status, date and body site.
+        for component in resource.component or ():
+            self._observation_part(resource, component, date, spinal_site)
+
+    def _observation_part(
+        self, resource: Any, part: Any, date: tuple[DateSpan | None, DateKind | None], spinal_site: bool,
+    ) -> None:
+        """`part` is the Observation itself or one of its components: both have code and value[x]."""
+        code_matches = _by_value_set(_coded(self.terminology, part.code))
         role = code_matches["observation-codes"].concept.attributes.get("role") if (
             "observation-codes" in code_matches) else None
-        value_matches = _by_value_set(_coded(self.terminology, resource.valueCodeableConcept))
+        value_matches = _by_value_set(_coded(self.terminology, part.valueCodeableConcept))
         status = resource.status
-        spinal_site = self._spinal_site([resource.bodySite] if resource.bodySite else [])
         if role == "pain-score":
-            score = _pain_score(resource)
+            score = _pain_score(part)
             if score is not None:
                 evidence = _evidence(resource, f"pain score {score:g}/10", None, status, date)
                 self.record.pain_scores.append(PainScore(evidence, score))
@@ -314,7 +325,7 @@ class _Extractor:
                 self.record.pains.append(
                     PainFinding(evidence, region, region in ("thoracic", "cervical"), False, False, False, None))
             else:
-                self._observation_text(resource, [*_texts(resource.valueCodeableConcept), resource.valueString or ""],
+                self._observation_text(resource, [*_texts(part.valueCodeableConcept), part.valueString or ""],
                                        status, date, spinal_site)
             return
         if role in ("stage-group", "tnm-m"):
@@ -327,15 +338,15 @@ class _Extractor:
             if value_matches:
                 self._observed(resource, value_matches, status, date, spinal_site)
             else:
-                self._observation_text(resource, [*_texts(resource.valueCodeableConcept), resource.valueString or ""],
+                self._observation_text(resource, [*_texts(part.valueCodeableConcept), part.valueString or ""],
                                        status, date, spinal_site)
             return
-        if _observed_absent(resource, value_matches):
+        if _observed_absent(part, value_matches):
             return
         if code_matches:
             self._observed(resource, code_matches, status, date, spinal_site)
         else:
-            self._observation_text(resource, _texts(resource.code), status, date, spinal_site)
+            self._observation_text(resource, _texts(part.code), status, date, spinal_site)
 
     def _observed(
         self, resource: Any, matches: dict[str, _Coded], status: str | None,

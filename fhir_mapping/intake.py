@@ -25,7 +25,7 @@ from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
-from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.resource import Resource
@@ -92,7 +92,14 @@ class _Period(msgspec.Struct, gc=False):
     end: str | None = None
 
 
-class _Peek(msgspec.Struct, gc=False):
+class _Component(msgspec.Struct, gc=False):
+    # An Observation.component as flowsheets export a panel or score (pain location, pain severity, a
+    # neurological finding): its code and coded value. Other values are skipped unread.
+    code: _Concept | None = None
+    valueCodeableConcept: _Concept | None = None
+
+
+class _PeekBase(msgspec.Struct, gc=False):
     resourceType: str = ""
     id: str | None = None
     subject: _Reference | None = None
@@ -111,6 +118,15 @@ class _Peek(msgspec.Struct, gc=False):
     effectiveInstant: str | None = None
     effectivePeriod: _Period | None = None
     issued: str | None = None
+
+
+class _Peek(_PeekBase, gc=False):
+    component: list[_Component] | None = None
+
+
+class _LenientPeek(_PeekBase, gc=False):
+    # Read only when _Peek fails: one malformed component must not make the whole panel unreadable.
+    component: list[msgspec.Raw] | None = None
 
 
 class _Entry(msgspec.Struct, gc=False):
@@ -138,6 +154,8 @@ class _TypeOnly(msgspec.Struct, gc=False):
 DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 _peek_decoder = msgspec.json.Decoder(_Peek)
+_lenient_peek_decoder = msgspec.json.Decoder(_LenientPeek)
+_component_decoder = msgspec.json.Decoder(_Component)
 _document_decoder = msgspec.json.Decoder(_Document)
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
@@ -215,11 +233,24 @@ class Document:
 
 
 def _peek(raw: Buffer) -> _Peek | str:
-    """The peek, or why the JSON cannot be read."""
+    """The peek, or why the JSON cannot be read. A resource whose only fault is in some of its components is
+    peeked with the components that can be read."""
     try:
         return _peek_decoder.decode(raw)
     except DECODE_ERRORS as exc:
-        return str(exc)
+        problem = str(exc)
+    try:
+        lenient = _lenient_peek_decoder.decode(raw)
+    except DECODE_ERRORS:
+        return problem
+    components = []
+    for component in lenient.component or ():
+        try:
+            components.append(_component_decoder.decode(component))
+        except DECODE_ERRORS:
+            continue
+    fields = {name: getattr(lenient, name) for name in _PeekBase.__struct_fields__}
+    return _Peek(**fields, component=components or None)
 
 
 def read_document(raw: Buffer | PrefetchValue, terminology: Terminology) -> Document:
@@ -294,7 +325,7 @@ def _patient_of(reference: str | None) -> str | None:
 
 def _concepts(peek: _Peek) -> list[_Concept]:
     if (peek.medicationCodeableConcept is None and peek.valueCodeableConcept is None and peek.procedureCode is None
-            and peek.reasonCode is None and peek.contained is None):
+            and peek.reasonCode is None and peek.contained is None and peek.component is None):
         return [peek.code] if peek.code is not None else []  # most of a chart: an Observation, one code
     concepts = [c for c in (peek.code, peek.medicationCodeableConcept, peek.valueCodeableConcept) if c is not None]
     if peek.procedureCode:
@@ -304,6 +335,10 @@ def _concepts(peek: _Peek) -> list[_Concept]:
     for contained in peek.contained or ():  # e.g. the Medication a MedicationRequest refers to as "#med"
         if isinstance(contained.code, _Concept):
             concepts.append(contained.code)
+    # A panel or score whose own code is in no value set (a flowsheet row, a pain assessment) is relevant when
+    # a component's code or coded value is (LOINC 38204-4 pain location, 72514-3 pain severity, a finding).
+    for component in peek.component or ():
+        concepts += [c for c in (component.code, component.valueCodeableConcept) if c is not None]
     return concepts
 
 
@@ -451,10 +486,50 @@ def _admit(intake: Intake, peek: _Peek, raw: bytes, patient_id: str | None) -> N
             return
         intake._keys.add(key)
     resource = validate(MODELS[peek.resourceType], raw)
+    if isinstance(resource, str) and peek.resourceType == "Observation":
+        salvaged = _without_broken_components(raw)
+        if salvaged is not None:
+            # The panel is used without the components that cannot be read, and those are reported.
+            kept, broken = salvaged
+            intake.resources.append(kept)
+            reason = f"{broken} unreadable component(s) left out; {resource}"
+            intake.skipped.append(SkippedResource(peek.resourceType, peek.id, reason, True))
+            return
     if isinstance(resource, str):
         intake.skipped.append(SkippedResource(peek.resourceType, peek.id, resource, True))
     else:
         intake.resources.append(resource)
+
+
+def _without_broken_components(raw: bytes) -> tuple[Resource, int] | None:
+    """An Observation that is valid once the components that fail validation are left out, and how many were
+    left out; None if it has no such component or is invalid for another reason too."""
+    try:
+        value = repair(orjson.loads(raw))
+    except (orjson.JSONDecodeError, RecursionError):
+        return None
+    components = value.get("component") if isinstance(value, dict) else None
+    if not isinstance(components, list):
+        return None
+    good = [c for c in components if _valid_component(c)]
+    if len(good) == len(components):
+        return None
+    if good:
+        value["component"] = good
+    else:
+        del value["component"]
+    try:
+        return Observation.model_validate(value), len(components) - len(good)
+    except ValidationError:
+        return None
+
+
+def _valid_component(component: Any) -> bool:
+    try:
+        ObservationComponent.model_validate(component)
+    except ValidationError:
+        return False
+    return True
 
 
 def _type_and_id(raw: Buffer) -> tuple[str, str | None]:

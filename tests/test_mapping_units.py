@@ -113,15 +113,15 @@ def test_intake_validates_only_relevant_resources_and_reports_broken_ones() -> N
 
 @pytest.mark.parametrize(
     ("days", "words"),
-    [(0, "today"), (1, "1 day ago"), (9, "9 days ago"), (89, "89 days ago"), (200, "6 months ago"),
-     (1095, "3 years ago"), (-3, "in the future")],
+    [(0, "today"), (1, "yesterday"), (9, "12 Nov (9 days ago)"), (89, "24 Aug (89 days ago)"),
+     (200, "5 May (6 months ago)"), (1095, "Nov 2023 (3 years ago)"), (-3, "24 Nov (in the future)")],
 )
 def test_card_says_how_long_ago_in_words_a_clinician_reads(days: int, words: str) -> None:
     from datetime import timedelta
 
-    from cards.render import _ago
+    from cards.render import _on
 
     now = datetime(2026, 11, 21, 12, tzinfo=UTC)
     span = parse_span((now - timedelta(days=days)).isoformat())
     assert span is not None
-    assert _ago(span, now) == words
+    assert _on(span, now) == words
