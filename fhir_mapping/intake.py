@@ -99,7 +99,7 @@ class _Component(msgspec.Struct, gc=False):
     valueCodeableConcept: _Concept | None = None
 
 
-class _PeekBase(msgspec.Struct, gc=False):
+class _Peek(msgspec.Struct, gc=False):
     resourceType: str = ""
     id: str | None = None
     subject: _Reference | None = None
@@ -118,15 +118,9 @@ class _PeekBase(msgspec.Struct, gc=False):
     effectiveInstant: str | None = None
     effectivePeriod: _Period | None = None
     issued: str | None = None
-
-
-class _Peek(_PeekBase, gc=False):
-    component: list[_Component] | None = None
-
-
-class _LenientPeek(_PeekBase, gc=False):
-    # Read only when _Peek fails: one malformed component must not make the whole panel unreadable.
-    component: list[msgspec.Raw] | None = None
+    # Left raw, so that a malformed component never makes the rest of the resource unreadable
+    # (_component_concepts decodes them).
+    component: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 class _Entry(msgspec.Struct, gc=False):
@@ -154,8 +148,9 @@ class _TypeOnly(msgspec.Struct, gc=False):
 DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 _peek_decoder = msgspec.json.Decoder(_Peek)
-_lenient_peek_decoder = msgspec.json.Decoder(_LenientPeek)
+_components_decoder = msgspec.json.Decoder(list[_Component])
 _component_decoder = msgspec.json.Decoder(_Component)
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _document_decoder = msgspec.json.Decoder(_Document)
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
@@ -233,24 +228,11 @@ class Document:
 
 
 def _peek(raw: Buffer) -> _Peek | str:
-    """The peek, or why the JSON cannot be read. A resource whose only fault is in some of its components is
-    peeked with the components that can be read."""
+    """The peek, or why the JSON cannot be read."""
     try:
         return _peek_decoder.decode(raw)
     except DECODE_ERRORS as exc:
-        problem = str(exc)
-    try:
-        lenient = _lenient_peek_decoder.decode(raw)
-    except DECODE_ERRORS:
-        return problem
-    components = []
-    for component in lenient.component or ():
-        try:
-            components.append(_component_decoder.decode(component))
-        except DECODE_ERRORS:
-            continue
-    fields = {name: getattr(lenient, name) for name in _PeekBase.__struct_fields__}
-    return _Peek(**fields, component=components or None)
+        return str(exc)
 
 
 def read_document(raw: Buffer | PrefetchValue, terminology: Terminology) -> Document:
@@ -323,10 +305,11 @@ def _patient_of(reference: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def _concepts(peek: _Peek) -> list[_Concept]:
+def _concepts(peek: _Peek, verdict: _CodingVerdicts) -> list[_Concept]:
     if (peek.medicationCodeableConcept is None and peek.valueCodeableConcept is None and peek.procedureCode is None
-            and peek.reasonCode is None and peek.contained is None and peek.component is None):
-        return [peek.code] if peek.code is not None else []  # most of a chart: an Observation, one code
+            and peek.reasonCode is None and peek.contained is None):
+        concepts = [peek.code] if peek.code is not None else []  # most of a chart: an Observation, one code
+        return concepts + _component_concepts(peek.component, verdict) if peek.component else concepts
     concepts = [c for c in (peek.code, peek.medicationCodeableConcept, peek.valueCodeableConcept) if c is not None]
     if peek.procedureCode:
         concepts += peek.procedureCode
@@ -335,11 +318,39 @@ def _concepts(peek: _Peek) -> list[_Concept]:
     for contained in peek.contained or ():  # e.g. the Medication a MedicationRequest refers to as "#med"
         if isinstance(contained.code, _Concept):
             concepts.append(contained.code)
-    # A panel or score whose own code is in no value set (a flowsheet row, a pain assessment) is relevant when
-    # a component's code or coded value is (LOINC 38204-4 pain location, 72514-3 pain severity, a finding).
-    for component in peek.component or ():
-        concepts += [c for c in (component.code, component.valueCodeableConcept) if c is not None]
+    if peek.component:
+        concepts += _component_concepts(peek.component, verdict)
     return concepts
+
+
+def _component_concepts(raw: msgspec.Raw, verdict: _CodingVerdicts) -> list[_Concept]:
+    """The codes and coded values of a panel's components (LOINC 38204-4 pain location, 72514-3 pain severity,
+    a finding): a panel or score whose own code is in no value set (a flowsheet row) is relevant for them.
+    If the components cannot be decoded together, each is decoded on its own: a malformed one is left out and
+    the others still count (validation then reports it)."""
+    try:
+        components = _components_decoder.decode(raw)
+    except DECODE_ERRORS:
+        components = []
+        for item in _raw_list(raw):
+            try:
+                components.append(_component_decoder.decode(item))
+            except DECODE_ERRORS:
+                continue
+    concepts = []
+    for component in components:
+        if component.code is not None:
+            concepts.append(component.code)
+        if component.valueCodeableConcept is not None:
+            concepts.append(component.valueCodeableConcept)
+    return concepts
+
+
+def _raw_list(raw: msgspec.Raw) -> list[msgspec.Raw]:
+    try:
+        return _raw_list_decoder.decode(raw)
+    except DECODE_ERRORS:
+        return []
 
 
 # The value sets fhir_mapping.extract reads from codes in resources. A resource none of whose codes is in
@@ -402,7 +413,7 @@ def _is_relevant(peek: _Peek, verdict: _CodingVerdicts) -> bool:
     # gathered only when no standard code settled the question.
     if peek.resourceType == "Patient":
         return True
-    concepts = _concepts(peek)
+    concepts = _concepts(peek, verdict)
     verdicts = verdict.verdicts
     standard = False
     for concept in concepts:
