@@ -135,24 +135,25 @@ def _duration(days: int) -> str:
     return f"{days // 365} years"
 
 
-def _on(span: DateSpan, now: datetime) -> str:
-    """A point in time: "today", "yesterday", "12 Nov (9 days ago)"."""
+def _dated(span: DateSpan, now: datetime, near: tuple[str, str], far: str, future: str) -> str:
+    """`near` for today and yesterday; otherwise `far` or `future` with the date and how long ago filled in."""
     days = _elapsed(span, now)
     if days < 0:
-        return f"{_date(span, now)} (in the future)"
+        return future.format(date=_date(span, now))
     if days <= 1:
-        return ("today", "yesterday")[days]
-    return f"{_date(span, now)} ({_duration(days)} ago)"
+        return near[days]
+    return far.format(date=_date(span, now), duration=_duration(days))
+
+
+def _on(span: DateSpan, now: datetime) -> str:
+    """A point in time: "today", "yesterday", "12 Nov (9 days ago)"."""
+    return _dated(span, now, ("today", "yesterday"), "{date} ({duration} ago)", "{date} (in the future)")
 
 
 def _since(span: DateSpan, now: datetime) -> str:
     """An onset: "since today", "since yesterday", "since 12 Nov (9 days)"."""
-    days = _elapsed(span, now)
-    if days < 0:
-        return f"dated {_date(span, now)} (in the future)"
-    if days <= 1:
-        return ("since today", "since yesterday")[days]
-    return f"since {_date(span, now)} ({_duration(days)})"
+    return _dated(span, now, ("since today", "since yesterday"), "since {date} ({duration})",
+                  "dated {date} (in the future)")
 
 
 def _when(evidence: Evidence, now: datetime) -> str:
@@ -176,15 +177,10 @@ def _finding(evidence: Evidence, now: datetime, words: str | None = None) -> str
 
 def _history_date(evidence: Evidence, now: datetime) -> str:
     """ (Nov 2023, 3 years ago)": the date and how long ago, for a history rather than an onset."""
-    span = evidence.date
-    if span is None:
+    if evidence.date is None:
         return " (date not documented)"
-    days = _elapsed(span, now)
-    if days < 0:
-        return f" ({_date(span, now)}, in the future)"
-    if days <= 1:
-        return (" (today)", " (yesterday)")[days]
-    return f" ({_date(span, now)}, {_duration(days)} ago)"
+    return _dated(evidence.date, now, (" (today)", " (yesterday)"), " ({date}, {duration} ago)",
+                  " ({date}, in the future)")
 
 
 # --- the parts of the detail ----------------------------------------------------------------------------------
