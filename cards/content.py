@@ -53,7 +53,8 @@ CRITICAL_ACTIONS: Final = (
     "Keep the spine neutral (lie flat, log-roll) if instability is suspected; give analgesia.",
 )
 MRI_ORDERED_ACTION: Final = "MRI whole spine is ordered ({when}): make sure it is done **within 24 hours**."
-# NICE QS56 statement 2 and NG234 (MRI whole spine within 1 week; thoracic spine commonest, clinical.md §1.0);
+# NICE QS56 statement 2 and NG234 (MRI whole spine within 1 week; metastases are commonest in the thoracic spine,
+# REMEDY BNSSG imaging pathway);
 # CG75/NG234 (safety-net on MSCC symptoms); NG234 (no plain X-ray to diagnose or rule out spinal metastases).
 # The X-ray line is the first left out when a card is too long (render.py).
 WARNING_ACTIONS: Final = (
@@ -63,7 +64,9 @@ WARNING_ACTIONS: Final = (
 XRAY_ACTION: Final = "Plain X-ray cannot rule out spinal metastases."
 # CG75: pain suggestive of spinal metastases -> contact the MSCC coordinator urgently (within 24 hours).
 SUGGESTIVE_ACTION: Final = "Suggestive features{features}: acute oncology advice **within 24 hours**."
-# clinical.md §1.1: a weak history (tier-B drug only, carcinoma in situ) asks for the history to be checked.
+# A weak history (a tier-B drug alone, carcinoma in situ) asks for the history to be checked: NG234 acts on a
+# past or current diagnosis of cancer, and these drugs have non-cancer uses (USPSTF risk reduction; letrozole
+# for ovulation induction).
 WEAK_HISTORY_ACTION: Final = (
     "Confirm any invasive breast cancer: if so, new spinal pain needs MRI of the whole spine within 1 week, "
     "sooner with neurological signs."
@@ -73,10 +76,10 @@ CONTEXT_IMAGING_ACTION: Final = "{what}: does not replace MRI."
 # NICE CKS Hypercalcaemia: a separate emergency in cancer; corrected calcium decides the urgency.
 HYPERCALCAEMIA_ACTION: Final = "Hypercalcaemia{when}: a separate emergency; check corrected calcium today."
 # BMJ Best Practice (citing Al-Qurainy & Collis, BMJ 2016): investigation may not be warranted near the end of
-# life, and a decision not to investigate is made with the patient (clinical.md §1.5 item 4).
+# life, and a decision not to investigate is made with the patient.
 END_OF_LIFE_ACTION: Final = (
     "Palliative care: agree goals of care with the patient; treatment may still palliate."
 )
 # Drugs and treatment effects that can cause back pain are differentials, never a reason to skip the work-up
-# (clinical.md §3 item 18).
+# (the pain an aromatase inhibitor causes does not explain away new spinal pain in breast cancer).
 DIFFERENTIAL_LINE: Final = "**Differential:** {items}: not a reason to skip the MRI."
