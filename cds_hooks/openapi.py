@@ -28,12 +28,17 @@ _CARD_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["uuid", "summary", "indicator", "source"],
     "properties": {
         "uuid": {"type": "string"}, "summary": {"type": "string", "maxLength": 139},
-        "detail": {"type": "string"}, "indicator": {"type": "string", "enum": ["info", "warning", "critical"]},
+        "detail": {"type": "string", "maxLength": 900},  # 700 for warning and info cards (cards/render.py)
+        "indicator": {"type": "string", "enum": ["info", "warning", "critical"]},
         "source": {"type": "object", "required": ["label"]},
         "suggestions": {"type": "array", "items": {"type": "object", "required": ["label"]}},
         "selectionBehavior": {"type": "string", "enum": ["at-most-one", "any"]},
         "overrideReasons": {"type": "array", "items": {"type": "object", "required": ["code", "system", "display"]}},
-        "links": {"type": "array", "items": {"type": "object", "required": ["label", "url", "type"]}},
+        "links": {"type": "array", "maxItems": 3, "items": {"type": "object", "required": ["label", "url", "type"]}},
+        "extension": {"type": "object", "properties": {
+            "org.mscc-alert.rules-version": {"type": "string"},
+            "org.mscc-alert.evidence": {"type": "array", "items": {"type": "string"}},
+            "org.mscc-alert.unreadable": {"type": "array", "items": {"type": "string"}}}},
     },
 }
 _ERRORS = {
