@@ -53,6 +53,7 @@ UNREADABLE_EXTENSION_KEY: Final = "org.mscc-alert.unreadable"
 
 # Characters that could start Markdown or HTML markup inside record text.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|~])")
+_WORD_SLASH = re.compile(r"(?<=[A-Za-z])\s*/\s*(?=[A-Za-z0-9])")
 _RECORD_TEXT = 48  # characters of one record's wording on a card
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # Coding-system wording a clinician would not say ("Retention of urine, unspecified").
@@ -90,7 +91,9 @@ def render_cards(decision: Decision, context: CardContext) -> list[dict[str, Any
 
 # --- words -------------------------------------------------------------------------------------------------
 def _escape(value: str) -> str:
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", value)
+    """Record text inside Markdown: markup escaped, and a slash between words spaced ("Thoracic / lumbar"), so
+    that record text never reads like a resource reference (Type/id) on the card."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _WORD_SLASH.sub(" / ", value))
 
 
 def _clip(value: str, limit: int = _RECORD_TEXT) -> str:

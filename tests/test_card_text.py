@@ -242,3 +242,10 @@ def test_any_mix_of_evidence_gives_short_complete_cards(chosen: set[int], histor
             assert len(why) > len("**Why:** ") + 20 and not why.endswith("…"), why
         if card["indicator"] == "critical":
             assert "within 24 hours" in card["detail"] and "Dexamethasone 16 mg" in card["detail"]
+
+
+def test_record_text_with_a_slash_never_reads_like_a_reference(service_client: Any) -> None:
+    body = fb.hook_request(fb.patient(), conditions=[fb.breast_cancer(), fb.condition(
+        fb.concept(text="Thoracic/Lumbar back pain, see Condition/abc-1"), onset_days_ago=5, recorded_days_ago=5)])
+    detail = only_card(service_client, body)["detail"]  # the validator checks no Type/id pattern is left
+    assert "“Thoracic / Lumbar back pain, see Condition / abc-1” since " in detail
