@@ -44,6 +44,9 @@ from cards.version import CARD_EXTENSION_KEY, rules_version, source_label
 from fhir_mapping.dates import DateSpan
 from fhir_mapping.findings import Evidence, ImagingFinding, NeuroFinding, PainFinding
 
+# Read at import (~20 ms: hashing the package's own files), not while the first clinician waits for a card.
+rules_version()
+
 MAX_SUMMARY = 139
 # Detail length limits, Markdown included: a critical card fits the sandbox's card column without scrolling.
 MAX_DETAIL: Final = {"critical": 900, "warning": 700, "info": 700}
