@@ -193,6 +193,9 @@ class SqlReplayCache:
     """`ReplayCache` in the service's database, so every worker refuses a token any of them has seen."""
 
     _PRUNE_EVERY = 60.0  # seconds between deletions of expired rows
+    # Workers on several hosts share the database: a host whose clock runs ahead must not forget a jti that a
+    # host behind it still accepts. NTP keeps hosts within well under this.
+    _PRUNE_GRACE = 60.0
 
     def __init__(self, engine: Engine, dialect: str) -> None:
         self._engine = engine
@@ -206,7 +209,8 @@ class SqlReplayCache:
         try:
             with self._engine.begin() as connection:
                 if now >= self._next_prune:
-                    connection.execute(delete(seen_tokens).where(seen_tokens.c.expires_at <= now))
+                    connection.execute(
+                        delete(seen_tokens).where(seen_tokens.c.expires_at <= now - self._PRUNE_GRACE))
                     self._next_prune = now + self._PRUNE_EVERY
                 inserted = connection.execute(statement).first()
         except SQLAlchemyError:

@@ -42,7 +42,10 @@ class ReplayCache(Protocol):
     """Remembers (iss, jti) pairs until their token expires. Several workers must share one (a database)."""
 
     def add(self, key: tuple[str, str], expires_at: float, now: float) -> bool:
-        """Record `key`; False if it was already recorded (a replay) or cannot be recorded (fail closed)."""
+        """Record `key`; False if it was already recorded (a replay) or cannot be recorded (fail closed).
+
+        `key` must be remembered while `now < expires_at` for any later `now`: only an entry with
+        `expires_at <= now` may be forgotten."""
         ...
 
 
@@ -126,17 +129,22 @@ class JwtVerifier:
         if alg not in signing_key.algorithms:
             raise AuthenticationError("alg-key-mismatch")
         claims = _verified_claims(token, signing_key.key, alg)
-        client = self._check_claims(claims, issuer, audiences)
-        if not self._replay.add((issuer, client.jti), client.expires_at + self._leeway, self._clock()):
+        # One instant for the expiry check and the replay cache: with two readings, a cache could forget the
+        # jti between them (it prunes at its `now`) while the token still passed as unexpired at the first.
+        now = self._clock()
+        client, valid_until = self._check_claims(claims, issuer, audiences, now)
+        # The token is accepted while now < exp + leeway, so its jti is kept until then, rounded up to a whole
+        # second: no replay inside the last (fractional) second of its life, whatever store keeps it.
+        if not self._replay.add((issuer, client.jti), math.ceil(valid_until), now):
             raise AuthenticationError("replayed-jti")
         return client
 
     def _check_claims(
-        self, claims: Mapping[str, Any], issuer: str, audiences: frozenset[str]
-    ) -> VerifiedClient:
+        self, claims: Mapping[str, Any], issuer: str, audiences: frozenset[str], now: float
+    ) -> tuple[VerifiedClient, float]:
+        """The verified client and the instant until which its token is valid (exp + leeway)."""
         if claims.get("iss") != issuer:
             raise AuthenticationError("unknown-issuer")
-        now = self._clock()
         exp = _numeric_date(claims, "exp")
         iat = _numeric_date(claims, "iat")
         if now >= exp + self._leeway:
@@ -162,7 +170,7 @@ class JwtVerifier:
             raise AuthenticationError("missing-jti")
         tenant = _optional_string(claims, "tenant")
         subject = _optional_string(claims, "sub")
-        return VerifiedClient(issuer, tenant, jti, subject, math.floor(exp))
+        return VerifiedClient(issuer, tenant, jti, subject, math.floor(exp)), exp + self._leeway
 
 
 class _ReplayCache:
