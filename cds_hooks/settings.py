@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
+from cds_hooks.security.jwks import check_jwks_url
 
 DEFAULT_CORS_ORIGINS = ("https://sandbox.cds-hooks.org",)
 # Any port on loopback: integrators run the sandbox and their own tools locally.
@@ -85,8 +86,10 @@ class Settings(BaseSettings):
     @classmethod
     def _issuer_urls(cls, value: dict[str, str]) -> dict[str, str]:
         for issuer, jwks_url in value.items():
-            if not jwks_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-                raise ValueError(f"JWKS URL for issuer {issuer!r} must be https (or loopback http for tests)")
+            try:
+                check_jwks_url(jwks_url)
+            except ValueError as exc:
+                raise ValueError(f"issuer {issuer!r}: {exc}") from None
         return value
 
     @field_validator("jwt_algorithms")

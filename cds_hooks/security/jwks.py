@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
@@ -28,6 +29,7 @@ __all__ = [
     "AuthenticationError",
     "JwksCache",
     "SigningKey",
+    "check_jwks_url",
     "sandbox_jwks",
 ]
 
@@ -89,6 +91,32 @@ class _KeySet:
     keys: Mapping[str, SigningKey]
     fetched_at: float
     preloaded: bool
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def check_jwks_url(url: str) -> None:
+    """Raise ValueError unless `url` may be configured as an issuer's JWKS URL.
+
+    It must be https, or http to a loopback host (tests, development). The URL is parsed and its host compared
+    exactly: a prefix test would let `http://localhost.evil.example/` or `http://localhost@10.0.0.5/` through.
+    Credentials in the URL are refused (requests would send them as Basic auth to whoever answers).
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError:
+        raise ValueError("JWKS URL is not a valid URL") from None
+    if "@" in parts.netloc:
+        raise ValueError("JWKS URL must not carry credentials (user@host)")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError("JWKS URL needs a host")
+    scheme = parts.scheme.lower()
+    if scheme == "https" or (scheme == "http" and host in _LOOPBACK_HOSTS):
+        return
+    raise ValueError("JWKS URL must be https (or http to localhost, 127.0.0.1 or [::1] for tests)")
 
 
 def sandbox_jwks() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from jwt.exceptions import (
 )
 from jwt.types import Options
 
-from cds_hooks.security.jwks import AuthenticationError, JwksCache
+from cds_hooks.security.jwks import AuthenticationError, JwksCache, check_jwks_url
 
 __all__ = ["AuthenticationError", "JwtVerifier", "ReplayCache", "VerifiedClient"]
 
@@ -84,8 +84,12 @@ class JwtVerifier:
         if not algorithms:
             raise ValueError("at least one algorithm must be allowed")
         for issuer, url in trusted_issuers.items():
-            if not issuer or urlsplit(url).scheme not in _DEFAULT_PORTS:
-                raise ValueError(f"trusted issuer {issuer!r} needs an http(s) JWKS URL")
+            if not issuer:
+                raise ValueError("a trusted issuer needs a non-empty name")
+            try:
+                check_jwks_url(url)
+            except ValueError as exc:
+                raise ValueError(f"trusted issuer {issuer!r}: {exc}") from None
         if leeway_seconds < 0 or max_lifetime_seconds <= 0:
             raise ValueError("leeway_seconds must be >= 0 and max_lifetime_seconds > 0")
         self._issuers = dict(trusted_issuers)
