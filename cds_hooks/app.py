@@ -6,6 +6,7 @@ import asyncio
 import gc
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -70,7 +71,8 @@ def build_verifier(settings: Settings, replay_cache: ReplayCache | None = None) 
     if settings.auth == "off":
         return None
     issuers = dict(settings.trusted_issuers)
-    cache = JwksCache()
+    cache = JwksCache(timeout=min(3.0, settings.jwks_fetch_seconds), fetch_seconds=settings.jwks_fetch_seconds,
+                      retry_seconds=settings.jwks_retry_seconds, max_waiters=settings.jwks_max_waiters)
     if settings.trust_sandbox:
         issuers[SANDBOX_ISSUER] = SANDBOX_JWKS_URL
         cache.preload(SANDBOX_JWKS_URL, sandbox_jwks())
@@ -103,6 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     verifier = build_verifier(settings, store.replay_cache())
     metrics = Metrics()
     inflight = InflightBudget(settings.max_inflight_body_bytes)
+    # JWT checks get threads of their own: behind slow hook evaluations or feedback writes in the shared pool,
+    # a valid token would wait for others' work (and the shared pool's threads for a slow key server).
+    auth_pool = ThreadPoolExecutor(max_workers=settings.auth_threads, thread_name_prefix="jwt-verify")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            auth_pool.shutdown(wait=False, cancel_futures=True)
             store.close()
 
     app = FastAPI(title="mscc-alert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -126,9 +132,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if verifier is None:
             return None
         try:
-            # Off the event loop: verifying may fetch a JWKS over HTTP and records the jti in the database.
-            client = await run_in_threadpool(
-                verifier.verify, request.headers.get("authorization"), audiences_for(request, settings))
+            # Off the event loop: verifying may wait for a JWKS fetch and records the jti in the database.
+            client = await asyncio.get_running_loop().run_in_executor(
+                auth_pool, verifier.verify, request.headers.get("authorization"), audiences_for(request, settings))
         except AuthenticationError as exc:
             log_fields(request)["reason"] = f"auth: {exc}"
             raise Unauthorized() from None

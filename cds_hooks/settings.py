@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     trust_sandbox: bool = Field(False, description="Development only: trust the public CDS Hooks sandbox key.")
     jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("ES384", "RS384")
     jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+    # A key server that is slow or down holds up only the tokens that need it (cds_hooks/security/jwks.py).
+    jwks_fetch_seconds: float = Field(5.0, gt=0, le=60, description="Total deadline for one JWKS fetch.")
+    jwks_retry_seconds: float = Field(5.0, ge=0, le=300, description="Wait after a failed JWKS fetch.")
+    jwks_max_waiters: int = Field(4, ge=1, le=1000, description="Verifications waiting for one JWKS at once.")
+    auth_threads: int = Field(16, ge=1, le=1000, description="Threads verifying JWTs (a pool of their own).")
 
     # --- Storage, logs -------------------------------------------------------------------------------
     database_url: str | None = Field(None, description="Feedback store; default: an SQLite file in the data dir.")

@@ -7,9 +7,11 @@ public CDS Hooks sandbox key, for development) and is then never fetched.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,10 +20,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
+import urllib3.connection
+import urllib3.exceptions
+import urllib3.response
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
+from requests.adapters import HTTPAdapter
 
 __all__ = [
     "SANDBOX_ISSUER",
@@ -69,7 +76,8 @@ class AuthenticationError(Exception):
 
     `str(error)` is a short internal reason for the log, such as "expired", "unknown-issuer", "bad-audience",
     "replayed-jti", "bad-signature", "alg-not-allowed", "no-token", "unknown-kid", "jku-not-trusted",
-    "jwks-unavailable" or "malformed". It never contains the token. Clients get a generic 401 whatever it is.
+    "jwks-unavailable", "jwks-busy" or "malformed". It never contains the token. Clients get a generic 401
+    whatever it is.
     """
 
     def __init__(self, reason: str) -> None:
@@ -125,11 +133,21 @@ def sandbox_jwks() -> dict[str, Any]:
 
 
 class JwksCache:
-    """Signing keys per JWKS URL, fetched with `requests` and cached.
+    """Signing keys per JWKS URL, fetched with `requests` and cached. Thread-safe.
 
-    An unknown kid triggers a refetch (key rotation), at most once per `min_refresh_interval` per URL so
-    that a flood of made-up kids cannot turn into a flood of requests. A cached set is refreshed after `ttl`;
-    if that refresh fails, the keys already known keep working. Thread-safe.
+    Isolation (one slow or failing key server must not hold up anyone else):
+    - every fetch runs in a thread of its own, at most one per URL at a time, and ends at `fetch_seconds`
+      whatever the server does (a watchdog shuts the socket: per-read timeouts alone let a server that drips
+      a byte a second hold a fetch for ever);
+    - a key already cached never waits: when the set is older than `ttl`, the known keys keep answering while
+      a refresh runs in the background;
+    - only a kid that is not cached waits for a fetch, at most `fetch_seconds`, and at most `max_waiters`
+      verifications per URL wait at once (the rest are refused at once), so junk tokens naming a slow issuer
+      hold a handful of threads, not all of them.
+
+    An unknown kid triggers a refetch (key rotation), at most once per `min_refresh_interval` per URL after a
+    successful fetch, so that a flood of made-up kids cannot turn into a flood of requests; after a failed
+    fetch the next one may start after `retry_seconds`. If a refresh fails, the keys already known keep working.
     """
 
     def __init__(
@@ -139,17 +157,26 @@ class JwksCache:
         min_refresh_interval: float = 60.0,
         ttl: float = 3600.0,
         *,
+        fetch_seconds: float = 5.0,
+        retry_seconds: float = 5.0,
+        max_waiters: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if fetch_seconds <= 0 or timeout <= 0 or retry_seconds < 0 or max_waiters < 1:
+            raise ValueError("fetch_seconds and timeout must be > 0, retry_seconds >= 0, max_waiters >= 1")
         self._session = session if session is not None else requests.Session()
-        self._timeout = timeout
+        adapter = _AbortableAdapter(max_retries=0)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._timeout = min(timeout, fetch_seconds)
+        self._fetch_seconds = fetch_seconds
+        self._retry_seconds = retry_seconds
+        self._max_waiters = max_waiters
         self._min_refresh_interval = min_refresh_interval
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
-        self._sets: dict[str, _KeySet] = {}
-        self._last_fetch: dict[str, float] = {}
-        self._fetch_locks: dict[str, threading.Lock] = {}
+        self._sources: dict[str, _Source] = {}
 
     def preload(self, jwks_url: str, jwks: Mapping[str, Any]) -> None:
         """Use `jwks` as the key set of `jwks_url` from now on; the URL is never fetched.
@@ -160,50 +187,82 @@ class JwksCache:
         if not keys:
             raise ValueError("preloaded JWK Set has no usable signing key")
         with self._lock:
-            self._sets[jwks_url] = _KeySet(keys, self._clock(), preloaded=True)
+            self._sources[jwks_url] = _Source(keys=_KeySet(keys, self._clock(), preloaded=True))
 
     def signing_key(self, jwks_url: str, kid: str) -> SigningKey:
         """The key `kid` from the key set at `jwks_url`.
 
-        Raises AuthenticationError("unknown-kid") or AuthenticationError("jwks-unavailable").
+        Raises AuthenticationError("unknown-kid"), ("jwks-unavailable") or ("jwks-busy": too many
+        verifications already wait for this URL's fetch).
         """
         with self._lock:
-            cached = self._sets.get(jwks_url)
-            if cached is not None and cached.preloaded:
+            source = self._sources.setdefault(jwks_url, _Source())
+            cached = source.keys
+            if cached is not None and (cached.preloaded or kid in cached.keys):
+                if not cached.preloaded and self._clock() - cached.fetched_at >= self._ttl:
+                    self._start_fetch(jwks_url, source)  # stale while revalidating: nobody waits for it
                 return _lookup(cached.keys, kid)
-            if cached is not None and kid in cached.keys and not self._expired(cached):
-                return cached.keys[kid]
-            fetch_lock = self._fetch_locks.setdefault(jwks_url, threading.Lock())
-
-        # One fetch per URL at a time; whoever waited re-reads the cache the winner just filled.
-        with fetch_lock:
-            with self._lock:
-                cached = self._sets.get(jwks_url)
-                if cached is not None and kid in cached.keys and not self._expired(cached):
-                    return cached.keys[kid]
-                now = self._clock()
-                last = self._last_fetch.get(jwks_url)
-                if last is not None and now - last < self._min_refresh_interval:
-                    return _stale_or_raise(cached, kid)
-                self._last_fetch[jwks_url] = now
-            try:
-                keys = _parse_jwks(self._fetch(jwks_url), jwks_url)
-            except AuthenticationError:
+            pending = source.inflight or self._start_fetch(jwks_url, source)
+            if pending is None:  # fetched (or failed) too recently to ask again
                 return _stale_or_raise(cached, kid)
+            if source.waiters >= self._max_waiters:
+                logger.warning("JWKS %s: %d verifications already wait for its fetch; refused", jwks_url,
+                               source.waiters)
+                raise AuthenticationError("jwks-busy")
+            source.waiters += 1
+        try:
+            pending.wait(self._fetch_seconds)
+        finally:
             with self._lock:
-                self._sets[jwks_url] = _KeySet(keys, now, preloaded=False)
-        return _lookup(keys, kid)
+                source.waiters -= 1
+                cached = source.keys
+        return _stale_or_raise(cached, kid)
 
-    def _expired(self, key_set: _KeySet) -> bool:
-        return self._clock() - key_set.fetched_at >= self._ttl
+    def _start_fetch(self, jwks_url: str, source: _Source) -> threading.Event | None:
+        """Start the one fetch of `jwks_url` unless one runs or the last was too recent (holding the lock)."""
+        if source.inflight is not None:
+            return source.inflight
+        now = self._clock()
+        if source.last_attempt is not None:
+            pause = self._retry_seconds if source.last_failed else self._min_refresh_interval
+            expired = source.keys is not None and now - source.keys.fetched_at >= self._ttl
+            if now - source.last_attempt < pause and not (expired and not source.last_failed):
+                return None
+        source.last_attempt = now
+        done = source.inflight = threading.Event()
+        threading.Thread(
+            target=self._refresh, args=(jwks_url, source, done), name="jwks-fetch", daemon=True
+        ).start()
+        return done
+
+    def _refresh(self, jwks_url: str, source: _Source, done: threading.Event) -> None:
+        keys: dict[str, SigningKey] | None = None
+        try:
+            keys = _parse_jwks(self._fetch(jwks_url), jwks_url)
+        except AuthenticationError:
+            pass  # logged where it was raised
+        except Exception:  # never leave waiters hanging on a fetch thread that died
+            logger.exception("JWKS fetch from %s failed unexpectedly", jwks_url)
+        finally:
+            with self._lock:
+                if keys is not None:
+                    source.keys = _KeySet(keys, self._clock(), preloaded=False)
+                source.last_failed = keys is None
+                source.inflight = None
+            done.set()
 
     def _fetch(self, jwks_url: str) -> Any:
+        watchdog = _Watchdog()
+        timer = threading.Timer(self._fetch_seconds, watchdog.expire)
+        timer.daemon = True
+        timer.start()
+        _fetching.watchdog = watchdog
         try:
             # No redirects: the key set must come from the URL configured for the issuer.
             with self._session.get(
                 jwks_url,
                 timeout=self._timeout,
-                headers={"Accept": "application/json"},
+                headers={"Accept": "application/json", "Connection": "close"},
                 allow_redirects=False,
                 stream=True,
             ) as response:
@@ -217,12 +276,124 @@ class JwksCache:
                         logger.warning("JWKS from %s is larger than %d bytes", jwks_url, _MAX_JWKS_BYTES)
                         raise AuthenticationError("jwks-unavailable")
             return json.loads(body)
-        except requests.RequestException as exc:
-            logger.warning("JWKS fetch from %s failed: %s", jwks_url, type(exc).__name__)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if watchdog.expired:
+                logger.warning("JWKS fetch from %s did not finish within %gs", jwks_url, self._fetch_seconds)
+            else:
+                logger.warning("JWKS fetch from %s failed: %s", jwks_url, type(exc).__name__)
             raise AuthenticationError("jwks-unavailable") from exc
         except ValueError as exc:  # JSON or character decoding
             logger.warning("JWKS from %s is not JSON", jwks_url)
             raise AuthenticationError("jwks-unavailable") from exc
+        finally:
+            _fetching.watchdog = None
+            watchdog.finish()
+            timer.cancel()
+
+
+@dataclass(slots=True)
+class _Source:
+    """One JWKS URL: its keys, and the state of fetching them (guarded by the cache's lock)."""
+
+    keys: _KeySet | None = None
+    inflight: threading.Event | None = None  # set when the fetch under way has finished
+    last_attempt: float | None = None
+    last_failed: bool = False
+    waiters: int = 0
+
+
+class _Watchdog:
+    """Shuts the sockets of one fetch when its time is up, so that the blocked read returns at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._finished = False
+        self.expired = False
+
+    def watch(self, sock: Any) -> None:
+        raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)
+        if not isinstance(raw, socket.socket):
+            return
+        with self._lock:
+            if self._finished:
+                return
+            self._sockets.append(raw)
+            if self.expired:
+                _shut(raw)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.expired = True
+            for raw in self._sockets:
+                _shut(raw)
+
+    def finish(self) -> None:
+        # After this the sockets may be closed and their descriptors reused: never touch them again.
+        with self._lock:
+            self._finished = True
+            self._sockets.clear()
+
+
+def _shut(raw: socket.socket) -> None:
+    # The plain-socket method also for a TLS socket: its own shutdown() would tear down the TLS state under the
+    # reading thread. Shutting the descriptor makes that thread's recv return at once. OSError: already closed.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(raw, socket.SHUT_RDWR)
+
+
+class _Fetching(threading.local):
+    watchdog: _Watchdog | None = None
+
+
+_fetching = _Fetching()
+
+
+def _watch_connection(connection: Any) -> None:
+    watchdog = _fetching.watchdog
+    if watchdog is not None:
+        watchdog.watch(connection.sock)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self, *args: Any, **kwargs: Any) -> urllib3.response.BaseHTTPResponse:  # type: ignore[override]
+        # Connected by now (new or reused), and reading the status line and headers is what a slow server drips.
+        _watch_connection(self)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self, *args: Any, **kwargs: Any) -> urllib3.response.BaseHTTPResponse:  # type: ignore[override]
+        _watch_connection(self)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {
+    "http": _WatchedHTTPPool, "https": _WatchedHTTPSPool
+}
+
+
+class _AbortableAdapter(HTTPAdapter):
+    """requests' adapter whose connections a `_Watchdog` can shut, direct or through a proxy."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 def _lookup(keys: Mapping[str, SigningKey], kid: str) -> SigningKey:
