@@ -29,13 +29,13 @@ from cds_hooks.errors import (
     Unauthorized,
     UnsupportedMediaType,
     error_body,
-    operation_outcome,
 )
 from cds_hooks.feedback import (
     FeedbackError,
     FeedbackStore,
     IssuedCard,
     MemoryFeedbackStore,
+    feedback_outcome,
     parse_feedback,
 )
 from cds_hooks.fhir_client import FetchLimits
@@ -244,8 +244,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for card in cards:
             metrics.cards.labels(card["indicator"]).inc()
         if cards:
-            store.record_issued(
-                service.id, [IssuedCard(c["uuid"], c["indicator"]) for c in cards],
+            # On record before the client has the cards (its feedback on them is accepted only then).
+            await run_in_threadpool(
+                store.record_issued, service.id, [IssuedCard(c["uuid"], c["indicator"]) for c in cards],
                 client.issuer if client else None, client.tenant if client else None,
             )
         return _json({"cards": cards})
@@ -260,13 +261,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             parsed = parse_feedback(bytes(body))  # small: a copy is cheaper than a second API
         except FeedbackError as exc:
             raise BadRequest(exc.message, expression=[exc.expression]) from None
-        stored = await run_in_threadpool(
+        result = await run_in_threadpool(
             store.record_feedback, service.id, parsed,
             client.issuer if client else None, client.tenant if client else None,
         )
-        message = f"Feedback received: {len(parsed.feedback)} item(s), {stored} new"
-        return Response(orjson.dumps(operation_outcome([("information", "informational", message, None)])),
-                        media_type=FHIR_JSON_MEDIA_TYPE)
+        if result.refused:
+            log_fields(request)["feedback_refused"] = len(result.refused)
+        return Response(orjson.dumps(feedback_outcome(parsed, result)), media_type=FHIR_JSON_MEDIA_TYPE)
 
     def allow(methods: str) -> Callable[[], Awaitable[Response]]:
         async def options() -> Response:

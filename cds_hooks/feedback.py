@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from cds_hooks.errors import operation_outcome
 from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
 from cds_hooks.security.jwt_auth import ReplayCache
 
@@ -35,11 +36,13 @@ __all__ = [
     "FeedbackError",
     "FeedbackItem",
     "FeedbackRequest",
+    "FeedbackResult",
     "FeedbackStore",
     "IssuedCard",
     "MemoryFeedbackStore",
     "OverrideReason",
     "StoredFeedback",
+    "feedback_outcome",
     "parse_feedback",
     "stored_rows",
 ]
@@ -227,6 +230,34 @@ class IssuedCard:
     indicator: Literal["info", "warning", "critical"]
 
 
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What a store did with one feedback request."""
+
+    stored: int  # new rows (a redelivery of a stored item is not new)
+    # Indices into the request's items that name a card this service never issued to this client: not stored.
+    refused: tuple[int, ...] = ()
+
+
+# Refused items are named one by one up to this many; the rest are counted. Keeps the answer small.
+_LISTED_REFUSALS = 20
+
+
+def feedback_outcome(request: FeedbackRequest, result: FeedbackResult) -> dict[str, Any]:
+    """The OperationOutcome answering a feedback POST: a summary, and a warning per refused item."""
+    summary = f"Feedback received: {len(request.feedback)} item(s), {result.stored} new"
+    if result.refused:
+        summary += f", {len(result.refused)} refused (card not issued by this service to this client)"
+    issues: list[tuple[str, str, str, list[str] | None]] = [("information", "informational", summary, None)]
+    for index in result.refused[:_LISTED_REFUSALS]:
+        issues.append(("warning", "not-found", f"feedback[{index}].card: this service did not issue this card to "
+                       "this client; the item was not stored", [f"feedback[{index}].card"]))
+    if len(result.refused) > _LISTED_REFUSALS:
+        issues.append(("warning", "not-found",
+                       f"{len(result.refused) - _LISTED_REFUSALS} more item(s) refused for the same reason", None))
+    return operation_outcome(issues)
+
+
 @runtime_checkable
 class FeedbackStore(Protocol):
     """Where issued cards and feedback go. Implementations must not store PHI (see module docstring)."""
@@ -234,12 +265,15 @@ class FeedbackStore(Protocol):
     def record_issued(
         self, service_id: str, cards: Sequence[IssuedCard], issuer: str | None, tenant: str | None
     ) -> None:
-        """Note cards returned by a hook call; called on the hook path, so it must not block."""
+        """Note cards returned by a hook call, durably, before the response goes: feedback on a card is only
+        accepted if the card is on record. Called on the hook path, so it is one short write."""
 
-    def record_feedback(self, service_id: str, request: FeedbackRequest, issuer: str | None, tenant: str | None) -> int:
-        """Store feedback; a repeat of (service id, card, outcome, outcomeTimestamp) is ignored.
+    def record_feedback(
+        self, service_id: str, request: FeedbackRequest, issuer: str | None, tenant: str | None
+    ) -> FeedbackResult:
+        """Store feedback on cards this service issued to `issuer`; items on other cards are refused.
 
-        Returns the number of new rows.
+        A repeat of (service id, card, outcome, outcomeTimestamp) is ignored. Durable when it returns.
         """
 
     def report(self) -> FeedbackReport: ...
@@ -295,7 +329,7 @@ class MemoryFeedbackStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._issued: dict[tuple[str, str], str] = {}
+        self._issued: dict[tuple[str, str], tuple[str, str | None]] = {}  # -> (indicator, issuer)
         self._feedback: dict[tuple[str, str, str, datetime], StoredFeedback] = {}
 
     def record_issued(
@@ -303,17 +337,24 @@ class MemoryFeedbackStore:
     ) -> None:
         with self._lock:
             for card in cards:
-                self._issued.setdefault((service_id, card.uuid), card.indicator)
+                self._issued.setdefault((service_id, card.uuid), (card.indicator, issuer))
 
-    def record_feedback(self, service_id: str, request: FeedbackRequest, issuer: str | None, tenant: str | None) -> int:
+    def record_feedback(
+        self, service_id: str, request: FeedbackRequest, issuer: str | None, tenant: str | None
+    ) -> FeedbackResult:
         new = 0
+        refused = []
         with self._lock:
-            for row in stored_rows(service_id, request, issuer, tenant, datetime.now(UTC)):
+            for index, row in enumerate(stored_rows(service_id, request, issuer, tenant, datetime.now(UTC))):
+                issued = self._issued.get((row.service_id, row.card_uuid))
+                if issued is None or issued[1] != issuer:
+                    refused.append(index)
+                    continue
                 key = (row.service_id, row.card_uuid, row.outcome, row.outcome_timestamp)
                 if key not in self._feedback:
                     self._feedback[key] = row
                     new += 1
-        return new
+        return FeedbackResult(new, tuple(refused))
 
     @property
     def feedback_rows(self) -> list[StoredFeedback]:
@@ -323,13 +364,13 @@ class MemoryFeedbackStore:
     def report(self) -> FeedbackReport:
         with self._lock:
             issued_by_kind: dict[str, int] = {}
-            for kind in self._issued.values():
+            for kind, _ in self._issued.values():
                 issued_by_kind[kind] = issued_by_kind.get(kind, 0) + 1
             facts = [
                 FeedbackFact(
                     service_id=row.service_id,
                     card_uuid=row.card_uuid,
-                    kind=self._issued.get((row.service_id, row.card_uuid), "unknown"),
+                    kind=self._issued.get((row.service_id, row.card_uuid), ("unknown", None))[0],
                     outcome=row.outcome,
                     outcome_timestamp=row.outcome_timestamp,
                     reason_system=row.reason_system,

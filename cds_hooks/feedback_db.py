@@ -3,10 +3,20 @@
 The schema belongs to the Alembic revisions in `cds_hooks/migrations`, applied (``upgrade head``) when a
 store is constructed. The tables below mirror them for queries; a test checks that the two agree.
 
-Issued cards are recorded on the hook path, so `record_issued` only enqueues: a background thread
-writes them. When the bounded queue is full the cards are dropped and counted (`dropped_issued`) rather
-than slowing a hook response; an issued card that is missing only makes its feedback count as kind
-"unknown" in the report.
+Issued cards are recorded on the hook path before the response goes (one short transaction), so a card a
+client has received is on record even if the process is killed right after: feedback is accepted only for
+cards on record. Feedback is written in short transactions of `_CHUNK_ROWS` rows.
+
+Durability: a commit returns once the database has the row. On PostgreSQL (synchronous_commit on, its default)
+that is on disk. On SQLite (WAL, synchronous=NORMAL) it is in the WAL file, in the operating system's page
+cache, so it survives the process being killed (kill -9, OOM killer, a crash): only a power cut or an OS crash
+before the next checkpoint's fsync can lose the last commits.
+
+Contention: SQLite has one writer at a time. So that a large feedback batch cannot starve the hook path and the
+JWT replay check (which fails closed), every write transaction is short, waits for the lock by retrying every
+millisecond (SQLite's own busy handler sleeps up to 100 ms between tries and can miss every gap), and the
+feedback writer pauses between chunks; the replay check has its own connections. A write still locked out
+after `_BUSY_SECONDS` fails (PostgreSQL: `lock_timeout`).
 """
 
 from __future__ import annotations
@@ -15,13 +25,15 @@ import fcntl
 import hashlib
 import logging
 import os
-import queue
+import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -30,6 +42,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -51,20 +64,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
-from cds_hooks.feedback import FeedbackRequest, IssuedCard, stored_rows
+from cds_hooks.feedback import FeedbackRequest, FeedbackResult, IssuedCard, stored_rows
 from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
 
 __all__ = ["SqlFeedbackStore", "default_database_url", "metadata"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _MIGRATIONS = Path(__file__).resolve().with_name("migrations")
 # Any fixed 64-bit number, the same in every process: serialises concurrent `upgrade head` on PostgreSQL.
 _PG_MIGRATION_LOCK = 0x6D7363635F666462  # "mscc_fdb"
-_QUEUE_SIZE = 10_000
+# Longest wait for a write lock before a write fails (the replay check then refuses the token).
+_BUSY_SECONDS = 5.0
+_BUSY_RETRY_SECONDS = 0.001
+# Feedback rows per transaction: a few milliseconds of write lock each on SQLite.
+_CHUNK_ROWS = 200
+# Pause between two feedback chunks on SQLite, longer than the retry interval: the waiting writers get in.
+_CHUNK_PAUSE_SECONDS = 0.003
 
 
 class _UtcDateTime(TypeDecorator[datetime]):
@@ -166,8 +186,42 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # at checkpoints instead of on every commit; only a power cut can lose the last few issued-card rows or
     # seen token ids. FULL would put an fsync on every hook request that issues a card or carries a JWT.
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    # Short: waiting for the write lock is `_write`'s job (it retries every millisecond up to _BUSY_SECONDS).
+    cursor.execute("PRAGMA busy_timeout=2")
     cursor.close()
+
+
+def _is_busy(error: OperationalError) -> bool:
+    # SQLITE_BUSY and its extended codes (BUSY_SNAPSHOT: a read transaction that then wants to write).
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _write(engine: Engine, work: Callable[[Connection], _T]) -> _T:
+    """Run `work` in one write transaction; on SQLite, retry it while another writer holds the lock."""
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while True:
+        try:
+            with engine.begin() as connection:
+                return work(connection)
+        except OperationalError as exc:
+            # Nothing was committed: the whole transaction is tried again.
+            if engine.dialect.name != "sqlite" or not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(_BUSY_RETRY_SECONDS)
+
+
+def _create_engine(url: URL, sqlite_file: str | None) -> Engine:
+    # hide_parameters: SQL errors would otherwise quote card uuids, issuers and tenants into logs.
+    # A pooled PostgreSQL connection can go stale (server restart, idle timeout): test it before use. A SQLite
+    # file connection cannot, and a ping would be a wasted statement per transaction.
+    if sqlite_file is not None:
+        engine = create_engine(url, hide_parameters=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    # A write waiting on a lock fails after _BUSY_SECONDS, as on SQLite, instead of waiting for ever.
+    options = f"-c lock_timeout={int(_BUSY_SECONDS * 1000)}"
+    return create_engine(url, hide_parameters=True, pool_pre_ping=True, connect_args={"options": options})
 
 
 @contextmanager
@@ -189,6 +243,10 @@ def _dialect_insert(dialect: str, table: Table) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+def _inserted(statement: Any, values: list[dict[str, Any]], connection: Connection) -> int:
+    return len(connection.execute(statement, values).all())
+
+
 class SqlReplayCache:
     """`ReplayCache` in the service's database, so every worker refuses a token any of them has seen."""
 
@@ -198,7 +256,7 @@ class SqlReplayCache:
     _PRUNE_GRACE = 60.0
 
     def __init__(self, engine: Engine, dialect: str) -> None:
-        self._engine = engine
+        self._engine = engine  # its own: JWT checks never wait for a connection the other writers hold
         self._insert = _dialect_insert(dialect, seen_tokens)
         self._next_prune = 0.0
 
@@ -206,35 +264,34 @@ class SqlReplayCache:
         digest = hashlib.sha256("\0".join(key).encode()).hexdigest()
         statement = self._insert.values(token_key=digest, expires_at=expires_at).on_conflict_do_nothing(
             index_elements=["token_key"]).returning(seen_tokens.c.token_key)
+        prune = now >= self._next_prune
+
+        def add(connection: Connection) -> bool:
+            if prune:
+                connection.execute(delete(seen_tokens).where(seen_tokens.c.expires_at <= now - self._PRUNE_GRACE))
+            return connection.execute(statement).first() is not None
+
         try:
-            with self._engine.begin() as connection:
-                if now >= self._next_prune:
-                    connection.execute(
-                        delete(seen_tokens).where(seen_tokens.c.expires_at <= now - self._PRUNE_GRACE))
-                    self._next_prune = now + self._PRUNE_EVERY
-                inserted = connection.execute(statement).first()
+            inserted = _write(self._engine, add)
         except SQLAlchemyError:
             log.warning("replay cache unavailable: token refused")  # fail closed
             return False
-        return inserted is not None
+        if prune:
+            self._next_prune = now + self._PRUNE_EVERY
+        return inserted
 
 
 class SqlFeedbackStore:
     """`FeedbackStore` on SQLite or PostgreSQL; migrates the schema to head on construction."""
 
-    def __init__(self, database_url: str, *, queue_size: int = _QUEUE_SIZE) -> None:
-        url, sqlite_file = _normalise_url(database_url)
-        self._dialect = url.get_backend_name()
-        if sqlite_file is not None:
-            Path(sqlite_file).parent.mkdir(parents=True, exist_ok=True)
-        # hide_parameters: SQL errors would otherwise quote card uuids, issuers and tenants into logs.
-        # A pooled PostgreSQL connection can go stale (server restart, idle timeout): test it before use. A SQLite
-        # file connection cannot, and a ping would be a wasted statement per transaction.
-        self._engine: Engine = create_engine(url, hide_parameters=True, pool_pre_ping=sqlite_file is None)
-        if sqlite_file is not None:
-            event.listen(self._engine, "connect", _sqlite_pragmas)
+    def __init__(self, database_url: str) -> None:
+        self._url, self._sqlite_file = _normalise_url(database_url)
+        self._dialect = self._url.get_backend_name()
+        if self._sqlite_file is not None:
+            Path(self._sqlite_file).parent.mkdir(parents=True, exist_ok=True)
+        self._engine: Engine = _create_engine(self._url, self._sqlite_file)
         try:
-            self._migrate(sqlite_file)
+            self._migrate(self._sqlite_file)
         except BaseException:
             self._engine.dispose()
             raise
@@ -242,9 +299,7 @@ class SqlFeedbackStore:
         self._lock = threading.Lock()
         self._dropped = 0
         self._closed = False
-        self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=queue_size)
-        self._writer = threading.Thread(target=self._write_issued, name="feedback-issued-writer", daemon=True)
-        self._writer.start()
+        self._replay_engines: list[Engine] = []
 
     def _migrate(self, sqlite_file: str | None) -> None:
         config = Config()
@@ -252,8 +307,11 @@ class SqlFeedbackStore:
         config.set_main_option("path_separator", "os")
         if sqlite_file is not None:
             with _sqlite_file_lock(sqlite_file), self._engine.begin() as connection:
+                # DDL is not retried by `_write`: let SQLite wait for running writers (another worker) itself.
+                connection.exec_driver_sql(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
+                connection.exec_driver_sql("PRAGMA busy_timeout=2")
         else:
             with self._engine.begin() as connection:
                 # Transactional DDL plus a transaction-scoped lock: concurrent starts migrate one at a time.
@@ -262,7 +320,10 @@ class SqlFeedbackStore:
                 command.upgrade(config, "head")
 
     def replay_cache(self) -> SqlReplayCache:
-        return SqlReplayCache(self._engine, self._dialect)
+        engine = _create_engine(self._url, self._sqlite_file)
+        with self._lock:
+            self._replay_engines.append(engine)
+        return SqlReplayCache(engine, self._dialect)
 
     def _insert(self, table: Table) -> Any:
         return _dialect_insert(self._dialect, table)
@@ -271,7 +332,7 @@ class SqlFeedbackStore:
 
     @property
     def dropped_issued(self) -> int:
-        """Issued cards not recorded because the queue was full, the store closed, or a write failed."""
+        """Issued cards not recorded because the store was closed or the write failed."""
         with self._lock:
             return self._dropped
 
@@ -287,7 +348,12 @@ class SqlFeedbackStore:
     def record_issued(
         self, service_id: str, cards: Sequence[IssuedCard], issuer: str | None, tenant: str | None
     ) -> None:
+        """Commit the cards before returning. A failure is logged and counted, never raised: the clinician
+        must get the card even if the feedback store cannot note it (its feedback will then be refused)."""
         if not cards:
+            return
+        if self._closed:
+            self._drop(len(cards), "store closed")
             return
         now = datetime.now(UTC)
         rows = [
@@ -301,54 +367,18 @@ class SqlFeedbackStore:
             }
             for card in cards
         ]
-        # Checking `closed` and enqueueing under one lock means nothing is enqueued behind close()'s sentinel.
-        with self._lock:
-            if self._closed:
-                why = "store closed"
-            else:
-                try:
-                    self._queue.put_nowait(rows)
-                    return
-                except queue.Full:
-                    why = "queue full"
-        self._drop(len(rows), why)
-
-    def _write_issued(self) -> None:
-        statement = self._insert(issued_cards).on_conflict_do_nothing(
-            index_elements=["service_id", "card_uuid"]
-        )
-        while True:
-            batches = [self._queue.get()]
-            # Take whatever else is already waiting, so a burst is written in one transaction.
-            while batches[-1] is not None and len(batches) < 100:
-                try:
-                    batches.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            rows = [row for batch in batches if batch is not None for row in batch]
-            try:
-                if rows:
-                    with self._engine.begin() as connection:
-                        connection.execute(statement, rows)
-            except Exception:
-                # Keep the writer alive: one failed write must not stop recording for good.
-                log.exception("feedback store: writing %d issued card(s) failed", len(rows))
-                self._drop(len(rows), "write failed")
-            finally:
-                for _ in batches:
-                    self._queue.task_done()
-            if batches[-1] is None:
-                return
-
-    def flush(self) -> None:
-        """Wait until every issued card enqueued so far has been written (or dropped)."""
-        self._queue.join()
+        statement = self._insert(issued_cards).on_conflict_do_nothing(index_elements=["service_id", "card_uuid"])
+        try:
+            _write(self._engine, lambda connection: connection.execute(statement, rows))
+        except SQLAlchemyError:
+            log.exception("feedback store: writing %d issued card(s) failed", len(rows))
+            self._drop(len(rows), "write failed")
 
     # --- feedback ----------------------------------------------------------------------------------------
 
     def record_feedback(
         self, service_id: str, request: FeedbackRequest, issuer: str | None, tenant: str | None
-    ) -> int:
+    ) -> FeedbackResult:
         # RETURNING gives a row only for an insert that happened, on both databases (rowcount does not
         # on PostgreSQL, where SQLAlchemy already adds RETURNING to fetch the new primary key).
         statement = (
@@ -356,29 +386,48 @@ class SqlFeedbackStore:
             .on_conflict_do_nothing(index_elements=list(_FEEDBACK_KEY))
             .returning(feedback.c.id)
         )
+        rows = stored_rows(service_id, request, issuer, tenant, datetime.now(UTC))
         new = 0
-        with self._engine.begin() as connection:
-            for row in stored_rows(service_id, request, issuer, tenant, datetime.now(UTC)):
-                result = connection.execute(
-                    statement,
-                    {
-                        "service_id": row.service_id,
-                        "card_uuid": row.card_uuid,
-                        "outcome": row.outcome,
-                        "accepted_suggestions": list(row.accepted_suggestions) or None,
-                        "reason_system": row.reason_system,
-                        "reason_code": row.reason_code,
-                        "outcome_timestamp": row.outcome_timestamp,
-                        "received_at": row.received_at,
-                        "issuer": row.issuer,
-                        "tenant": row.tenant,
-                    },
-                )
-                new += len(result.all())
-        return new
+        refused: list[int] = []
+        for start in range(0, len(rows), _CHUNK_ROWS):
+            if start and self._dialect == "sqlite":
+                time.sleep(_CHUNK_PAUSE_SECONDS)
+            chunk = rows[start:start + _CHUNK_ROWS]
+            # Outside the write transaction (a WAL read takes no lock). Issued cards are never deleted, and a
+            # card is on record before the client has it, so this cannot go stale in a way that matters.
+            known = self._issued_to(service_id, issuer, {row.card_uuid for row in chunk})
+            values = []
+            for offset, row in enumerate(chunk):
+                if row.card_uuid not in known:
+                    refused.append(start + offset)
+                    continue
+                values.append({
+                    "service_id": row.service_id,
+                    "card_uuid": row.card_uuid,
+                    "outcome": row.outcome,
+                    "accepted_suggestions": list(row.accepted_suggestions) or None,
+                    "reason_system": row.reason_system,
+                    "reason_code": row.reason_code,
+                    "outcome_timestamp": row.outcome_timestamp,
+                    "received_at": row.received_at,
+                    "issuer": row.issuer,
+                    "tenant": row.tenant,
+                })
+            if values:
+                new += _write(self._engine, partial(_inserted, statement, values))
+        return FeedbackResult(new, tuple(refused))
+
+    def _issued_to(self, service_id: str, issuer: str | None, card_uuids: set[str]) -> set[str]:
+        """Those of `card_uuids` this service issued to `issuer` (None: open mode, no issuer)."""
+        query = select(issued_cards.c.card_uuid).where(
+            issued_cards.c.service_id == service_id,
+            issued_cards.c.card_uuid.in_(sorted(card_uuids)),
+            issued_cards.c.issuer.is_not_distinct_from(issuer),
+        )
+        with self._engine.connect() as connection:
+            return set(connection.execute(query).scalars())
 
     def report(self) -> FeedbackReport:
-        self.flush()
         kind = func.coalesce(issued_cards.c.indicator, literal("unknown"))
         joined = feedback.outerjoin(
             issued_cards,
@@ -407,11 +456,11 @@ class SqlFeedbackStore:
         )
 
     def close(self) -> None:
-        """Write the issued cards still queued, stop the writer and release connections. Idempotent."""
+        """Release connections; issued cards recorded after this are dropped and counted. Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(None)
-        self._writer.join()
-        self._engine.dispose()
+            engines = [self._engine, *self._replay_engines]
+        for engine in engines:
+            engine.dispose()

@@ -15,9 +15,11 @@ from cds_hooks.feedback import (
     FeedbackError,
     FeedbackItem,
     FeedbackRequest,
+    FeedbackResult,
     FeedbackStore,
     IssuedCard,
     MemoryFeedbackStore,
+    feedback_outcome,
     parse_feedback,
 )
 from cds_hooks.feedback_report import NO_CODED_REASON, FeedbackFact, build_report, render_report
@@ -321,19 +323,48 @@ def test_memory_store_is_a_feedback_store() -> None:
     assert isinstance(store, FeedbackStore)  # and the runtime one
 
 
-def test_memory_store_redelivery_is_idempotent() -> None:
+def issued_store(*uuids: str, issuer: str | None = None, services: tuple[str, ...] = (SERVICE,)) -> MemoryFeedbackStore:
     store = MemoryFeedbackStore()
+    for service in services:
+        store.record_issued(service, [IssuedCard(u, "warning") for u in uuids], issuer, None)
+    return store
+
+
+def test_memory_store_redelivery_is_idempotent() -> None:
+    store = issued_store("c-1", "c-2", issuer="https://ehr.example")
     request = parse_feedback(body(accepted("c-1"), overridden("c-2", code="r")))
-    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == 2
-    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == 0
+    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == FeedbackResult(2)
+    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == FeedbackResult(0)
     # The same instant written with another offset is the same outcomeTimestamp.
     again = parse_feedback(body(accepted("c-1", timestamp="2024-05-01T12:00:00+02:00")))
-    assert store.record_feedback(SERVICE, again, None, None) == 0
+    assert store.record_feedback(SERVICE, again, "https://ehr.example", None) == FeedbackResult(0)
     assert len(store.feedback_rows) == 2
 
 
+def test_memory_store_refuses_feedback_on_cards_not_issued_to_this_client() -> None:
+    store = issued_store("ours", issuer="https://ehr.example")
+    store.record_issued(SERVICE, [IssuedCard("theirs", "critical")], "https://other.example", None)
+    request = parse_feedback(body(overridden("never"), accepted("ours"), overridden("theirs")))
+    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == FeedbackResult(1, (0, 2))
+    assert [row.card_uuid for row in store.feedback_rows] == ["ours"]
+
+
+def test_feedback_outcome_names_each_refused_item_up_to_a_bound() -> None:
+    request = parse_feedback(body(*[overridden(f"c-{i}") for i in range(30)]))
+    outcome = feedback_outcome(request, FeedbackResult(5, tuple(range(5, 30))))
+    first, *warnings = outcome["issue"]
+    assert first["diagnostics"] == (
+        "Feedback received: 30 item(s), 5 new, 25 refused (card not issued by this service to this client)")
+    assert [w["expression"] for w in warnings[:20]] == [[f"feedback[{i}].card"] for i in range(5, 25)]
+    assert warnings[20]["diagnostics"] == "5 more item(s) refused for the same reason"
+    assert len(warnings) == 21 and all(w["severity"] == "warning" for w in warnings)
+    plain = feedback_outcome(request, FeedbackResult(30))
+    assert plain["issue"] == [{"severity": "information", "code": "informational",
+                               "diagnostics": "Feedback received: 30 item(s), 30 new"}]
+
+
 def test_memory_store_keeps_distinct_outcomes_and_times() -> None:
-    store = MemoryFeedbackStore()
+    store = issued_store("c-1", services=(SERVICE, "another-service"))
     request = parse_feedback(
         body(
             accepted("c-1"),
@@ -342,12 +373,12 @@ def test_memory_store_keeps_distinct_outcomes_and_times() -> None:
             accepted("c-1", timestamp="2024-05-01T10:00:01Z"),  # duplicate within one delivery
         )
     )
-    assert store.record_feedback(SERVICE, request, None, None) == 3
-    assert store.record_feedback("another-service", request, None, None) == 3
+    assert store.record_feedback(SERVICE, request, None, None) == FeedbackResult(3)
+    assert store.record_feedback("another-service", request, None, None) == FeedbackResult(3)
 
 
 def test_memory_store_keeps_no_user_comment_or_extension() -> None:
-    store = MemoryFeedbackStore()
+    store = issued_store("c-1")
     comment = "Patient Jane Doe, MRN 12345, declined"
     raw = body(overridden("c-1", code="declined", comment=comment) | {"extension": {"com.x": "secret-ext"}})
     store.record_feedback(SERVICE, parse_feedback(raw), None, None)
@@ -359,7 +390,7 @@ def test_memory_store_keeps_no_user_comment_or_extension() -> None:
 
 
 def test_memory_store_row_contents() -> None:
-    store = MemoryFeedbackStore()
+    store = issued_store("c-1", issuer="https://ehr.example")
     before = datetime.now(UTC)
     raw = body(accepted("c-1", timestamp="2024-05-01T12:00:00+02:00", suggestion="mri"))
     store.record_feedback(SERVICE, parse_feedback(raw), "https://ehr.example", "tenant-a")
@@ -378,13 +409,13 @@ def report_scenario(store: FeedbackStore) -> None:
     critical: 3 issued; c1 accepted; c2 overridden (reason a), c3 ignored.
     warning: 2 issued; w1 overridden (reason a) then later accepted (final: accepted);
              w2 accepted and overridden at the same instant (tie: overridden, comment only).
-    unknown: feedback on x1, which we never issued, overridden (reason b).
+    x1, which we never issued, overridden (reason b): refused, not stored.
     """
     store.record_issued(
         SERVICE,
         [IssuedCard("c1", "critical"), IssuedCard("c2", "critical"), IssuedCard("c3", "critical")],
-        "https://ehr.example",
         None,
+        "tenant-a",
     )
     store.record_issued(SERVICE, [IssuedCard("w1", "warning"), IssuedCard("w2", "warning")], None, None)
     store.record_issued(SERVICE, [IssuedCard("c1", "critical")], None, None)  # re-recorded: counted once
@@ -399,9 +430,9 @@ def report_scenario(store: FeedbackStore) -> None:
         accepted("w2", timestamp="2024-05-01T11:00:00Z"),
         overridden("w2", timestamp="2024-05-01T11:00:00Z", comment="only a comment"),
     )
-    assert store.record_feedback(SERVICE, parse_feedback(first), None, None) == 4
-    assert store.record_feedback(SERVICE, parse_feedback(second), None, None) == 3
-    assert store.record_feedback(SERVICE, parse_feedback(second), None, None) == 0
+    assert store.record_feedback(SERVICE, parse_feedback(first), None, None) == FeedbackResult(3, (3,))
+    assert store.record_feedback(SERVICE, parse_feedback(second), None, None) == FeedbackResult(3)
+    assert store.record_feedback(SERVICE, parse_feedback(second), None, None) == FeedbackResult(0)
 
 
 Rows = list[tuple[object, ...]]
@@ -412,12 +443,10 @@ def expected_report_rows() -> tuple[Rows, Rows]:
         # kind, issued, feedback rows, accepted, overridden, acceptance, override
         ("critical", 3, 2, 1, 1, pytest.approx(1 / 3), pytest.approx(1 / 3)),
         ("warning", 2, 4, 1, 1, 0.5, 0.5),
-        ("unknown", 0, 1, 0, 1, None, None),
     ]
     reasons: Rows = [
-        (f"{REASON_SYSTEM}|a", 1, pytest.approx(1 / 3)),
-        (f"{REASON_SYSTEM}|b", 1, pytest.approx(1 / 3)),
-        (NO_CODED_REASON, 1, pytest.approx(1 / 3)),  # ties: the uncoded bucket comes last
+        (f"{REASON_SYSTEM}|a", 1, 0.5),
+        (NO_CODED_REASON, 1, 0.5),  # ties: the uncoded bucket comes last
     ]
     return kinds, reasons
 
@@ -452,11 +481,9 @@ def test_issued_cards_without_feedback_still_appear() -> None:
 def test_kind_join_is_per_service() -> None:
     store = MemoryFeedbackStore()
     store.record_issued("other-service", [IssuedCard("c1", "critical")], None, None)
-    store.record_feedback(SERVICE, parse_feedback(body(accepted("c1"))), None, None)
-    assert [(r.kind, r.issued, r.feedback) for r in store.report().by_kind] == [
-        ("critical", 1, 0),
-        ("unknown", 0, 1),
-    ]
+    # c1 was issued by another service: feedback sent to this one is refused.
+    assert store.record_feedback(SERVICE, parse_feedback(body(accepted("c1"))), None, None).refused == (0,)
+    assert [(r.kind, r.issued, r.feedback) for r in store.report().by_kind] == [("critical", 1, 0)]
 
 
 def test_render_report_table() -> None:
@@ -475,10 +502,16 @@ def test_render_report_table() -> None:
     ]
     assert lines[2].split() == ["critical", "3", "2", "1", "1", "33.3%", "33.3%"]
     assert lines[3].split() == ["warning", "2", "4", "1", "1", "50.0%", "50.0%"]
-    assert lines[4].split() == ["unknown", "0", "1", "0", "1", "-", "-"]
     assert f"{REASON_SYSTEM}|a" in text and NO_CODED_REASON in text
     # Columns line up: every number column ends at the same place as its header.
-    assert len({len(line) for line in lines[1:5]}) == 1
+    assert len({len(line) for line in lines[1:4]}) == 1
+
+
+def test_render_report_of_rows_from_before_feedback_was_checked() -> None:
+    """Feedback on cards never issued was stored before it was refused: such rows report as kind unknown."""
+    fact = FeedbackFact(SERVICE, "x1", "unknown", "overridden", datetime(2024, 5, 1, tzinfo=UTC), None, None)
+    lines = render_report(build_report({}, [fact])).splitlines()
+    assert lines[2].split() == ["unknown", "0", "1", "0", "1", "-", "-"]
 
 
 def test_build_report_orders_reasons_by_count_then_name() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
-from cds_hooks.feedback import FeedbackStore, IssuedCard, parse_feedback
+from cds_hooks.feedback import FeedbackResult, FeedbackStore, IssuedCard, parse_feedback
 from cds_hooks.feedback_db import SqlFeedbackStore, default_database_url, feedback, metadata
 from cds_hooks.feedback_report import render_report
 from tests.test_feedback import (
@@ -131,13 +132,19 @@ def test_sql_store_is_a_feedback_store(store: SqlFeedbackStore) -> None:
 # --- feedback rows ---------------------------------------------------------------------------------------
 
 
+def issue(store: FeedbackStore, *uuids: str, issuer: str | None = None, service: str = SERVICE) -> None:
+    store.record_issued(service, [IssuedCard(u, "warning") for u in uuids], issuer, None)
+
+
 def test_redelivery_is_stored_once(store: SqlFeedbackStore, inspector_engine: Engine) -> None:
+    issue(store, "c-1", "c-2", issuer="https://ehr.example")
+    issue(store, "c-1", "c-2", issuer="https://ehr.example", service="other-service")
     request = parse_feedback(body(accepted("c-1"), overridden("c-2", code="r")))
-    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == 2
-    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == 0
+    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == FeedbackResult(2)
+    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == FeedbackResult(0)
     # The same instant with another offset is the same outcomeTimestamp.
     same = parse_feedback(body(accepted("c-1", timestamp="2024-05-01T12:00:00+02:00")))
-    assert store.record_feedback(SERVICE, same, None, None) == 0
+    assert store.record_feedback(SERVICE, same, "https://ehr.example", None).stored == 0
     # Another outcome, another time, a duplicate inside one delivery, another service: new rows.
     mixed = parse_feedback(
         body(
@@ -146,9 +153,35 @@ def test_redelivery_is_stored_once(store: SqlFeedbackStore, inspector_engine: En
             accepted("c-1", timestamp="2024-05-01T10:00:01Z"),
         )
     )
-    assert store.record_feedback(SERVICE, mixed, None, None) == 2
-    assert store.record_feedback("other-service", request, None, None) == 2
+    assert store.record_feedback(SERVICE, mixed, "https://ehr.example", None) == FeedbackResult(2)
+    assert store.record_feedback("other-service", request, "https://ehr.example", None) == FeedbackResult(2)
     assert len(all_rows(inspector_engine)["feedback"]) == 6
+
+
+def test_feedback_on_cards_not_issued_to_this_client_is_refused(
+    store: SqlFeedbackStore, inspector_engine: Engine
+) -> None:
+    issue(store, "ours", issuer="https://ehr.example")
+    issue(store, "theirs", issuer="https://other-ehr.example")
+    issue(store, "open-mode")  # issued with no client identity (auth off)
+    request = parse_feedback(body(
+        overridden("never-issued"), accepted("ours"), overridden("theirs"), overridden("open-mode"),
+    ))
+    assert store.record_feedback(SERVICE, request, "https://ehr.example", None) == FeedbackResult(1, (0, 2, 3))
+    assert store.record_feedback("other-service", request, "https://ehr.example", None) == FeedbackResult(
+        0, (0, 1, 2, 3))
+    assert store.record_feedback(SERVICE, request, None, None) == FeedbackResult(1, (0, 1, 2))
+    assert sorted(row[2] for row in all_rows(inspector_engine)["feedback"]) == ["open-mode", "ours"]
+
+
+def test_large_batches_are_written_in_chunks_with_every_item_accounted(store: SqlFeedbackStore) -> None:
+    issued = [f"card-{i}" for i in range(0, 1_000, 2)]  # every other card is ours
+    issue(store, *issued)
+    items = [overridden(f"card-{i}", timestamp="2024-05-01T10:00:00Z") for i in range(1_000)]
+    result = store.record_feedback(SERVICE, parse_feedback(body(*items)), None, None)
+    assert result.stored == 500
+    assert result.refused == tuple(range(1, 1_000, 2))
+    assert store.record_feedback(SERVICE, parse_feedback(body(*items)), None, None).stored == 0
 
 
 def test_stored_columns(store: SqlFeedbackStore, inspector_engine: Engine) -> None:
@@ -157,6 +190,7 @@ def test_stored_columns(store: SqlFeedbackStore, inspector_engine: Engine) -> No
         accepted("c-1", timestamp="2024-05-01T12:00:00.250+02:00", suggestion="mri-spine"),
         overridden("c-2", code="declined"),
     )
+    issue(store, "c-1", "c-2", issuer="https://ehr.example")
     store.record_feedback(SERVICE, parse_feedback(raw), "https://ehr.example", "tenant-a")
     after = datetime.now(UTC)
     with inspector_engine.connect() as connection:
@@ -214,11 +248,12 @@ def test_kind_is_joined_from_issued_cards(store: SqlFeedbackStore) -> None:
         None,
         None,
     )
-    # Issued after its feedback arrived (the writer is asynchronous): the join is made at report time.
-    store.record_feedback(SERVICE, parse_feedback(body(accepted("late"))), None, None)
+    # Feedback that arrives before its card is on record is refused (a card is recorded before it is sent).
+    assert store.record_feedback(SERVICE, parse_feedback(body(accepted("late"))), None, None).refused == (0,)
     store.record_issued(SERVICE, [IssuedCard("late", "critical")], None, None)
+    store.record_feedback(SERVICE, parse_feedback(body(accepted("late"))), None, None)
     kinds = {row.kind: (row.issued, row.feedback, row.accepted, row.overridden) for row in store.report().by_kind}
-    assert kinds == {"critical": (2, 2, 2, 0), "warning": (1, 1, 0, 1), "unknown": (0, 1, 0, 1)}
+    assert kinds == {"critical": (2, 2, 2, 0), "warning": (1, 1, 0, 1)}
 
 
 def test_report_numbers_match_the_memory_store(store: SqlFeedbackStore) -> None:
@@ -230,17 +265,16 @@ def test_report_numbers_match_the_memory_store(store: SqlFeedbackStore) -> None:
 def test_data_survives_closing_and_reopening(database_url: str) -> None:
     first = SqlFeedbackStore(database_url)
     report_scenario(first)
-    # Issued cards still queued when close() is called are written, not lost.
     first.record_issued(SERVICE, [IssuedCard(f"bulk-{i}", "info") for i in range(500)], None, None)
     first.close()
     second = SqlFeedbackStore(database_url)
     try:
         kinds, reasons = report_rows(second)
         expected_kinds, expected_reasons = expected_report_rows()
-        assert kinds == [*expected_kinds[:2], ("info", 500, 0, 0, 0, 0.0, 0.0), expected_kinds[2]]
+        assert kinds == [*expected_kinds[:2], ("info", 500, 0, 0, 0, 0.0, 0.0)]
         assert reasons == expected_reasons
         # Redelivery after a restart is still recognised.
-        assert second.record_feedback(SERVICE, parse_feedback(body(accepted("c1"))), None, None) == 0
+        assert second.record_feedback(SERVICE, parse_feedback(body(accepted("c1"))), None, None) == FeedbackResult(0)
     finally:
         second.close()
 
@@ -252,41 +286,33 @@ def test_issued_cards_after_close_are_dropped_and_counted(store: SqlFeedbackStor
 
 
 @pytest.mark.postgres
-def test_full_queue_drops_instead_of_blocking(postgres_server: PostgresServer) -> None:
-    """With the writer stuck behind a table lock, record_issued still returns and counts what it drops."""
+def test_a_locked_out_issued_card_write_fails_within_the_lock_timeout(postgres_server: PostgresServer) -> None:
+    """With the table locked by someone else, record_issued gives up after the lock timeout and counts the
+    cards, rather than holding the hook response for ever."""
     url = postgres_server.create_database()
-    store = SqlFeedbackStore(url, queue_size=1)
+    store = SqlFeedbackStore(url)
     blocker = create_engine(url)
     try:
         with blocker.begin() as connection:
             connection.execute(text("LOCK TABLE issued_cards IN ACCESS EXCLUSIVE MODE"))
-            store.record_issued(SERVICE, [IssuedCard("held-by-writer", "warning")], None, None)
-            wait_until_writer_waits_on_lock(connection)
-            store.record_issued(SERVICE, [IssuedCard("queued", "warning")], None, None)
-            for i in range(5):
-                store.record_issued(SERVICE, [IssuedCard(f"dropped-{i}", "warning")], None, None)
-            assert store.dropped_issued == 5
-        # Lock released: the writer catches up with what it held and what was queued.
+            started = time.monotonic()
+            store.record_issued(SERVICE, [IssuedCard("locked-out", "warning")], None, None)
+            assert 4.0 < time.monotonic() - started < 30.0  # lock_timeout is 5 s
+            assert store.dropped_issued == 1
+        store.record_issued(SERVICE, [IssuedCard("after", "warning")], None, None)
         (row,) = store.report().by_kind
-        assert (row.kind, row.issued) == ("warning", 2)
+        assert (row.kind, row.issued) == ("warning", 1)
     finally:
         store.close()
         blocker.dispose()
 
 
-def wait_until_writer_waits_on_lock(connection: Any) -> None:
-    """Poll pg_stat_activity until the store's INSERT is waiting for our lock (no fixed sleeps)."""
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        " AND query LIKE 'INSERT INTO issued_cards%'"
-    )
-    for _ in range(100_000):
-        # Within one transaction pg_stat_activity is a snapshot; drop it so each poll sees the present.
-        connection.execute(text("SELECT pg_stat_clear_snapshot()"))
-        if connection.execute(query).scalar_one():
-            return
-    pytest.fail("the issued-card writer never reached the locked table")
+def test_issued_cards_are_committed_before_record_issued_returns(
+    store: SqlFeedbackStore, inspector_engine: Engine
+) -> None:
+    store.record_issued(SERVICE, [IssuedCard("c-now", "critical")], "https://ehr.example", "t")
+    # Another connection (another process, after a kill -9) sees it at once: no queue, no flush.
+    assert all_rows(inspector_engine)["issued_cards"][0][1] == "c-now"
 
 
 # --- configuration ---------------------------------------------------------------------------------------
@@ -315,7 +341,8 @@ def test_plain_postgresql_url_uses_psycopg3(postgres_server: PostgresServer) -> 
     url = postgres_server.create_database().replace("postgresql+psycopg://", "postgresql://")
     store = SqlFeedbackStore(url)
     try:
-        assert store.record_feedback(SERVICE, parse_feedback(body(accepted("c-1"))), None, None) == 1
+        issue(store, "c-1")
+        assert store.record_feedback(SERVICE, parse_feedback(body(accepted("c-1"))), None, None).stored == 1
     finally:
         store.close()
 

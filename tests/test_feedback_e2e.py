@@ -218,12 +218,22 @@ def test_report_on_an_empty_database(tmp_path: Path) -> None:
     assert report.strip() == "No cards issued and no feedback recorded."
 
 
-def test_feedback_on_a_card_never_issued_counts_as_unknown(service: LiveService, service_env: dict[str, str]) -> None:
-    body = {"card": "9f1c0b2e-not-one-of-ours", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z"}
-    assert post_feedback(service, body).endswith("1 new")
+def test_feedback_on_a_card_never_issued_is_refused_and_not_stored(
+    service: LiveService, service_env: dict[str, str], database_url: str
+) -> None:
+    ours = warning_card(service)
+    never = {"card": "9f1c0b2e-not-one-of-ours", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z"}
+    response = service.session.post(
+        service.url(FEEDBACK_PATH), json={"feedback": [never, overridden(ours, "benign-cause-known",
+                                                                          "2026-11-20T10:01:00Z")]}, timeout=60)
+    assert response.status_code == 200, response.text
+    summary, refusal = response.json()["issue"]
+    assert summary["diagnostics"] == (
+        "Feedback received: 2 item(s), 1 new, 1 refused (card not issued by this service to this client)")
+    assert (refusal["severity"], refusal["expression"]) == ("warning", ["feedback[0].card"])
     report = feedback_report(service_env)
-    assert table_row(report, "unknown") == ["unknown", "0", "1", "0", "1", "-", "-"]
-    assert table_row(report, "(no") == ["(no", "coded", "reason)", "1", "100.0%"]
+    assert kinds_in(report) == ["warning"]  # no "unknown" row: nothing was stored for the foreign card
+    assert "9f1c0b2e" not in database_dump(database_url)
 
 
 # --- invalid feedback -------------------------------------------------------------------------------------
