@@ -82,7 +82,7 @@ _PG_MIGRATION_LOCK = 0x6D7363635F666462  # "mscc_fdb"
 _BUSY_SECONDS = 5.0
 _BUSY_RETRY_SECONDS = 0.001
 # Feedback rows per transaction: a few milliseconds of write lock each on SQLite.
-_CHUNK_ROWS = 200
+_CHUNK_ROWS = 100
 # Pause between two feedback chunks on SQLite, longer than the retry interval: the waiting writers get in.
 _CHUNK_PAUSE_SECONDS = 0.003
 
@@ -112,6 +112,10 @@ metadata = MetaData()
 # A repeated delivery of the same feedback is stored once (CDS Hooks lets clients resend).
 _FEEDBACK_KEY = ("service_id", "card_uuid", "outcome", "outcome_timestamp")
 _ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+_FEEDBACK_COLUMNS = (
+    "service_id", "card_uuid", "outcome", "accepted_suggestions", "reason_system", "reason_code",
+    "outcome_timestamp", "received_at", "issuer", "tenant",
+)
 
 issued_cards = Table(
     "issued_cards",
@@ -300,6 +304,16 @@ class SqlFeedbackStore:
         self._dropped = 0
         self._closed = False
         self._replay_engines: list[Engine] = []
+        if self._dialect == "sqlite":
+            compiled = (
+                self._insert(feedback).on_conflict_do_nothing(index_elements=list(_FEEDBACK_KEY))
+                .compile(dialect=self._engine.dialect, column_keys=list(_FEEDBACK_COLUMNS))
+            )
+            columns = tuple(compiled.positiontup or ())
+            if set(columns) != set(_FEEDBACK_COLUMNS):
+                raise RuntimeError("unexpected compilation of the feedback INSERT")
+            processors = tuple(feedback.c[c].type.bind_processor(self._engine.dialect) for c in columns)
+            self._sqlite_feedback_insert = (compiled.string, columns, processors)
 
     def _migrate(self, sqlite_file: str | None) -> None:
         config = Config()
@@ -414,8 +428,25 @@ class SqlFeedbackStore:
                     "tenant": row.tenant,
                 })
             if values:
-                new += _write(self._engine, partial(_inserted, statement, values))
+                insert = self._sqlite_insert if self._dialect == "sqlite" else partial(_inserted, statement)
+                new += _write(self._engine, partial(insert, values))
         return FeedbackResult(new, tuple(refused))
+
+    def _sqlite_insert(self, values: list[dict[str, Any]], connection: Connection) -> int:
+        """One executemany straight to the driver, the values converted by the columns' own bind processors.
+
+        SQLAlchemy's per-row parameter handling costs ~0.3 ms a row, all of it holding the GIL and, here, the
+        database's one write lock; this is ~20 times less. The text is SQLAlchemy's own compilation of the same
+        INSERT, so the stored values are identical (the dedupe key compares them). SQLite counts in `rowcount`
+        only the rows an executemany inserted (ON CONFLICT DO NOTHING skips are not changes).
+        """
+        sql, columns, processors = self._sqlite_feedback_insert
+        parameters = [
+            tuple(value if process is None else process(value)
+                  for process, value in zip(processors, (row[column] for column in columns), strict=True))
+            for row in values
+        ]
+        return int(connection.exec_driver_sql(sql, parameters).rowcount)
 
     def _issued_to(self, service_id: str, issuer: str | None, card_uuids: set[str]) -> set[str]:
         """Those of `card_uuids` this service issued to `issuer` (None: open mode, no issuer)."""
