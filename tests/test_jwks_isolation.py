@@ -16,6 +16,7 @@ from typing import Any
 
 import jwt
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from pytest_httpserver import HTTPServer
@@ -189,3 +190,18 @@ def test_fetch_settings_are_validated() -> None:
     for bad in ({"fetch_seconds": 0}, {"timeout": 0}, {"retry_seconds": -1}, {"max_waiters": 0}):
         with pytest.raises(ValueError):
             JwksCache(**bad)  # type: ignore[arg-type]
+
+
+def test_the_deadline_holds_through_an_http_proxy(dripping_headers: DripServer) -> None:
+    """A configured proxy (hospital networks often have one) that drips is cut off at the deadline too."""
+    session = requests.Session()
+    session.trust_env = False  # only the proxy set here, whatever the environment's NO_PROXY says
+    session.proxies = {"http": f"http://127.0.0.1:{dripping_headers.port}"}
+    cache = JwksCache(session=session, timeout=1.0, fetch_seconds=1.5)
+    outcome, seconds = timed(lambda: cache.signing_key("http://localhost:9/jwks.json", "k1"))
+    assert outcome == "jwks-unavailable" and 1.2 < seconds < 4.0
+    assert dripping_headers.requests == 1  # the request went to the proxy
+    deadline = time.monotonic() + 10
+    while not dripping_headers.hung_up and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dripping_headers.hung_up

@@ -392,7 +392,10 @@ class _AbortableAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
         manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        # An HTTP(S) proxy connects through the standard pools; a SOCKS proxy has pools of its own, which are
+        # kept (its fetches are then ended by their per-read timeout only; waiters still stop at the deadline).
+        if type(manager) is urllib3.ProxyManager:
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
         return manager
 
 
