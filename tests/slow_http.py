@@ -9,6 +9,7 @@ Bounded: every connection stops after `max_seconds` whatever the client does.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from typing import Literal
@@ -16,9 +17,14 @@ from typing import Literal
 
 class DripServer:
     def __init__(
-        self, mode: Literal["headers", "body"] = "headers", interval: float = 0.1, max_seconds: float = 60.0
+        self,
+        mode: Literal["headers", "body"] = "headers",
+        interval: float = 0.1,
+        max_seconds: float = 60.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.mode = mode
+        self.tls = tls
         self.interval = interval
         self.max_seconds = max_seconds
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -33,7 +39,8 @@ class DripServer:
         self._acceptor.start()
 
     def url(self, path: str = "/jwks.json") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        # TLS: the name the test certificate is for.
+        return f"https://localhost:{self.port}{path}" if self.tls else f"http://127.0.0.1:{self.port}{path}"
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -49,8 +56,14 @@ class DripServer:
 
     def _serve(self, connection: socket.socket) -> None:
         started = time.monotonic()
+        connection.settimeout(5)
+        if self.tls is not None:
+            try:
+                connection = self.tls.wrap_socket(connection, server_side=True)
+            except OSError:
+                connection.close()
+                return
         with connection:
-            connection.settimeout(5)
             try:
                 request = b""
                 while b"\r\n\r\n" not in request and len(request) < 65536:

@@ -8,16 +8,22 @@ that drips its answer a byte at a time (each byte well within the per-read timeo
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
 
 import jwt
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -177,13 +183,25 @@ def test_a_failed_fetch_is_retried_after_seconds_not_a_minute(
     httpserver.expect_request(JWKS_PATH).respond_with_json(jwks(key))
     clock.now += 4.9
     assert timed(lambda: cache.signing_key(url, "k1"))[0] == "jwks-unavailable"  # within the backoff: not asked
-    assert sum(1 for r, _ in httpserver.log if r.path == JWKS_PATH) == 1
+    assert_requests(httpserver, 1)
     clock.now += 0.2
     assert timed(lambda: cache.signing_key(url, "k1"))[0] == "ok"  # 5.1 s after the blip, not 61 s
     # After a success the rate limit for unknown kids is the long one again.
     clock.now += 10
     assert timed(lambda: cache.signing_key(url, "made-up"))[0] == "unknown-kid"
-    assert sum(1 for r, _ in httpserver.log if r.path == JWKS_PATH) == 2
+    assert_requests(httpserver, 2)
+
+
+def assert_requests(httpserver: HTTPServer, expected: int) -> None:
+    """pytest-httpserver logs a request after answering it: wait (bounded) for the log, then check it stays."""
+    def count() -> int:
+        return sum(1 for request, _ in httpserver.log if request.path == JWKS_PATH)
+
+    deadline = time.monotonic() + 5
+    while count() < expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert count() == expected
 
 
 def test_fetch_settings_are_validated() -> None:
@@ -205,3 +223,42 @@ def test_the_deadline_holds_through_an_http_proxy(dripping_headers: DripServer) 
     while not dripping_headers.hung_up and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dripping_headers.hung_up
+
+
+def self_signed_localhost(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("mode", ["headers", "body"])
+def test_the_deadline_holds_over_tls(tmp_path: Path, mode: Literal["headers", "body"]) -> None:
+    """Production JWKS URLs are https: shutting a TLS socket under its reading thread ends the fetch too."""
+    cert_path, key_path = self_signed_localhost(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    with DripServer(mode, interval=0.1, tls=context) as server:
+        session = requests.Session()
+        session.trust_env = False  # else REQUESTS_CA_BUNDLE, if set, would override `verify`
+        session.verify = str(cert_path)
+        cache = JwksCache(session=session, timeout=1.0, fetch_seconds=1.5)
+        outcome, seconds = timed(lambda: cache.signing_key(server.url(), "k1"))
+        assert outcome == "jwks-unavailable" and 1.2 < seconds < 4.0
+        assert server.requests == 1  # the TLS handshake and the request went through: the drip was the answer
+        deadline = time.monotonic() + 10
+        while not server.hung_up and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.hung_up
