@@ -90,7 +90,10 @@ def openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
         feedback_path["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"$ref": template.format(name="FeedbackRequest")}}}}
         feedback_path["responses"] = {
-            "200": _json_answer("Feedback recorded", _OPERATION_OUTCOME_SCHEMA, FHIR_JSON_MEDIA_TYPE),
+            "200": _json_answer(
+                "Feedback recorded. Items on cards this service did not issue to the caller are not stored: the"
+                " summary counts them and each of the first 20 gets a warning issue naming feedback[i].card",
+                _OPERATION_OUTCOME_SCHEMA, FHIR_JSON_MEDIA_TYPE),
             **errors("400", "401", "404", "413", "415", "500"),
         }
         paths["/cds-services"]["get"]["responses"] = {
