@@ -69,7 +69,7 @@ def build_verifier(settings: Settings, replay_cache: ReplayCache | None = None) 
     to another worker would be accepted. None keeps them in this process (one worker, tests)."""
     if settings.auth == "off":
         return None
-    issuers = dict(settings.trusted_issuers)
+    issuers = {issuer: config.jwks_url for issuer, config in settings.trusted_issuers.items()}
     cache = JwksCache()
     if settings.trust_sandbox:
         issuers[SANDBOX_ISSUER] = SANDBOX_JWKS_URL
