@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import orjson
@@ -37,13 +38,16 @@ from cds_hooks.feedback import (
     MemoryFeedbackStore,
     parse_feedback,
 )
-from cds_hooks.fhir_client import FetchLimits
-from cds_hooks.hook_request import decode_hook_request
+from cds_hooks.fetch_pool import FetchPool
+from cds_hooks.fhir_client import FetchBudget, FetchLimits
+from cds_hooks.fhir_servers import FhirServerPolicy, configured_server
+from cds_hooks.hook_request import HookRequest, decode_hook_request
 from cds_hooks.inflight import InflightBudget
 from cds_hooks.metrics import Metrics
 from cds_hooks.middleware import AccessLog, InternalErrors
 from cds_hooks.openapi import openapi_document
-from cds_hooks.patient_view import PatientViewService
+from cds_hooks.patient_view import Outcome, PatientViewService
+from cds_hooks.prefetch import Gathered
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
 from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jwks
 from cds_hooks.security.jwt_auth import ReplayCache
@@ -80,6 +84,15 @@ def build_verifier(settings: Settings, replay_cache: ReplayCache | None = None) 
                        jwks=cache, replay_cache=replay_cache)
 
 
+def fhir_server_policy(settings: Settings, open_mode: bool) -> FhirServerPolicy:
+    """Open mode: MSCC_ALERT_FHIR_SERVERS, else any loopback server. With issuers: each one's own list."""
+    by_issuer = {issuer: [configured_server(url) for url in config.fhir_servers]
+                 for issuer, config in settings.trusted_issuers.items()}
+    if not open_mode:
+        return FhirServerPolicy(by_issuer, ())
+    return FhirServerPolicy({}, [configured_server(url) for url in settings.fhir_servers] or None)
+
+
 def open_feedback_store(settings: Settings) -> FeedbackStore:
     if settings.database_url == "memory://":
         return MemoryFeedbackStore()
@@ -91,18 +104,20 @@ def open_feedback_store(settings: Settings) -> FeedbackStore:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     terminology = load_terminology()
+    store = open_feedback_store(settings)
+    verifier = build_verifier(settings, store.replay_cache())
     service = PatientViewService(
         terminology,
         settings.policy(),
         FetchLimits(connect_timeout=settings.fhir_connect_timeout, read_timeout=settings.fhir_read_timeout,
                     max_pages=settings.fhir_max_pages, total_seconds=settings.fhir_total_seconds,
-                    max_bytes=settings.max_body_bytes),
+                    max_bytes=settings.fhir_max_bytes),
+        fhir_server_policy(settings, open_mode=verifier is None),
     )
     services = {service.id: service}
-    store = open_feedback_store(settings)
-    verifier = build_verifier(settings, store.replay_cache())
     metrics = Metrics()
     inflight = InflightBudget(settings.max_inflight_body_bytes)
+    fetches = FetchPool(settings.fhir_max_calls, settings.fhir_max_calls_per_server)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            fetches.close()
             store.close()
 
     app = FastAPI(title="mscc-alert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -168,6 +184,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return settings.max_body_bytes
         return expected if expected <= settings.max_body_bytes else 0
 
+    async def fetch_then_decide(service: PatientViewService, hook_request: HookRequest[Any], gathered: Gathered,
+                                client: VerifiedClient | None) -> Outcome:
+        """The keys the prefetch lacks, from fhirServer: in the fetch pool, within one budget of bytes (held
+        in the in-flight budget meanwhile) and of seconds (waiting for a slot included)."""
+        plan = service.plan_fetch(hook_request, gathered, client.issuer if client else None)
+        seconds = settings.fhir_total_seconds
+        start = time.monotonic()
+        async with AsyncExitStack() as held:
+            try:
+                async with asyncio.timeout(seconds):
+                    await held.enter_async_context(fetches.admit(plan.origin))
+                    await held.enter_async_context(inflight.reserve(settings.fhir_max_bytes))
+            except TimeoutError:
+                raise service.not_fetched(hook_request, gathered, "fhir-busy") from None
+            budget = FetchBudget(settings.fhir_max_bytes, seconds - (time.monotonic() - start))
+            return await fetches.run(
+                lambda keys: service.fetch_and_decide(hook_request, gathered, plan, budget, keys))
+
     def service_for(service_id: str) -> PatientViewService:
         found = services.get(service_id)
         if found is None:
@@ -178,6 +212,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> Response:
         if isinstance(exc, PreconditionFailed):
             log_fields(request)["reason"] = "precondition-failed"
+            if exc.log_detail:
+                log_fields(request)["fetch_errors"] = exc.log_detail
             if exc.fetch_failures:
                 metrics.fhir_fetches.labels("failed").inc(exc.fetch_failures)
         if isinstance(exc, Unauthorized):
@@ -220,7 +256,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             undeclared = sorted(k for k in hook_request.prefetch or {} if k not in service.templates)
             if undeclared:
                 fields["undeclared_keys"] = ",".join(undeclared)
-            outcome = await run_in_threadpool(service.evaluate, hook_request)
+            # Most calls end here: one hop to a thread (the prefetch is read and judged there).
+            result = await run_in_threadpool(service.evaluate_prefetched, hook_request)
+            outcome = result if isinstance(result, Outcome) else (
+                await fetch_then_decide(service, hook_request, result, client))
         evaluation, gathered = outcome.evaluation, outcome.gathered
         cards = evaluation.cards
         fields.update(
