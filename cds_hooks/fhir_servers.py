@@ -24,6 +24,8 @@ __all__ = ["FhirServerPolicy", "ServerUrl", "configured_server", "is_loopback_ho
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A DNS name: labels of letters, digits, '-' and '_' (seen in internal names), dot-separated.
 _HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*\.?")
+# host[:port] with nothing else: parsers disagree on oddities such as "[::1]]:1" (urlsplit reads port 1).
+_NETLOC = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\[\]:@]+)(?::[0-9]{1,5})?")
 _UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")  # whitespace, control characters, backslash (parsers disagree on it)
 
 
@@ -62,6 +64,8 @@ def parse_server_url(url: str) -> ServerUrl:
         raise ValueError("must be a base URL, without a query or a fragment")
     if "@" in parts.netloc:
         raise ValueError("must not contain credentials (user@host)")
+    if not _NETLOC.fullmatch(parts.netloc):
+        raise ValueError("is not a valid URL (bad host, IPv6 address or port)")
     host = _host(parts.netloc, parts.hostname)
     segments = parts.path.split("/")
     if any(unquote(segment) in (".", "..") for segment in segments):
