@@ -18,6 +18,7 @@ Safety rules this module keeps:
 
 from __future__ import annotations
 
+import mmap
 import re
 import threading
 import time
@@ -205,11 +206,11 @@ class FhirClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def fetch(self, relative_url: str, budget: FetchBudget | None = None) -> list[bytearray]:
+    def fetch(self, relative_url: str, budget: FetchBudget | None = None) -> list[bytes]:
         """Run one filled prefetch template; return the raw body of each page, in order (see `pages`)."""
-        return list(self.pages(relative_url, budget))
+        return [bytes(page) for page in self.pages(relative_url, budget)]
 
-    def pages(self, relative_url: str, budget: FetchBudget | None = None) -> Iterator[bytearray]:
+    def pages(self, relative_url: str, budget: FetchBudget | None = None) -> Iterator[memoryview]:
         """Run one filled prefetch template and yield the raw body of each page as it arrives, so a caller can
         read a page and drop it before the next one is fetched.
 
@@ -241,7 +242,7 @@ class FhirClient:
                 raise FhirFetchError("page-limit", None, resource_type)
             seen.add(requote_uri(url))
 
-    def _get(self, url: str, budget: FetchBudget, resource_type: str) -> tuple[int, bytearray]:
+    def _get(self, url: str, budget: FetchBudget, resource_type: str) -> tuple[int, memoryview]:
         remaining = budget.seconds_left()
         if remaining <= 0:
             raise FhirFetchError("timeout", None, resource_type)
@@ -267,9 +268,12 @@ class FhirClient:
             return status, _read_body(response, budget, resource_type)
 
 
-def _read_body(response: requests.Response, budget: FetchBudget, resource_type: str) -> bytearray:
+def _read_body(response: requests.Response, budget: FetchBudget, resource_type: str) -> memoryview:
     """Stream the decoded body into one buffer, giving up as soon as the budget is crossed rather than after
     the download (a declared length beyond it is refused before a byte is read).
+
+    The buffer is an anonymous mapping as large as what is left of the budget: its pages cost memory only once
+    written, and it never grows by copies (a growing bytearray briefly holds the body twice).
 
     `read1` returns whatever has arrived, so a server dripping bytes just under the read timeout still
     meets the deadline check; `stream()`/`read(n)` would block until n bytes came.
@@ -279,24 +283,28 @@ def _read_body(response: requests.Response, budget: FetchBudget, resource_type: 
     if declared.isdigit() and int(declared) > budget.bytes_left:
         budget.take(int(declared))  # spends the budget: the other keys of the call stop too
         raise FhirFetchError("too-large", status, resource_type)
-    body = bytearray()
+    if budget.bytes_left <= 0:
+        raise FhirFetchError("too-large", status, resource_type)
+    body = mmap.mmap(-1, budget.bytes_left)
+    size = 0
     try:
         while chunk := response.raw.read1(_CHUNK_BYTES, decode_content=True):
             if not budget.take(len(chunk)):
                 raise FhirFetchError("too-large", status, resource_type)
             if budget.seconds_left() <= 0:
                 raise FhirFetchError("timeout", status, resource_type)
-            body += chunk
+            body[size:size + len(chunk)] = chunk  # within the mapping: the budget had room for it
+            size += len(chunk)
     except urllib3.exceptions.ReadTimeoutError:
         raise FhirFetchError("timeout", status, resource_type) from None
     except urllib3.exceptions.DecodeError:
         raise FhirFetchError("invalid-response", status, resource_type) from None
     except urllib3.exceptions.HTTPError:  # connection dropped mid-body
         raise FhirFetchError("unreachable", status, resource_type) from None
-    return body
+    return memoryview(body)[:size]  # unmapped once the last view of it is gone
 
 
-def _check_page(body: bytearray, status: int, expected: str, resource_type: str, is_search: bool) -> str | None:
+def _check_page(body: memoryview, status: int, expected: str, resource_type: str, is_search: bool) -> str | None:
     """Check the page is the resource type asked for (an OperationOutcome never is, so a 2xx carrying one is
     rejected too) and return its next link, reading nothing else: entries are left for the caller."""
     try:
