@@ -40,7 +40,6 @@ from cds_hooks.feedback import (
 )
 from cds_hooks.fetch_pool import FetchPool
 from cds_hooks.fhir_client import FetchBudget, FetchLimits
-from cds_hooks.fhir_servers import FhirServerPolicy, configured_server
 from cds_hooks.hook_request import HookRequest, decode_hook_request
 from cds_hooks.inflight import InflightBudget
 from cds_hooks.metrics import Metrics
@@ -84,15 +83,6 @@ def build_verifier(settings: Settings, replay_cache: ReplayCache | None = None) 
                        jwks=cache, replay_cache=replay_cache)
 
 
-def fhir_server_policy(settings: Settings, open_mode: bool) -> FhirServerPolicy:
-    """Open mode: MSCC_ALERT_FHIR_SERVERS, else any loopback server. With issuers: each one's own list."""
-    by_issuer = {issuer: [configured_server(url) for url in config.fhir_servers]
-                 for issuer, config in settings.trusted_issuers.items()}
-    if not open_mode:
-        return FhirServerPolicy(by_issuer, ())
-    return FhirServerPolicy({}, [configured_server(url) for url in settings.fhir_servers] or None)
-
-
 def open_feedback_store(settings: Settings) -> FeedbackStore:
     if settings.database_url == "memory://":
         return MemoryFeedbackStore()
@@ -112,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         FetchLimits(connect_timeout=settings.fhir_connect_timeout, read_timeout=settings.fhir_read_timeout,
                     max_pages=settings.fhir_max_pages, total_seconds=settings.fhir_total_seconds,
                     max_bytes=settings.fhir_max_bytes),
-        fhir_server_policy(settings, open_mode=verifier is None),
+        settings.fhir_server_policy(open_mode=verifier is None),
     )
     services = {service.id: service}
     metrics = Metrics()

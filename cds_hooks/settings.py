@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
-from cds_hooks.fhir_servers import configured_server
+from cds_hooks.fhir_servers import FhirServerPolicy, configured_server
 
 DEFAULT_CORS_ORIGINS = ("https://sandbox.cds-hooks.org",)
 # Any port on loopback: integrators run the sandbox and their own tools locally.
@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not allowed: {bad}; asymmetric algorithms only (never none or HMAC)")
         return value
+
+    def fhir_server_policy(self, open_mode: bool) -> FhirServerPolicy:
+        """Open mode: MSCC_ALERT_FHIR_SERVERS, else any loopback server. With issuers: each one's own list."""
+        if not open_mode:
+            return FhirServerPolicy({issuer: [configured_server(url) for url in config.fhir_servers]
+                                     for issuer, config in self.trusted_issuers.items()}, ())
+        return FhirServerPolicy({}, [configured_server(url) for url in self.fhir_servers] or None)
 
     def policy(self) -> Policy:
         return Policy(

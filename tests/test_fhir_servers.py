@@ -8,7 +8,6 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from cds_hooks.app import fhir_server_policy
 from cds_hooks.fhir_servers import FhirServerPolicy, configured_server, parse_server_url
 from cds_hooks.settings import IssuerConfig, Settings
 
@@ -110,7 +109,7 @@ def test_trusted_issuers_take_both_forms(monkeypatch: pytest.MonkeyPatch) -> Non
         "https://short.example": IssuerConfig("https://short.example/jwks.json"),
         ISSUER: IssuerConfig("https://ehr.example.org/jwks.json", (BASE, "http://127.0.0.1:9/fhir")),
     }
-    policy = fhir_server_policy(settings, open_mode=False)
+    policy = settings.fhir_server_policy(open_mode=False)
     assert policy.allows(ISSUER, parse_server_url(BASE))
     # An issuer given by its JWKS URL alone may name no FHIR server: it must send prefetch.
     assert not policy.allows("https://short.example", parse_server_url(BASE))
@@ -134,12 +133,12 @@ def test_bad_issuer_fhir_servers_stop_the_start(monkeypatch: pytest.MonkeyPatch,
 def test_open_mode_fhir_servers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_from_env(monkeypatch, fhir_servers=f"{BASE}, http://127.0.0.1:8080/r4")
     assert settings.fhir_servers == (BASE, "http://127.0.0.1:8080/r4")
-    policy = fhir_server_policy(settings, open_mode=True)
+    policy = settings.fhir_server_policy(open_mode=True)
     assert policy.allows(None, parse_server_url(BASE))
     assert policy.allows(None, parse_server_url("http://127.0.0.1:8080/r4"))
     assert not policy.allows(None, parse_server_url("http://127.0.0.1:8081/r4"))
     # With trusted issuers the open-mode list gives nothing: only the issuers' own lists count.
-    assert not fhir_server_policy(settings, open_mode=False).allows(None, parse_server_url(BASE))
+    assert not settings.fhir_server_policy(open_mode=False).allows(None, parse_server_url(BASE))
 
 
 def test_open_mode_fhir_servers_must_be_https_off_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
