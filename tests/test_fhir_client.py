@@ -17,7 +17,7 @@ import requests
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from cds_hooks.fhir_client import FetchLimits, FhirClient, FhirFetchError
+from cds_hooks.fhir_client import FetchBudget, FetchLimits, FhirClient, FhirFetchError
 
 TOKEN = "tok-9f8e7d6c5b4a"
 PATIENT = "pat-7f3e9"
@@ -586,3 +586,54 @@ def test_next_link_with_another_loopback_name_is_refused(httpserver: HTTPServer,
         err = fetch_error(client, "Condition?patient=p1")
     assert err.reason == "foreign-next-link"
     assert len(httpserver.log) == 1
+
+
+# --- one budget for a hook call ---------------------------------------------------------------------------
+
+
+def test_one_budget_is_shared_by_every_fetch_of_a_call(httpserver: HTTPServer) -> None:
+    """Each answer fits alone; together they are over the call's budget, so the second fetch fails."""
+    body = bundle([f"c{i}" for i in range(100)])
+    httpserver.expect_request("/fhir/Condition").respond_with_data(body, content_type=FHIR_JSON)
+    budget = FetchBudget(len(body) * 3 // 2, 10.0)
+    with FhirClient(base_of(httpserver), TOKEN) as first, FhirClient(base_of(httpserver), TOKEN) as second:
+        assert first.fetch(SEARCH, budget) == [body]
+        assert second.fetch(SEARCH) == [body]  # with a budget of its own it fits
+        with pytest.raises(FhirFetchError) as info:
+            second.fetch(SEARCH, budget)
+    assert info.value.reason == "too-large"
+
+
+def test_a_spent_budget_stops_the_other_fetches_at_once(httpserver: HTTPServer) -> None:
+    small = fhir_body({"resourceType": "Patient", "id": PATIENT})
+    httpserver.expect_request("/fhir/Condition").respond_with_data(bundle(["c"] * 500), content_type=FHIR_JSON)
+    httpserver.expect_request(f"/fhir/Patient/{PATIENT}").respond_with_data(small, content_type=FHIR_JSON)
+    budget = FetchBudget(4096, 10.0)
+    with FhirClient(base_of(httpserver), TOKEN) as client:
+        with pytest.raises(FhirFetchError):
+            client.fetch(SEARCH, budget)
+        # The Patient alone would fit in what was left: the call's budget is spent, so it fails too.
+        with pytest.raises(FhirFetchError) as info:
+            client.fetch(f"Patient/{PATIENT}", budget)
+    assert info.value.reason == "too-large"
+
+
+def test_a_declared_length_over_the_budget_is_too_large_and_spends_it(httpserver: HTTPServer) -> None:
+    body = bundle([f"c{i}" for i in range(200)])
+    httpserver.expect_request("/fhir/Condition").respond_with_data(body, content_type=FHIR_JSON)
+    budget = FetchBudget(len(body) - 1, 10.0)
+    with FhirClient(base_of(httpserver), TOKEN) as client, pytest.raises(FhirFetchError) as info:
+        client.fetch(SEARCH, budget)
+    assert (info.value.reason, budget.bytes_left) == ("too-large", -1)
+
+
+def test_pages_are_handed_over_one_at_a_time(httpserver: HTTPServer) -> None:
+    pages = [bundle(["c1"], page_url(2)), bundle(["c2"])]
+    for number, body in enumerate(pages, start=1):
+        serve_page(httpserver, number, body)
+    with FhirClient(base_of(httpserver), TOKEN) as client:
+        iterator = client.pages(SEARCH)
+        assert bytes(next(iterator)) == pages[0]
+        assert len(httpserver.log) == 1  # the second page is fetched only when asked for
+        assert bytes(next(iterator)) == pages[1]
+        assert next(iterator, None) is None
