@@ -327,3 +327,49 @@ def test_only_the_issuers_fhir_servers_are_contacted(
         assert "fhirServer" in issue["expression"]
         assert contacted == 0
         assert not any(token in str(r.headers) for r, _ in fhir_and_jwks.log)
+
+
+# --- the fetch budget is held in the worker's in-flight budget ---------------------------------------------
+
+
+def padded_request(size: int) -> JSON:
+    """A complete prefetch of about `size` bytes (irrelevant vital signs): a call that fetches nothing."""
+    vital = fb.observation(fb.concept(fb.HEART_RATE), category="vital-signs", valueQuantity={"value": 70})
+    count = size // len(json.dumps(vital))
+    return fb.hook_request(fb.patient(), conditions=[fb.breast_cancer(), fb.back_pain()],
+                           observations=[{**vital, "id": f"v{i}"} for i in range(count)])
+
+
+def test_a_fetching_call_holds_its_byte_budget_in_the_inflight_budget(
+    tmp_path: Path, hostile: list[HostileFhir]
+) -> None:
+    """In-flight budget 40 MiB, fetch budget 32 MiB: while a call fetches from a slow server, a 12 MB prefetch
+    call does not fit beside it and queues (logged as queued_ms); a small one still fits and does not."""
+    live = start_live_service(tmp_path, {
+        "MSCC_ALERT_MAX_INFLIGHT_BODY_BYTES": str(40 * MIB),
+        "MSCC_ALERT_FHIR_TOTAL_SECONDS": "8",
+        "MSCC_ALERT_LOG_FORMAT": "json",
+    })
+    try:
+        slow = start(hostile, "slow", delay=3.0)
+        large, small = json.dumps(padded_request(12 * MIB)), json.dumps(padded_request(64 * 1024))
+        headers = {"Content-Type": "application/json"}
+        with ThreadPoolExecutor(1) as pool:
+            fetching = pool.submit(post, live, missing(["observations"], slow.base_url))
+            deadline = time.monotonic() + 10
+            while slow.requests < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            small_answer = requests.post(live.url(SERVICE_PATH), data=small, headers=headers, timeout=60)
+            large_answer = requests.post(live.url(SERVICE_PATH), data=large, headers=headers, timeout=60)
+            assert fetching.result(timeout=60).status_code == 200
+        assert (small_answer.status_code, large_answer.status_code) == (200, 200)
+        time.sleep(0.5)  # the log line is written after the response
+        records = [json.loads(line) for line in live.logs().splitlines() if line.startswith("{")]
+        requests_logged = [r for r in records if r.get("message") == "request" and r.get("status") == 200]
+        queued = [r.get("queued_ms", 0) for r in requests_logged if "fetched_keys" not in r]
+        assert len(queued) == 2
+        print(f"\nqueued_ms beside a fetching call: small {queued[0]}, 12 MB {queued[1]}")
+        assert queued[0] < 500, queued  # the small call fitted beside the fetch
+        assert queued[1] >= 1000, queued  # the large one waited for the fetch to give its budget back
+    finally:
+        stop_live_service(live)
