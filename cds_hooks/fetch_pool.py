@@ -14,16 +14,15 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
+from cds_hooks.prefetch import KEYS_AT_ONCE
+
 T = TypeVar("T")
-# Keys one call fetches at once (a call has ten templates; four in parallel keep a slow key from serialising
-# the rest without opening ten connections per call).
-KEYS_PER_CALL = 4
 
 
 class FetchPool:
     def __init__(self, max_calls: int, per_server: int) -> None:
         self._calls = ThreadPoolExecutor(max_calls, thread_name_prefix="fhir-call")
-        self._keys = ThreadPoolExecutor(max_calls * KEYS_PER_CALL, thread_name_prefix="fhir-key")
+        self._keys = ThreadPoolExecutor(max_calls * KEYS_AT_ONCE, thread_name_prefix="fhir-key")
         self._slots = asyncio.Semaphore(max_calls)
         self._per_server = per_server
         # origin -> (its semaphore, calls holding or waiting for it): removed when no call uses it, so origins

@@ -16,8 +16,8 @@ never to the client, so the 412 cannot be used to probe a network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -32,6 +32,9 @@ from fhir_mapping.intake import Document, read_document
 from fhir_mapping.terminology import ICD10CM, LOINC, SNOMED, Terminology
 
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+# Keys one call fetches at once: a slow key does not hold up the other nine, and a call never opens ten
+# connections to a FHIR server at once.
+KEYS_AT_ONCE = 4
 
 
 def _codes(terminology: Terminology, value_sets: list[str], systems: tuple[str, ...]) -> str:
@@ -187,6 +190,23 @@ def _read_pages(client: FhirClient, query: str, budget: FetchBudget, terminology
     return documents
 
 
+KeyOutcome = tuple[str, "list[Document] | FhirFetchError"]
+
+
+def _map_bounded(executor: Executor, work: Callable[[str], KeyOutcome], items: Iterable[str],
+                 width: int) -> list[KeyOutcome]:
+    """`work` over `items` in `executor`, at most `width` at a time; results in completion order."""
+    pending: set[Future[KeyOutcome]] = set()
+    results: list[KeyOutcome] = []
+    for item in items:
+        if len(pending) >= width:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            results += [future.result() for future in done]
+        pending.add(executor.submit(work, item))
+    results += [future.result() for future in wait(pending).done]
+    return results
+
+
 def fetch_missing(request: HookRequest[Any], templates: Mapping[str, str], gathered: Gathered, plan: FetchPlan,
                   limits: FetchLimits, budget: FetchBudget, terminology: Terminology,
                   executor: Executor | None = None) -> None:
@@ -194,7 +214,7 @@ def fetch_missing(request: HookRequest[Any], templates: Mapping[str, str], gathe
     Raises PreconditionFailed if any key could not be fetched."""
     patient_id = request.context.patientId
 
-    def fetch(key: str) -> tuple[str, list[Document] | FhirFetchError]:
+    def fetch(key: str) -> KeyOutcome:
         query = fill(templates[key], patient_id)
         with FhirClient(plan.server, plan.token, limits) as client:
             try:
@@ -212,10 +232,10 @@ def fetch_missing(request: HookRequest[Any], templates: Mapping[str, str], gathe
 
     keys = list(gathered.to_fetch)
     if executor is None:
-        with ThreadPoolExecutor(max_workers=min(4, len(keys))) as pool:
+        with ThreadPoolExecutor(max_workers=min(KEYS_AT_ONCE, len(keys))) as pool:
             outcomes = dict(pool.map(fetch, keys))
-    else:
-        outcomes = dict(executor.map(fetch, keys))
+    else:  # shared with other calls: take no more than our share of it
+        outcomes = dict(_map_bounded(executor, fetch, keys, KEYS_AT_ONCE))
     answered = any(not isinstance(outcome, FhirFetchError) for outcome in outcomes.values())
     failures: dict[str, FhirFetchError] = {}
     for key, outcome in outcomes.items():

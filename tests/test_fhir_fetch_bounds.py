@@ -54,6 +54,7 @@ class HostileFhir:
         self.mode, self.size, self.interval, self.delay = mode, size, interval, delay
         self.requests = 0
         self.bytes_sent = 0
+        self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
         owner = self
 
@@ -63,9 +64,15 @@ class HostileFhir:
             def do_GET(self) -> None:
                 with owner._lock:
                     owner.requests += 1
+                    owner.in_flight += 1
+                    owner.most_in_flight = max(owner.most_in_flight, owner.in_flight)
                 # The service hanging up is what it should do at its bound.
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    owner.answer(self)
+                try:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        owner.answer(self)
+                finally:
+                    with owner._lock:
+                        owner.in_flight -= 1
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -229,6 +236,20 @@ def test_calls_stuck_on_a_slow_server_do_not_delay_a_prefetch_only_call(
     assert slow.requests <= stuck
     print(f"\nprefetch-only latency behind {stuck} stuck calls: {[round(x, 3) for x in latencies]} s; "
           f"{statuses.count(200)} fetch calls answered, {statuses.count(412)} got 412")
+
+
+def test_requests_to_one_server_are_bounded_per_call_and_per_server(
+    service: LiveService, hostile: list[HostileFhir]
+) -> None:
+    slow = start(hostile, "slow", delay=0.5)
+    every_key_but_patient = list(fb.PREFETCH_KEYS[1:])
+    assert post(service, missing(every_key_but_patient, slow.base_url)).status_code == 200
+    assert (slow.requests, slow.most_in_flight) == (9, 4)  # nine searches, four at a time
+    with ThreadPoolExecutor(8) as pool:
+        calls = [pool.submit(post, service, missing(every_key_but_patient, slow.base_url)) for _ in range(8)]
+        assert {call.result(timeout=60).status_code for call in calls} == {200}
+    # Four calls per server (MSCC_ALERT_FHIR_MAX_CALLS_PER_SERVER) of four keys each.
+    assert slow.most_in_flight <= 16, slow.most_in_flight
 
 
 # --- what the client is told -----------------------------------------------------------------------------
