@@ -238,7 +238,8 @@ def fetch_missing(request: HookRequest[Any], templates: Mapping[str, str], gathe
         outcomes = dict(_map_bounded(executor, fetch, keys, KEYS_AT_ONCE))
     answered = any(not isinstance(outcome, FhirFetchError) for outcome in outcomes.values())
     failures: dict[str, FhirFetchError] = {}
-    for key, outcome in outcomes.items():
+    for key in keys:  # in template order, whatever order the fetches ended in
+        outcome = outcomes[key]
         if isinstance(outcome, FhirFetchError):
             unsupported = outcome.status == 404 and "?" in templates[key]
             if unsupported and answered:

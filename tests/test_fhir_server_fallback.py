@@ -28,6 +28,7 @@ from tests.scenarios.fhir_builders import (
     JSON,
     KEY_BY_RESOURCE_TYPE,
     OTHER_PATIENT_ID,
+    PREFETCH_KEYS,
     TAMOXIFEN,
     back_pain,
     breast_cancer,
@@ -318,6 +319,8 @@ def test_unreachable_server_is_412(service_client: Any) -> None:
     response = service_client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, closed, token=TOKEN))
     outcome = assert_operation_outcome(response, 412, "could not be fetched", "prefetch.observations")
     assert_no_network_detail(outcome)
+    # In the order discovery declares the keys, whichever fetch failed first.
+    assert outcome["issue"][0]["expression"] == [f"prefetch.{key}" for key in PREFETCH_KEYS]
 
 
 def test_only_the_missing_keys_are_fetched(httpserver: HTTPServer, service_client: Any) -> None:
