@@ -135,6 +135,8 @@ def _origin(url: str) -> tuple[str, str, int]:
     """Exact scheme, host and port: `localhost`, `127.0.0.1` and `[::1]` are three origins, because on one
     port they can be three listeners."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # credentials of its own: never a next link of ours
+        raise ValueError("userinfo in URL")
     scheme = parts.scheme.lower()
     port = parts.port or _DEFAULT_PORTS.get(scheme, -1)  # ValueError on a malformed port
     return scheme, (parts.hostname or "").lower(), port

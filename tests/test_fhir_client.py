@@ -363,7 +363,7 @@ def test_next_link_back_to_an_earlier_page_stops(httpserver: HTTPServer) -> None
     assert len(httpserver.log) == 2
 
 
-@pytest.mark.parametrize("form", ["other-port", "https-same-port", "other-host-spelling", "bad-port"])
+@pytest.mark.parametrize("form", ["other-port", "https-same-port", "other-host-spelling", "bad-port", "userinfo"])
 def test_foreign_next_link_is_refused(httpserver: HTTPServer, other_server: HTTPServer, form: str) -> None:
     other_server.expect_request("/fhir/Condition").respond_with_data(
         bundle(["stolen"]), content_type=FHIR_JSON
@@ -373,6 +373,7 @@ def test_foreign_next_link_is_refused(httpserver: HTTPServer, other_server: HTTP
         "https-same-port": f"https://{httpserver.host}:{httpserver.port}/fhir/{page_url(2)}",
         "other-host-spelling": f"http://127.0.0.2:{httpserver.port}/fhir/{page_url(2)}",
         "bad-port": f"http://{httpserver.host}:99999999/fhir/{page_url(2)}",
+        "userinfo": f"http://someone@{httpserver.host}:{httpserver.port}/fhir/{page_url(2)}",
     }[form]
     serve_page(httpserver, 1, bundle(["c1"], foreign))
     with FhirClient(base_of(httpserver), TOKEN) as client:
