@@ -18,18 +18,21 @@ Safety rules this module keeps:
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import msgspec
 import requests
 import urllib3.exceptions
+from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from requests.utils import requote_uri
 
@@ -142,6 +145,61 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+class _Watchdog:
+    """Shuts down the sockets of one client when told to: the read timeout restarts with every byte, so a server
+    that drips its status line and headers would otherwise hold a fetch as long as it likes. Thread-safe."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            if self.fired:
+                _shut(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.fired = False
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """An adapter whose connections register their socket with a watchdog as they connect."""
+
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__(max_retries=0)
+        self._watchdog = watchdog
+        self._classes: dict[type, type] = {}
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
+        pool: Any = super().get_connection_with_tls_context(*args, **kwargs)  # an urllib3 HTTP(S)ConnectionPool
+        base = type(pool).ConnectionCls
+        if base not in self._classes:
+            watchdog = self._watchdog
+
+            class Watched(base):  # type: ignore[valid-type, misc]
+                def connect(self) -> None:
+                    super().connect()
+                    watchdog.track(self.sock)
+
+            self._classes[base] = Watched
+        pool.ConnectionCls = self._classes[base]
+        return pool
+
+
 class _PageLink(msgspec.Struct, gc=False):
     relation: str | None = None
     url: str | None = None
@@ -196,6 +254,10 @@ class FhirClient:
         self._limits = limits
         self._owns_session = session is None
         self._session = requests.Session() if session is None else session
+        self._watchdog = _Watchdog()
+        if self._owns_session:  # a caller's session is left as it is (and not watched)
+            for scheme in ("http://", "https://"):
+                self._session.mount(scheme, _WatchedAdapter(self._watchdog))
 
     def close(self) -> None:
         """Close the session if this client created it."""
@@ -249,6 +311,21 @@ class FhirClient:
         if remaining <= 0:
             raise FhirFetchError("timeout", None, resource_type)
         timeout = (min(self._limits.connect_timeout, remaining), min(self._limits.read_timeout, remaining))
+        self._watchdog.reset()
+        alarm = threading.Timer(remaining, self._watchdog.fire)
+        alarm.daemon = True
+        alarm.start()
+        try:
+            return self._request(url, timeout, budget, resource_type)
+        except FhirFetchError as exc:
+            if self._watchdog.fired:  # the socket was shut at the deadline: whatever broke, it is a timeout
+                raise FhirFetchError("timeout", exc.status, resource_type) from None
+            raise
+        finally:
+            alarm.cancel()
+
+    def _request(self, url: str, timeout: tuple[float, float], budget: FetchBudget,
+                 resource_type: str) -> tuple[int, memoryview]:
         # `from None` throughout: the chained requests/urllib3 exception would print the URL in tracebacks.
         try:
             response = self._session.get(

@@ -638,3 +638,39 @@ def test_pages_are_handed_over_one_at_a_time(httpserver: HTTPServer) -> None:
         assert len(httpserver.log) == 1  # the second page is fetched only when asked for
         assert bytes(next(iterator)) == pages[1]
         assert next(iterator, None) is None
+
+
+def test_status_line_and_headers_dripping_hit_total_seconds() -> None:
+    """Each byte of the head arrives well within read_timeout, the whole head not within total_seconds: the
+    per-read timeout alone would wait for it as long as the server drips."""
+    head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 60 + b"\r\n\r\n"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    sent = 0
+    done = threading.Event()
+
+    def drip() -> None:
+        nonlocal sent
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            try:
+                for byte in head:  # bounded: ~80 bytes, 8 s at most
+                    connection.sendall(bytes([byte]))
+                    sent += 1
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the client hung up
+        done.set()
+
+    threading.Thread(target=drip, daemon=True).start()
+    limits = FetchLimits(read_timeout=1.0, total_seconds=0.5)
+    started = time.monotonic()
+    with listener, FhirClient(f"http://127.0.0.1:{listener.getsockname()[1]}/fhir", TOKEN, limits) as client:
+        err = fetch_error(client, f"Patient/{PATIENT}")
+        elapsed = time.monotonic() - started
+    assert err.reason == "timeout"
+    assert elapsed < 2.0, elapsed
+    assert done.wait(timeout=10)
+    assert sent < len(head)

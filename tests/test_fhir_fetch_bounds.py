@@ -47,6 +47,7 @@ class HostileFhir:
 
     huge     a searchset Bundle of `size` bytes of vital-sign Observations, without a Content-Length
     trickle  a Patient, one byte every `interval` seconds (each byte well within any read timeout)
+    trickle-head  the status line and headers, one byte every `interval` seconds
     slow     an empty searchset Bundle after `delay` seconds
     """
 
@@ -84,6 +85,11 @@ class HostileFhir:
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
 
     def answer(self, handler: BaseHTTPRequestHandler) -> None:
+        if self.mode == "trickle-head":
+            for byte in b"HTTP/1.0 200 OK\r\nX-Pad: " + b"a" * 200:  # bounded: ~220 bytes
+                self._write(handler, bytes([byte]))
+                time.sleep(self.interval)
+            return
         handler.send_response(200)
         handler.send_header("Content-Type", "application/fhir+json")
         handler.end_headers()
@@ -198,8 +204,11 @@ def test_a_100_mib_answer_stops_at_the_budget_and_rss_stays_within_twice_it(
 # --- time --------------------------------------------------------------------------------------------------
 
 
-def test_a_trickling_server_is_cut_off_at_the_time_budget(service: LiveService, hostile: list[HostileFhir]) -> None:
-    trickle = start(hostile, "trickle", interval=0.2)  # 200 bytes take 40 s
+@pytest.mark.parametrize("mode", ["trickle", "trickle-head"])
+def test_a_trickling_server_is_cut_off_at_the_time_budget(
+    service: LiveService, hostile: list[HostileFhir], mode: str
+) -> None:
+    trickle = start(hostile, mode, interval=0.2)  # 200 bytes take 40 s
     started = time.monotonic()
     response = post(service, missing(["patient"], trickle.base_url))
     elapsed = time.monotonic() - started
