@@ -214,6 +214,7 @@ def test_a_trickling_server_is_cut_off_at_the_time_budget(
     elapsed = time.monotonic() - started
     assert "could not be fetched" in diagnostics(response)
     assert elapsed < TOTAL_SECONDS + 3, elapsed
+    print(f"\n{mode}: 412 after {elapsed:.2f} s ({TOTAL_SECONDS:g} s budget)")
 
 
 # --- isolation ---------------------------------------------------------------------------------------------
