@@ -333,3 +333,23 @@ def test_only_the_missing_keys_are_fetched(httpserver: HTTPServer, service_clien
     body = fallback_request(WARNING_ID, server.base_url, token=TOKEN, prefetch=prefetch)
     assert indicators(service_client.post(SERVICE_PATH, json=body), WARNING_ID) == ["warning"]
     assert server.first_page_types() == sorted(ALL_TYPES - {"Patient", "Condition"})
+
+
+def test_open_mode_list_replaces_the_loopback_default(httpserver: HTTPServer) -> None:
+    """With MSCC_ALERT_FHIR_SERVERS set, a loopback server outside it is not contacted either."""
+    from fastapi.testclient import TestClient
+
+    from cds_hooks.app import create_app
+    from cds_hooks.settings import Settings
+
+    server = FhirTestServer(httpserver, charts(), token=TOKEN)
+    listed = f"http://localhost:{httpserver.port}/fhir"
+    assert server.base_url == listed
+    app = create_app(Settings(database_url="memory://", fhir_servers=(listed,)))
+    other_name = f"http://127.0.0.1:{httpserver.port}/fhir"  # the same listener by another name: not listed
+    with TestClient(app) as client:
+        refused = client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, other_name, token=TOKEN))
+        assert_operation_outcome(refused, 412, "not a FHIR server this client may name", "fhirServer")
+        assert server.seen == []
+        allowed = client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, server.base_url, token=TOKEN))
+        assert indicators(allowed, WARNING_ID) == ["warning"]
