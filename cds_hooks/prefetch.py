@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -175,8 +175,7 @@ def not_fetched(request: HookRequest[Any], templates: Mapping[str, str], keys: M
 
 def _detached(document: Document) -> Document:
     """The picked resources copied out of the page, so the page itself can be freed at once."""
-    picked = [(peek, bytes(raw)) for peek, raw in document.picked]
-    return Document(document.resource_type, document.problem, document.seen, list(picked), document.unreadable)
+    return replace(document, picked=[(peek, bytes(raw)) for peek, raw in document.picked])
 
 
 def _read_pages(client: FhirClient, query: str, budget: FetchBudget, terminology: Terminology) -> list[Document]:
