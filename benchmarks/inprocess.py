@@ -36,7 +36,7 @@ def build_service() -> PatientViewService:
         settings.policy(),
         FetchLimits(connect_timeout=settings.fhir_connect_timeout, read_timeout=settings.fhir_read_timeout,
                     max_pages=settings.fhir_max_pages, total_seconds=settings.fhir_total_seconds,
-                    max_bytes=settings.max_body_bytes),
+                    max_bytes=settings.fhir_max_bytes),
     )
 
 

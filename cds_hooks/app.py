@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import orjson
@@ -38,13 +39,15 @@ from cds_hooks.feedback import (
     feedback_outcome,
     parse_feedback,
 )
-from cds_hooks.fhir_client import FetchLimits
-from cds_hooks.hook_request import decode_hook_request
+from cds_hooks.fetch_pool import FetchPool
+from cds_hooks.fhir_client import FetchBudget, FetchLimits
+from cds_hooks.hook_request import HookRequest, decode_hook_request
 from cds_hooks.inflight import InflightBudget
 from cds_hooks.metrics import Metrics
 from cds_hooks.middleware import AccessLog, InternalErrors
 from cds_hooks.openapi import openapi_document
-from cds_hooks.patient_view import PatientViewService
+from cds_hooks.patient_view import Outcome, PatientViewService
+from cds_hooks.prefetch import Gathered
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
 from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jwks
 from cds_hooks.security.jwt_auth import ReplayCache
@@ -70,7 +73,7 @@ def build_verifier(settings: Settings, replay_cache: ReplayCache | None = None) 
     to another worker would be accepted. None keeps them in this process (one worker, tests)."""
     if settings.auth == "off":
         return None
-    issuers = dict(settings.trusted_issuers)
+    issuers = {issuer: config.jwks_url for issuer, config in settings.trusted_issuers.items()}
     cache = JwksCache(timeout=min(3.0, settings.jwks_fetch_seconds), fetch_seconds=settings.jwks_fetch_seconds,
                       retry_seconds=settings.jwks_retry_seconds, max_waiters=settings.jwks_max_waiters)
     if settings.trust_sandbox:
@@ -93,21 +96,23 @@ def open_feedback_store(settings: Settings) -> FeedbackStore:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     terminology = load_terminology()
+    store = open_feedback_store(settings)
+    verifier = build_verifier(settings, store.replay_cache())
     service = PatientViewService(
         terminology,
         settings.policy(),
         FetchLimits(connect_timeout=settings.fhir_connect_timeout, read_timeout=settings.fhir_read_timeout,
                     max_pages=settings.fhir_max_pages, total_seconds=settings.fhir_total_seconds,
-                    max_bytes=settings.max_body_bytes),
+                    max_bytes=settings.fhir_max_bytes),
+        settings.fhir_server_policy(open_mode=verifier is None),
     )
     services = {service.id: service}
-    store = open_feedback_store(settings)
-    verifier = build_verifier(settings, store.replay_cache())
     metrics = Metrics()
     inflight = InflightBudget(settings.max_inflight_body_bytes)
     # JWT checks get threads of their own: behind slow hook evaluations or feedback writes in the shared pool,
     # a valid token would wait for others' work (and the shared pool's threads for a slow key server).
     auth_pool = ThreadPoolExecutor(max_workers=settings.auth_threads, thread_name_prefix="jwt-verify")
+    fetches = FetchPool(settings.fhir_max_calls, settings.fhir_max_calls_per_server)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             auth_pool.shutdown(wait=False, cancel_futures=True)
+            fetches.close()
             store.close()
 
     app = FastAPI(title="mscc-alert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -174,6 +180,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return settings.max_body_bytes
         return expected if expected <= settings.max_body_bytes else 0
 
+    async def fetch_then_decide(service: PatientViewService, hook_request: HookRequest[Any], gathered: Gathered,
+                                client: VerifiedClient | None) -> Outcome:
+        """The keys the prefetch lacks, from fhirServer: in the fetch pool, within one budget of bytes (held
+        in the in-flight budget meanwhile) and of seconds (waiting for a slot included)."""
+        plan = service.plan_fetch(hook_request, gathered, client.issuer if client else None)
+        seconds = settings.fhir_total_seconds
+        start = time.monotonic()
+        async with AsyncExitStack() as held:
+            try:
+                async with asyncio.timeout(seconds):
+                    await held.enter_async_context(fetches.admit(plan.origin))
+                    await held.enter_async_context(inflight.reserve(settings.fhir_max_bytes))
+            except TimeoutError:
+                raise service.not_fetched(hook_request, gathered, "fhir-busy") from None
+            budget = FetchBudget(settings.fhir_max_bytes, seconds - (time.monotonic() - start))
+            return await fetches.run(
+                lambda keys: service.fetch_and_decide(hook_request, gathered, plan, budget, keys))
+
     def service_for(service_id: str) -> PatientViewService:
         found = services.get(service_id)
         if found is None:
@@ -184,6 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> Response:
         if isinstance(exc, PreconditionFailed):
             log_fields(request)["reason"] = "precondition-failed"
+            if exc.log_detail:
+                log_fields(request)["fetch_errors"] = exc.log_detail
             if exc.fetch_failures:
                 metrics.fhir_fetches.labels("failed").inc(exc.fetch_failures)
         if isinstance(exc, Unauthorized):
@@ -226,7 +252,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             undeclared = sorted(k for k in hook_request.prefetch or {} if k not in service.templates)
             if undeclared:
                 fields["undeclared_keys"] = ",".join(undeclared)
-            outcome = await run_in_threadpool(service.evaluate, hook_request)
+            # Most calls end here: one hop to a thread (the prefetch is read and judged there).
+            result = await run_in_threadpool(service.evaluate_prefetched, hook_request)
+            outcome = result if isinstance(result, Outcome) else (
+                await fetch_then_decide(service, hook_request, result, client))
         evaluation, gathered = outcome.evaluation, outcome.gathered
         cards = evaluation.cards
         fields.update(

@@ -51,6 +51,9 @@ def _serve(args: argparse.Namespace) -> int:
     elif not settings.public_base_url and not is_loopback(args.host):
         _log.warning("MSCC_ALERT_PUBLIC_BASE_URL is not set: client JWTs must then name this server's socket "
                      "address as their aud; set it to the URL the EHR calls")
+    if verifier is not None and settings.fhir_servers:
+        _log.warning("MSCC_ALERT_FHIR_SERVERS is ignored when trusted issuers are configured: list each issuer's "
+                     "FHIR servers under its fhir_servers in MSCC_ALERT_TRUSTED_ISSUERS")
     # Migrate the feedback database once, here, before any worker starts: workers starting together on a
     # fresh database would otherwise race to create it. A bad database URL also fails now, clearly.
     try:
@@ -87,7 +90,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     evaluation: Evaluation
     if isinstance(head, dict) and "hook" in head:
-        service = PatientViewService(terminology, settings.policy(), FetchLimits())
+        # Run by an operator, as in open mode: MSCC_ALERT_FHIR_SERVERS, else loopback FHIR servers only.
+        service = PatientViewService(terminology, settings.policy(), FetchLimits(),
+                                     settings.fhir_server_policy(open_mode=True))
         try:
             evaluation = service.evaluate(decode_hook_request(raw, HOOK), now).evaluation
         except ServiceError as exc:

@@ -58,9 +58,11 @@ class UnsupportedMediaType(ServiceError):
 class PreconditionFailed(ServiceError):
     status, issue_code = 412, "incomplete"
 
-    def __init__(self, message: str, *, expression: list[str] | None = None, fetch_failures: int = 0) -> None:
+    def __init__(self, message: str, *, expression: list[str] | None = None, fetch_failures: int = 0,
+                 log_detail: str | None = None) -> None:
         super().__init__(message, expression=expression)
         self.fetch_failures = fetch_failures  # FHIR-server fetches that failed, for the metrics
+        self.log_detail = log_detail  # why, for the log only (PHI-free: key names, reasons, statuses)
 
 
 class Unauthorized(ServiceError):

@@ -5,29 +5,38 @@ The service must then "programmatically retrieve" the data from `fhirServer` wit
 `reason`, so the caller can answer 412 or degrade without reading `requests` internals.
 
 Safety rules this module keeps:
-- the access token is sent only to the scheme+host+port of `base_url` (next links elsewhere are refused,
-  redirects are not followed, a `.netrc` or a session-wide `Authorization` header never replaces it);
+- the access token is sent only to the exact scheme+host+port of `base_url` (next links elsewhere are refused,
+  `localhost` and `127.0.0.1` included: they can be different listeners; redirects are not followed; a `.netrc`
+  or a session-wide `Authorization` header never replaces it);
 - error messages and tracebacks name the resource type only, never a URL (the query holds the patient id)
   nor the token;
+- a response is read as a stream against one `FetchBudget` of bytes and seconds shared by every key and page
+  of a hook call, and is never parsed before it is known to be within it;
 - a search is never silently truncated: hitting a limit is an error, because a partial chart could hide
   the evidence the rules look for.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import re
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
-import orjson
+import msgspec
 import requests
 import urllib3.exceptions
+from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from requests.utils import requote_uri
 
-__all__ = ["FetchFailure", "FetchLimits", "FhirClient", "FhirFetchError"]
+__all__ = ["FetchBudget", "FetchFailure", "FetchLimits", "FhirClient", "FhirFetchError"]
 
 FetchFailure = Literal[
     "unauthorized",
@@ -54,12 +63,43 @@ class FetchLimits:
     connect_timeout: float = 2.0  # seconds
     read_timeout: float = 5.0  # seconds without a byte arriving
     max_pages: int = 20  # pages per search, the first one included
-    total_seconds: float = 10.0  # wall-clock budget for one fetch, all pages included
-    max_bytes: int = 64 * 1024 * 1024  # decoded body bytes for one fetch, all pages included
+    total_seconds: float = 10.0  # wall-clock budget for one hook call's fetches, parsing included
+    max_bytes: int = 32 * 1024 * 1024  # decoded body bytes for one hook call, every key and page included
+
+
+class FetchBudget:
+    """What one hook call may spend on FHIR fetches: bytes and wall-clock seconds, shared by all its keys and
+    pages (thread-safe). Bytes are counted as they arrive, never given back."""
+
+    def __init__(self, max_bytes: int, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self._bytes_left = max_bytes
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, limits: FetchLimits) -> FetchBudget:
+        return cls(limits.max_bytes, limits.total_seconds)
+
+    @property
+    def bytes_left(self) -> int:
+        return self._bytes_left
+
+    def seconds_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def take(self, size: int) -> bool:
+        """Spend `size` bytes; False (and the budget is spent for every key) if they are not there."""
+        with self._lock:
+            if size > self._bytes_left:
+                self._bytes_left = -1
+                return False
+            self._bytes_left -= size
+            return True
 
 
 class FhirFetchError(Exception):
-    """The FHIR server could not supply the data; `str()` is safe to log and to show to a client."""
+    """The FHIR server could not supply the data; `str()` is safe to log (never a URL, an id or a token), but
+    it names network detail (status, timeout): clients are told only that the data could not be fetched."""
 
     def __init__(self, reason: FetchFailure, status: int | None = None, resource_type: str | None = None):
         self.reason: FetchFailure = reason
@@ -95,16 +135,84 @@ class _BearerAuth(AuthBase):
 
 
 def _origin(url: str) -> tuple[str, str, int]:
+    """Exact scheme, host and port: `localhost`, `127.0.0.1` and `[::1]` are three origins, because on one
+    port they can be three listeners."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # credentials of its own: never a next link of ours
+        raise ValueError("userinfo in URL")
     scheme = parts.scheme.lower()
     port = parts.port or _DEFAULT_PORTS.get(scheme, -1)  # ValueError on a malformed port
-    host = (parts.hostname or "").lower()
-    # `localhost` is 127.0.0.1 or ::1: a server called by one of these names that writes its next links with
-    # another is the same server. Other loopback addresses (127.0.0.2) can be another process: not equated.
-    return scheme, "localhost" if host in _LOCALHOST_NAMES else host, port
+    return scheme, (parts.hostname or "").lower(), port
 
 
-_LOCALHOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+class _Watchdog:
+    """Shuts down the sockets of one client when told to: the read timeout restarts with every byte, so a server
+    that drips its status line and headers would otherwise hold a fetch as long as it likes. Thread-safe."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            if self.fired:
+                _shut(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.fired = False
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """An adapter whose connections register their socket with a watchdog as they connect."""
+
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__(max_retries=0)
+        self._watchdog = watchdog
+        self._classes: dict[type, type] = {}
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
+        pool: Any = super().get_connection_with_tls_context(*args, **kwargs)  # an urllib3 HTTP(S)ConnectionPool
+        base = type(pool).ConnectionCls
+        if base not in self._classes:
+            watchdog = self._watchdog
+
+            class Watched(base):  # type: ignore[valid-type, misc]
+                def connect(self) -> None:
+                    super().connect()
+                    watchdog.track(self.sock)
+
+            self._classes[base] = Watched
+        pool.ConnectionCls = self._classes[base]
+        return pool
+
+
+class _PageLink(msgspec.Struct, gc=False):
+    relation: str | None = None
+    url: str | None = None
+
+
+class _PageHead(msgspec.Struct, gc=False):
+    """What the client reads of a page: its type and links. Entries are skipped by the decoder, not built."""
+
+    resourceType: str = ""
+    link: list[_PageLink] | None = None
+
+
+_head_decoder = msgspec.json.Decoder(_PageHead)
 
 
 def _classify(relative_url: str) -> tuple[str, str, bool]:
@@ -146,6 +254,10 @@ class FhirClient:
         self._limits = limits
         self._owns_session = session is None
         self._session = requests.Session() if session is None else session
+        self._watchdog = _Watchdog()
+        if self._owns_session:  # a caller's session is left as it is (and not watched)
+            for scheme in ("http://", "https://"):
+                self._session.mount(scheme, _WatchedAdapter(self._watchdog))
 
     def close(self) -> None:
         """Close the session if this client created it."""
@@ -158,26 +270,31 @@ class FhirClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def fetch(self, relative_url: str) -> list[bytes]:
-        """Run one filled prefetch template; return the raw body of each page, in order.
+    def fetch(self, relative_url: str, budget: FetchBudget | None = None) -> list[bytes]:
+        """Run one filled prefetch template; return the raw body of each page, in order (see `pages`)."""
+        return [bytes(page) for page in self.pages(relative_url, budget)]
+
+    def pages(self, relative_url: str, budget: FetchBudget | None = None) -> Iterator[memoryview]:
+        """Run one filled prefetch template and yield the raw body of each page as it arrives, so a caller can
+        read a page and drop it before the next one is fetched.
 
         A read gives one body; a search gives one per page, following `Bundle.link[relation=next]`.
-        Raises `FhirFetchError` on any failure and `ValueError` for a URL outside the prefetch subset.
+        `budget` (default: a fresh one from the limits) bounds bytes and time, and may be shared by several
+        fetches. Raises `FhirFetchError` on any failure and `ValueError` for a URL outside the prefetch subset.
         """
         resource_type, expected, is_search = _classify(relative_url)
-        deadline = time.monotonic() + self._limits.total_seconds
-        bytes_left = self._limits.max_bytes
+        budget = budget or FetchBudget.of(self._limits)
         url = self._base + relative_url.lstrip("/")
         seen = {requote_uri(url)}
-        pages: list[bytes] = []
+        count = 0
         while True:
-            status, body = self._get(url, deadline, bytes_left, resource_type)
-            bytes_left -= len(body)
-            document = _parse(body, status, expected, resource_type)
-            pages.append(body)
-            next_link = _next_link(document, status, resource_type) if is_search else None
+            status, body = self._get(url, budget, resource_type)
+            next_link = _check_page(body, status, expected, resource_type, is_search)
+            count += 1
+            yield body
+            del body
             if next_link is None:
-                return pages
+                return
             url = urljoin(self._base, next_link)  # FHIR: relative URLs are relative to the service base
             try:
                 same_origin = _origin(url) == self._origin
@@ -185,15 +302,30 @@ class FhirClient:
                 same_origin = False
             if not same_origin:
                 raise FhirFetchError("foreign-next-link", None, resource_type)
-            if requote_uri(url) in seen or len(pages) >= self._limits.max_pages:
+            if requote_uri(url) in seen or count >= self._limits.max_pages:
                 raise FhirFetchError("page-limit", None, resource_type)
             seen.add(requote_uri(url))
 
-    def _get(self, url: str, deadline: float, bytes_left: int, resource_type: str) -> tuple[int, bytes]:
-        remaining = deadline - time.monotonic()
+    def _get(self, url: str, budget: FetchBudget, resource_type: str) -> tuple[int, memoryview]:
+        remaining = budget.seconds_left()
         if remaining <= 0:
             raise FhirFetchError("timeout", None, resource_type)
         timeout = (min(self._limits.connect_timeout, remaining), min(self._limits.read_timeout, remaining))
+        self._watchdog.reset()
+        alarm = threading.Timer(remaining, self._watchdog.fire)
+        alarm.daemon = True
+        alarm.start()
+        try:
+            return self._request(url, timeout, budget, resource_type)
+        except FhirFetchError as exc:
+            if self._watchdog.fired:  # the socket was shut at the deadline: whatever broke, it is a timeout
+                raise FhirFetchError("timeout", exc.status, resource_type) from None
+            raise
+        finally:
+            alarm.cancel()
+
+    def _request(self, url: str, timeout: tuple[float, float], budget: FetchBudget,
+                 resource_type: str) -> tuple[int, memoryview]:
         # `from None` throughout: the chained requests/urllib3 exception would print the URL in tracebacks.
         try:
             response = self._session.get(
@@ -206,60 +338,65 @@ class FhirClient:
             )
         except requests.Timeout:
             raise FhirFetchError("timeout", None, resource_type) from None
-        except requests.RequestException:
+        except (requests.RequestException, ValueError):  # ValueError: a URL urllib3 cannot parse
             raise FhirFetchError("unreachable", None, resource_type) from None
         with response:
             status = response.status_code
             if not 200 <= status < 300:
                 raise FhirFetchError(_STATUS_REASONS.get(status, "server-error"), status, resource_type)
-            return status, _read_body(response, deadline, bytes_left, resource_type)
+            return status, _read_body(response, budget, resource_type)
 
 
-def _read_body(response: requests.Response, deadline: float, bytes_left: int, resource_type: str) -> bytes:
-    """Stream the decoded body, giving up as soon as a limit is crossed rather than after the download.
+def _read_body(response: requests.Response, budget: FetchBudget, resource_type: str) -> memoryview:
+    """Stream the decoded body into one buffer, giving up as soon as the budget is crossed rather than after
+    the download (a declared length beyond it is refused before a byte is read).
+
+    The buffer is an anonymous mapping as large as what is left of the budget: its pages cost memory only once
+    written, and it never grows by copies (a growing bytearray briefly holds the body twice).
 
     `read1` returns whatever has arrived, so a server dripping bytes just under the read timeout still
     meets the deadline check; `stream()`/`read(n)` would block until n bytes came.
     """
     status = response.status_code
-    chunks: list[bytes] = []
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > budget.bytes_left:
+        budget.take(int(declared))  # spends the budget: the other keys of the call stop too
+        raise FhirFetchError("too-large", status, resource_type)
+    if budget.bytes_left <= 0:
+        raise FhirFetchError("too-large", status, resource_type)
+    body = mmap.mmap(-1, budget.bytes_left)
     size = 0
     try:
         while chunk := response.raw.read1(_CHUNK_BYTES, decode_content=True):
-            size += len(chunk)
-            if size > bytes_left:
+            if not budget.take(len(chunk)):
                 raise FhirFetchError("too-large", status, resource_type)
-            if time.monotonic() > deadline:
+            if budget.seconds_left() <= 0:
                 raise FhirFetchError("timeout", status, resource_type)
-            chunks.append(chunk)
+            body[size:size + len(chunk)] = chunk  # within the mapping: the budget had room for it
+            size += len(chunk)
     except urllib3.exceptions.ReadTimeoutError:
         raise FhirFetchError("timeout", status, resource_type) from None
     except urllib3.exceptions.DecodeError:
         raise FhirFetchError("invalid-response", status, resource_type) from None
     except urllib3.exceptions.HTTPError:  # connection dropped mid-body
         raise FhirFetchError("unreachable", status, resource_type) from None
-    return b"".join(chunks)
+    return memoryview(body)[:size]  # unmapped once the last view of it is gone
 
 
-def _parse(body: bytes, status: int, expected: str, resource_type: str) -> dict[str, Any]:
+def _check_page(body: memoryview, status: int, expected: str, resource_type: str, is_search: bool) -> str | None:
+    """Check the page is the resource type asked for (an OperationOutcome never is, so a 2xx carrying one is
+    rejected too) and return its next link, reading nothing else: entries are left for the caller."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        head = _head_decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         raise FhirFetchError("invalid-response", status, resource_type) from None
-    # An OperationOutcome is never the expected type, so a 2xx carrying one is rejected here too.
-    if not isinstance(document, dict) or document.get("resourceType") != expected:
+    if head.resourceType != expected:
         raise FhirFetchError("invalid-response", status, resource_type)
-    return document
-
-
-def _next_link(bundle: dict[str, Any], status: int, resource_type: str) -> str | None:
-    links = bundle.get("link", [])
-    if not isinstance(links, list):
-        raise FhirFetchError("invalid-response", status, resource_type)
-    for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next":
-            url = link.get("url")
-            if not isinstance(url, str) or not url:
+    if not is_search:
+        return None
+    for link in head.link or ():
+        if link.relation == "next":
+            if not link.url:
                 raise FhirFetchError("invalid-response", status, resource_type)
-            return url
+            return link.url
     return None

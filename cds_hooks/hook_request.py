@@ -10,12 +10,13 @@ extensibility asks.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
 
 from cds_hooks.errors import BadRequest
+from cds_hooks.fhir_servers import parse_server_url
 from fhir_mapping.intake import PREFETCH_VALUE_TYPES
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -51,6 +52,9 @@ class HookRequest(msgspec.Struct, Generic[Value], frozen=True):
     fhirAuthorization: FhirAuthorization | None = None
     prefetch: dict[str, Value] | None = None
 
+
+# RFC 6750 b64token is narrower; visible ASCII is what an HTTP header can carry without being re-encoded or split.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 _split_decoder: msgspec.json.Decoder[HookRequest[Any]] = msgspec.json.Decoder(HookRequest[PREFETCH_VALUE_TYPES | None])
 _raw_decoder = msgspec.json.Decoder(HookRequest[msgspec.Raw])  # msgspec.Raw cannot sit in a union with None
@@ -92,7 +96,14 @@ def _check(request: HookRequest[Any], expected_hook: str) -> None:
                          expression=["fhirServer"])
     if request.fhirAuthorization is not None and request.fhirAuthorization.token_type.lower() != "bearer":
         raise BadRequest("fhirAuthorization.token_type must be 'Bearer'", expression=["fhirAuthorization.token_type"])
+    if request.fhirAuthorization is not None and not _HEADER_SAFE.fullmatch(request.fhirAuthorization.access_token):
+        raise BadRequest("fhirAuthorization.access_token must be visible ASCII characters only (a bearer token: "
+                         "no spaces, line breaks or non-ASCII)", expression=["fhirAuthorization.access_token"])
     if request.fhirServer is not None:
-        parts = urlsplit(request.fhirServer)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadRequest("fhirServer must be an absolute http(s) URL", expression=["fhirServer"])
+        try:
+            parse_server_url(request.fhirServer)
+        except ValueError as exc:
+            raise BadRequest(f"fhirServer {exc}", expression=["fhirServer"]) from None
+    if not request.context.patientId.strip("."):
+        # "Patient/.." would be a path to somewhere else on the FHIR server.
+        raise BadRequest("context.patientId must be a FHIR id, not only dots", expression=["context.patientId"])

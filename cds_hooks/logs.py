@@ -17,7 +17,7 @@ ALLOWED_FIELDS = frozenset({
     "event", "route", "method", "status", "latency_ms", "hook_instance", "service_id", "issuer", "tenant",
     "jti", "cards", "indicator", "resources_seen", "resources_used", "skipped", "other_patient",
     "undeclared_keys", "null_keys", "fetched_keys", "prefetch_keys", "reason", "error_type", "host", "port",
-    "workers", "auth", "queued_ms",
+    "workers", "auth", "queued_ms", "fetch_errors",
     "feedback_refused",
 })
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -64,9 +64,28 @@ class TextFormatter(logging.Formatter):
         return f"{base} {extra}" if extra else base
 
 
+# Libraries that log request URLs (which hold patient ids: `Condition?patient=...`) or request content.
+_URL_LOGGERS = ("urllib3", "requests")
+
+
+class LibraryDetail(logging.Filter):
+    """A record from an HTTP client library keeps its level and logger but loses its text: urllib3 puts URLs
+    in DEBUG lines ("GET /fhir/Condition?patient=..."), and in some warnings too ("Failed to parse headers
+    (url=...)")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] in _URL_LOGGERS:
+            record.msg, record.args = "(message withheld: may hold a URL)", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure_logging(fmt: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(LibraryDetail())
+    for name in _URL_LOGGERS:  # their DEBUG lines are request lines: never worth a line, even at DEBUG
+        logging.getLogger(name).setLevel(logging.WARNING)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

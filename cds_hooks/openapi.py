@@ -83,8 +83,9 @@ def openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
         hook["responses"] = {
             "200": _json_answer("CDS Hooks response", {"type": "object", "required": ["cards"], "properties": {
                 "cards": {"type": "array", "items": _CARD_SCHEMA}}}),
-            "412": _json_answer("Data the rules need could not be obtained", _OPERATION_OUTCOME_SCHEMA,
-                                FHIR_JSON_MEDIA_TYPE),
+            "412": _json_answer("Data the rules need could not be obtained: absent from the prefetch, and no "
+                                "fhirServer, a fhirServer this client may not name, or a failed fetch",
+                                _OPERATION_OUTCOME_SCHEMA, FHIR_JSON_MEDIA_TYPE),
             **errors("400", "401", "404", "408", "413", "415", "500"),
         }
         feedback_path["requestBody"] = {"required": True, "content": {"application/json": {

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from cards.evaluate import Evaluation, evaluate_documents
 from cards.policy import Policy
-from cds_hooks.fhir_client import FetchLimits
+from cds_hooks.errors import PreconditionFailed
+from cds_hooks.fhir_client import FetchBudget, FetchLimits
+from cds_hooks.fhir_servers import FhirServerPolicy
 from cds_hooks.hook_request import HookRequest
-from cds_hooks.prefetch import Gathered, build_templates, gather
+from cds_hooks.prefetch import (
+    FetchPlan,
+    Gathered,
+    build_templates,
+    fetch_missing,
+    gather,
+    not_fetched,
+    plan_fetch,
+    read_prefetch,
+)
 from fhir_mapping.terminology import Terminology
 
 SERVICE_ID = "breast-cancer-back-pain"
@@ -43,10 +55,13 @@ class PatientViewService:
     id = SERVICE_ID
     hook = HOOK
 
-    def __init__(self, terminology: Terminology, policy: Policy, limits: FetchLimits) -> None:
+    def __init__(self, terminology: Terminology, policy: Policy, limits: FetchLimits,
+                 servers: FhirServerPolicy | None = None) -> None:
+        """`servers`: the FHIR servers each client may name (default: open mode, loopback only)."""
         self.terminology = terminology
         self.policy = policy
         self.limits = limits
+        self.servers = servers or FhirServerPolicy({}, None)
         self.templates = build_templates(terminology)
 
     def discovery(self) -> dict[str, Any]:
@@ -59,8 +74,29 @@ class PatientViewService:
             "usageRequirements": USAGE_REQUIREMENTS,
         }
 
-    def evaluate(self, request: HookRequest[Any], now: datetime | None = None) -> Outcome:
-        gathered = gather(request, self.templates, self.limits, self.terminology)
+    def evaluate(self, request: HookRequest[Any], now: datetime | None = None, issuer: str | None = None) -> Outcome:
+        """Everything in the calling thread, fetches included (the CLI, tests)."""
+        gathered = gather(request, self.templates, self.limits, self.terminology, self.servers, issuer)
+        return self.decide(request, gathered, now)
+
+    # --- the steps, for the HTTP route: it runs fetches in their own pool (cds_hooks.fetch_pool) ----------
+    def evaluate_prefetched(self, request: HookRequest[Any]) -> Outcome | Gathered:
+        """The outcome if the prefetch holds everything, else what was read so far (`to_fetch` says the rest)."""
+        gathered = read_prefetch(request, self.templates, self.terminology)
+        return gathered if gathered.to_fetch else self.decide(request, gathered)
+
+    def plan_fetch(self, request: HookRequest[Any], gathered: Gathered, issuer: str | None) -> FetchPlan:
+        return plan_fetch(request, self.templates, gathered, self.servers, issuer)
+
+    def fetch_and_decide(self, request: HookRequest[Any], gathered: Gathered, plan: FetchPlan, budget: FetchBudget,
+                         executor: Executor) -> Outcome:
+        fetch_missing(request, self.templates, gathered, plan, self.limits, budget, self.terminology, executor)
+        return self.decide(request, gathered)
+
+    def not_fetched(self, request: HookRequest[Any], gathered: Gathered, log_detail: str) -> PreconditionFailed:
+        return not_fetched(request, self.templates, gathered.to_fetch, log_detail)
+
+    def decide(self, request: HookRequest[Any], gathered: Gathered, now: datetime | None = None) -> Outcome:
         evaluation = evaluate_documents(
             gathered.documents,
             patient_id=request.context.patientId,

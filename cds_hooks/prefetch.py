@@ -9,26 +9,32 @@
     key we did not declare          -> ignored (and logged by name)
 
 If data the rules need can be neither read nor fetched, the answer is 412 naming the keys and why:
-never 200 with no cards for data we did not see.
+never 200 with no cards for data we did not see. The service fetches only from a `fhirServer` this client
+may name (cds_hooks.fhir_servers); why a fetch failed (status, timeout, refused connection) goes to the log,
+never to the client, so the 412 cannot be used to probe a network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
 import msgspec
 
 from cds_hooks.errors import PreconditionFailed
-from cds_hooks.fhir_client import FetchLimits, FhirClient, FhirFetchError
+from cds_hooks.fhir_client import FetchBudget, FetchLimits, FhirClient, FhirFetchError
+from cds_hooks.fhir_servers import FhirServerPolicy, parse_server_url
 from cds_hooks.hook_request import HookRequest
 from fhir_mapping.intake import Document, read_document
 from fhir_mapping.terminology import ICD10CM, LOINC, SNOMED, Terminology
 
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+# Keys one call fetches at once: a slow key does not hold up the other nine, and a call never opens ten
+# connections to a FHIR server at once.
+KEYS_AT_ONCE = 4
 
 
 def _codes(terminology: Terminology, value_sets: list[str], systems: tuple[str, ...]) -> str:
@@ -76,17 +82,36 @@ class Gathered:
     from_prefetch: list[str] = field(default_factory=list)
     null_keys: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
+    to_fetch: dict[str, str] = field(default_factory=dict)  # key -> why it must be fetched
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPlan:
+    """Where the missing keys may be fetched from: a fhirServer this client may name, and its token."""
+
+    server: str
+    origin: tuple[str, str, int]
+    token: str | None
 
 
 def gather(
-    request: HookRequest[Any], templates: Mapping[str, str], limits: FetchLimits, terminology: Terminology
+    request: HookRequest[Any], templates: Mapping[str, str], limits: FetchLimits, terminology: Terminology,
+    servers: FhirServerPolicy, issuer: str | None = None,
 ) -> Gathered:
+    """Read the prefetch and fetch what is missing, all in this thread (the CLI; the service uses the steps)."""
+    gathered = read_prefetch(request, templates, terminology)
+    if gathered.to_fetch:
+        plan = plan_fetch(request, templates, gathered, servers, issuer)
+        fetch_missing(request, templates, gathered, plan, limits, FetchBudget.of(limits), terminology)
+    return gathered
+
+
+def read_prefetch(request: HookRequest[Any], templates: Mapping[str, str], terminology: Terminology) -> Gathered:
     gathered = Gathered()
     prefetch = request.prefetch or {}
-    to_fetch: dict[str, str] = {}  # key -> why it must be fetched
     for key in templates:
         if key not in prefetch:
-            to_fetch[key] = "not provided in prefetch"
+            gathered.to_fetch[key] = "not provided in prefetch"
             continue
         raw = prefetch[key]
         # null, as decoded with values split, or as raw JSON (msgspec.Raw holds the value's exact span)
@@ -95,12 +120,10 @@ def gather(
             continue
         document = read_document(raw, terminology)  # read once here; the intake takes what it picked
         if document.problem:
-            to_fetch[key] = f"prefetch value unusable: {document.problem}"
+            gathered.to_fetch[key] = f"prefetch value unusable: {document.problem}"
         else:
             gathered.documents.append(document)
             gathered.from_prefetch.append(key)
-    if to_fetch:
-        _fetch_missing(request, templates, to_fetch, limits, gathered, terminology)
     return gathered
 
 
@@ -112,56 +135,120 @@ def _ignored_note(request: HookRequest[Any], templates: Mapping[str, str]) -> st
             f"it declares: {', '.join(templates)})")
 
 
-def _fetch_missing(request: HookRequest[Any], templates: Mapping[str, str], to_fetch: dict[str, str],
-                   limits: FetchLimits, gathered: Gathered, terminology: Terminology) -> None:
+def _missing(to_fetch: Mapping[str, str]) -> str:
+    return "; ".join(f"prefetch key '{k}': {why}" for k, why in to_fetch.items())
+
+
+def plan_fetch(request: HookRequest[Any], templates: Mapping[str, str], gathered: Gathered,
+               servers: FhirServerPolicy, issuer: str | None) -> FetchPlan:
+    """The fetch plan, or a 412 when there is nothing this client may fetch from (nothing is contacted)."""
+    expression = [f"prefetch.{k}" for k in gathered.to_fetch]
     if request.fhirServer is None:
         raise PreconditionFailed(
             "Data the rules need is missing and no fhirServer was given to fetch it: "
-            + "; ".join(f"prefetch key '{k}': {why}" for k, why in to_fetch.items())
-            + _ignored_note(request, templates),
-            expression=[f"prefetch.{k}" for k in to_fetch],
+            + _missing(gathered.to_fetch) + _ignored_note(request, templates),
+            expression=expression,
         )
-    server = request.fhirServer
+    server = parse_server_url(request.fhirServer)  # checked when the request was decoded
+    if not servers.allows(issuer, server):
+        raise PreconditionFailed(
+            "Data the rules need is missing and the fhirServer given is not a FHIR server this client may name "
+            "(the servers each client may use are configured in this service), so it was not contacted: "
+            + _missing(gathered.to_fetch) + _ignored_note(request, templates),
+            expression=["fhirServer", *expression], log_detail="fhir-server-not-allowed",
+        )
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+    return FetchPlan(request.fhirServer, server.origin, token)
+
+
+def not_fetched(request: HookRequest[Any], templates: Mapping[str, str], keys: Mapping[str, str],
+                log_detail: str) -> PreconditionFailed:
+    """The 412 for keys that could not be fetched: the same words whatever went wrong (detail: the log)."""
+    return PreconditionFailed(
+        "Could not obtain data the rules need: "
+        + "; ".join(f"prefetch key '{k}': {why}, and it could not be fetched from fhirServer"
+                    for k, why in keys.items())
+        + _ignored_note(request, templates),
+        expression=[f"prefetch.{k}" for k in keys], fetch_failures=len(keys), log_detail=log_detail,
+    )
+
+
+def _detached(document: Document) -> Document:
+    """The picked resources copied out of the page, so the page itself can be freed at once."""
+    return replace(document, picked=[(peek, bytes(raw)) for peek, raw in document.picked])
+
+
+def _read_pages(client: FhirClient, query: str, budget: FetchBudget, terminology: Terminology) -> list[Document]:
+    """Each page through the prefetch relevance filter as it arrives: only what the rules read is kept."""
+    documents = []
+    for page in client.pages(query, budget):
+        documents.append(_detached(read_document(page, terminology)))
+        del page  # before the next page is fetched
+        if budget.seconds_left() <= 0:  # parsing counts in the call's time too
+            raise FhirFetchError("timeout")
+    return documents
+
+
+KeyOutcome = tuple[str, "list[Document] | FhirFetchError"]
+
+
+def _map_bounded(executor: Executor, work: Callable[[str], KeyOutcome], items: Iterable[str],
+                 width: int) -> list[KeyOutcome]:
+    """`work` over `items` in `executor`, at most `width` at a time; results in completion order."""
+    pending: set[Future[KeyOutcome]] = set()
+    results: list[KeyOutcome] = []
+    for item in items:
+        if len(pending) >= width:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            results += [future.result() for future in done]
+        pending.add(executor.submit(work, item))
+    results += [future.result() for future in wait(pending).done]
+    return results
+
+
+def fetch_missing(request: HookRequest[Any], templates: Mapping[str, str], gathered: Gathered, plan: FetchPlan,
+                  limits: FetchLimits, budget: FetchBudget, terminology: Terminology,
+                  executor: Executor | None = None) -> None:
+    """Fetch `gathered.to_fetch` in parallel (in `executor`, default a small pool of its own) within one budget.
+    Raises PreconditionFailed if any key could not be fetched."""
     patient_id = request.context.patientId
 
-    def fetch(key: str) -> tuple[str, list[bytes] | FhirFetchError]:
+    def fetch(key: str) -> KeyOutcome:
         query = fill(templates[key], patient_id)
-        with FhirClient(server, token, limits) as client:
+        with FhirClient(plan.server, plan.token, limits) as client:
             try:
-                return key, client.fetch(query)
+                return key, _read_pages(client, query, budget, terminology)
             except FhirFetchError as exc:
                 if "?" not in query:
                     return key, exc  # a read (the Patient): nothing to fall back to
                 if exc.status == 400 and "&" in query:
                     # A simple server may refuse our code/modality filter; we filter the answer ourselves.
                     try:
-                        return key, client.fetch(query.split("&", 1)[0])
+                        return key, _read_pages(client, query.split("&", 1)[0], budget, terminology)
                     except FhirFetchError as retry:
                         return key, retry
                 return key, exc
 
-    with ThreadPoolExecutor(max_workers=min(4, len(to_fetch))) as pool:
-        outcomes = dict(pool.map(fetch, list(to_fetch)))
+    keys = list(gathered.to_fetch)
+    if executor is None:
+        with ThreadPoolExecutor(max_workers=min(KEYS_AT_ONCE, len(keys))) as pool:
+            outcomes = dict(pool.map(fetch, keys))
+    else:  # shared with other calls: take no more than our share of it
+        outcomes = dict(_map_bounded(executor, fetch, keys, KEYS_AT_ONCE))
     answered = any(not isinstance(outcome, FhirFetchError) for outcome in outcomes.values())
-    failures: dict[str, str] = {}
-    for key, outcome in outcomes.items():
+    failures: dict[str, FhirFetchError] = {}
+    for key in keys:  # in template order, whatever order the fetches ended in
+        outcome = outcomes[key]
         if isinstance(outcome, FhirFetchError):
             unsupported = outcome.status == 404 and "?" in templates[key]
             if unsupported and answered:
                 # The server answers searches but does not offer this resource type: no such data to miss.
                 gathered.fetched.append(key)
                 continue
-            failures[key] = f"{to_fetch[key]}, and fetching it from fhirServer failed: {outcome}"
+            failures[key] = outcome
         else:
-            # A fetched page's next link was followed by the client: only the prefetch's is a problem.
-            gathered.documents.extend(read_document(page, terminology) for page in outcome)
+            gathered.documents.extend(outcome)
             gathered.fetched.append(key)
     if failures:
-        raise PreconditionFailed(
-            "Could not obtain data the rules need: "
-            + "; ".join(f"prefetch key '{k}': {why}" for k, why in failures.items())
-            + _ignored_note(request, templates),
-            expression=[f"prefetch.{k}" for k in failures],
-            fetch_failures=len(failures),
-        )
+        detail = ",".join(f"{k}:{e.reason}" + (f":{e.status}" if e.status else "") for k, e in failures.items())
+        raise not_fetched(request, templates, {k: gathered.to_fetch[k] for k in failures}, detail)

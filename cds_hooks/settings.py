@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
+from cds_hooks.fhir_servers import FhirServerPolicy, configured_server
 from cds_hooks.security.jwks import check_jwks_url
 
 DEFAULT_CORS_ORIGINS = ("https://sandbox.cds-hooks.org",)
 # Any port on loopback: integrators run the sandbox and their own tools locally.
 DEFAULT_CORS_ORIGIN_REGEX = r"^http://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """One trusted JWT issuer: where its keys are, and the FHIR servers its calls may name as `fhirServer`
+    (none: the issuer must send prefetch; the service never fetches for it)."""
+
+    jwks_url: str
+    fhir_servers: tuple[str, ...] = ()
 
 
 class Settings(BaseSettings):
@@ -39,11 +50,20 @@ class Settings(BaseSettings):
     fhir_connect_timeout: float = Field(2.0, gt=0)
     fhir_read_timeout: float = Field(5.0, gt=0)
     fhir_max_pages: int = Field(20, gt=0)
-    fhir_total_seconds: float = Field(10.0, gt=0, description="Budget for one search with all its pages.")
+    fhir_total_seconds: float = Field(
+        10.0, gt=0, description="Wall-clock budget for one hook call's fetches: waiting, every key and page, parsing.")
+    # One hook call's fetched bytes, all keys and pages: held in the in-flight budget while the call fetches.
+    fhir_max_bytes: int = Field(32 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
+    # Hook calls fetching at once per worker (their own threads, never the pool other calls use), and per FHIR
+    # server (origin): a slow server holds at most its share. 8 x 32 MiB keeps half the in-flight budget free.
+    fhir_max_calls: int = Field(8, gt=0, le=64)
+    fhir_max_calls_per_server: int = Field(4, gt=0, le=64)
+    # Open mode only (no trusted issuers): the fhirServer base URLs a caller may name; empty: loopback only.
+    fhir_servers: Annotated[tuple[str, ...], NoDecode] = ()
 
     # --- Security ------------------------------------------------------------------------------------
     auth: Literal["on", "off"] = "on"
-    trusted_issuers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    trusted_issuers: Annotated[dict[str, IssuerConfig], NoDecode] = Field(default_factory=dict)
     trust_sandbox: bool = Field(False, description="Development only: trust the public CDS Hooks sandbox key.")
     jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("ES384", "RS384")
     jwt_leeway_seconds: int = Field(30, ge=0, le=300)
@@ -68,7 +88,7 @@ class Settings(BaseSettings):
     minimum_age_years: int = Field(18, ge=0, le=120)
     end_of_life_mode: Literal["keep", "downgrade"] = "keep"
 
-    @field_validator("cors_origins", "jwt_algorithms", mode="before")
+    @field_validator("cors_origins", "jwt_algorithms", "fhir_servers", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -82,19 +102,29 @@ class Settings(BaseSettings):
             if not value.strip():
                 return {}
             try:
-                return json.loads(value)
+                value = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ValueError('must be a JSON object {"<iss>": "<jwks url>", ...}') from exc
+                raise ValueError('must be a JSON object {"<iss>": "<jwks url>" or {"jwks_url": "<url>", '
+                                 '"fhir_servers": ["<base url>", ...]}, ...}') from exc
+        if isinstance(value, dict):  # the short form: an issuer given by its JWKS URL alone
+            return {iss: {"jwks_url": v} if isinstance(v, str) else v for iss, v in value.items()}
         return value
 
     @field_validator("trusted_issuers")
     @classmethod
-    def _issuer_urls(cls, value: dict[str, str]) -> dict[str, str]:
-        for issuer, jwks_url in value.items():
+    def _issuer_urls(cls, value: dict[str, IssuerConfig]) -> dict[str, IssuerConfig]:
+        for issuer, config in value.items():
             try:
-                check_jwks_url(jwks_url)
+                check_jwks_url(config.jwks_url)
             except ValueError as exc:
                 raise ValueError(f"issuer {issuer!r}: {exc}") from None
+            _check_fhir_servers(config.fhir_servers, f"issuer {issuer!r}")
+        return value
+
+    @field_validator("fhir_servers")
+    @classmethod
+    def _open_fhir_servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _check_fhir_servers(value, "MSCC_ALERT_FHIR_SERVERS")
         return value
 
     @field_validator("jwt_algorithms")
@@ -105,6 +135,13 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not allowed: {bad}; asymmetric algorithms only (never none or HMAC)")
         return value
+
+    def fhir_server_policy(self, open_mode: bool) -> FhirServerPolicy:
+        """Open mode: MSCC_ALERT_FHIR_SERVERS, else any loopback server. With issuers: each one's own list."""
+        if not open_mode:
+            return FhirServerPolicy({issuer: [configured_server(url) for url in config.fhir_servers]
+                                     for issuer, config in self.trusted_issuers.items()}, ())
+        return FhirServerPolicy({}, [configured_server(url) for url in self.fhir_servers] or None)
 
     def policy(self) -> Policy:
         return Policy(
@@ -117,3 +154,11 @@ class Settings(BaseSettings):
             minimum_age_years=self.minimum_age_years,
             end_of_life_mode=self.end_of_life_mode,
         )
+
+
+def _check_fhir_servers(urls: tuple[str, ...], owner: str) -> None:
+    for url in urls:
+        try:
+            configured_server(url)
+        except ValueError as exc:
+            raise ValueError(f"FHIR server {url!r} of {owner} {exc}") from None

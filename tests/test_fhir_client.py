@@ -17,7 +17,7 @@ import requests
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from cds_hooks.fhir_client import FetchLimits, FhirClient, FhirFetchError
+from cds_hooks.fhir_client import FetchBudget, FetchLimits, FhirClient, FhirFetchError
 
 TOKEN = "tok-9f8e7d6c5b4a"
 PATIENT = "pat-7f3e9"
@@ -363,7 +363,7 @@ def test_next_link_back_to_an_earlier_page_stops(httpserver: HTTPServer) -> None
     assert len(httpserver.log) == 2
 
 
-@pytest.mark.parametrize("form", ["other-port", "https-same-port", "other-host-spelling", "bad-port"])
+@pytest.mark.parametrize("form", ["other-port", "https-same-port", "other-host-spelling", "bad-port", "userinfo"])
 def test_foreign_next_link_is_refused(httpserver: HTTPServer, other_server: HTTPServer, form: str) -> None:
     other_server.expect_request("/fhir/Condition").respond_with_data(
         bundle(["stolen"]), content_type=FHIR_JSON
@@ -373,6 +373,7 @@ def test_foreign_next_link_is_refused(httpserver: HTTPServer, other_server: HTTP
         "https-same-port": f"https://{httpserver.host}:{httpserver.port}/fhir/{page_url(2)}",
         "other-host-spelling": f"http://127.0.0.2:{httpserver.port}/fhir/{page_url(2)}",
         "bad-port": f"http://{httpserver.host}:99999999/fhir/{page_url(2)}",
+        "userinfo": f"http://someone@{httpserver.host}:{httpserver.port}/fhir/{page_url(2)}",
     }[form]
     serve_page(httpserver, 1, bundle(["c1"], foreign))
     with FhirClient(base_of(httpserver), TOKEN) as client:
@@ -574,14 +575,102 @@ def test_relative_url_outside_the_prefetch_subset_is_rejected(relative_url: str)
     assert PATIENT not in str(info.value)
 
 
-def test_next_link_with_another_loopback_name_is_followed(httpserver: HTTPServer) -> None:
-    """A server called as 127.0.0.1 that writes its links as localhost (or the reverse) is the same server."""
+@pytest.mark.parametrize("other_name", ["localhost", "[::1]"])
+def test_next_link_with_another_loopback_name_is_refused(httpserver: HTTPServer, other_name: str) -> None:
+    """127.0.0.1, localhost and [::1] on one port can be different listeners: a next link naming another of
+    them is another origin, and the token is not sent there."""
     port = httpserver.port
     first = {"resourceType": "Bundle", "type": "searchset", "entry": [],
-             "link": [{"relation": "next", "url": f"http://localhost:{port}/fhir/Condition?page=2"}]}
-    second = {"resourceType": "Bundle", "type": "searchset", "entry": []}
-    httpserver.expect_ordered_request("/fhir/Condition", query_string="patient=p1").respond_with_json(first)
-    httpserver.expect_ordered_request("/fhir/Condition", query_string="page=2",
-                                      headers={"Authorization": "Bearer tok"}).respond_with_json(second)
+             "link": [{"relation": "next", "url": f"http://{other_name}:{port}/fhir/Condition?page=2"}]}
+    httpserver.expect_request("/fhir/Condition", query_string="patient=p1").respond_with_json(first)
     with FhirClient(f"http://127.0.0.1:{port}/fhir", "tok") as client:
-        assert len(client.fetch("Condition?patient=p1")) == 2
+        err = fetch_error(client, "Condition?patient=p1")
+    assert err.reason == "foreign-next-link"
+    assert len(httpserver.log) == 1
+
+
+# --- one budget for a hook call ---------------------------------------------------------------------------
+
+
+def test_one_budget_is_shared_by_every_fetch_of_a_call(httpserver: HTTPServer) -> None:
+    """Each answer fits alone; together they are over the call's budget, so the second fetch fails."""
+    body = bundle([f"c{i}" for i in range(100)])
+    httpserver.expect_request("/fhir/Condition").respond_with_data(body, content_type=FHIR_JSON)
+    budget = FetchBudget(len(body) * 3 // 2, 10.0)
+    with FhirClient(base_of(httpserver), TOKEN) as first, FhirClient(base_of(httpserver), TOKEN) as second:
+        assert first.fetch(SEARCH, budget) == [body]
+        assert second.fetch(SEARCH) == [body]  # with a budget of its own it fits
+        with pytest.raises(FhirFetchError) as info:
+            second.fetch(SEARCH, budget)
+    assert info.value.reason == "too-large"
+
+
+def test_a_spent_budget_stops_the_other_fetches_at_once(httpserver: HTTPServer) -> None:
+    small = fhir_body({"resourceType": "Patient", "id": PATIENT})
+    httpserver.expect_request("/fhir/Condition").respond_with_data(bundle(["c"] * 500), content_type=FHIR_JSON)
+    httpserver.expect_request(f"/fhir/Patient/{PATIENT}").respond_with_data(small, content_type=FHIR_JSON)
+    budget = FetchBudget(4096, 10.0)
+    with FhirClient(base_of(httpserver), TOKEN) as client:
+        with pytest.raises(FhirFetchError):
+            client.fetch(SEARCH, budget)
+        # The Patient alone would fit in what was left: the call's budget is spent, so it fails too.
+        with pytest.raises(FhirFetchError) as info:
+            client.fetch(f"Patient/{PATIENT}", budget)
+    assert info.value.reason == "too-large"
+
+
+def test_a_declared_length_over_the_budget_is_too_large_and_spends_it(httpserver: HTTPServer) -> None:
+    body = bundle([f"c{i}" for i in range(200)])
+    httpserver.expect_request("/fhir/Condition").respond_with_data(body, content_type=FHIR_JSON)
+    budget = FetchBudget(len(body) - 1, 10.0)
+    with FhirClient(base_of(httpserver), TOKEN) as client, pytest.raises(FhirFetchError) as info:
+        client.fetch(SEARCH, budget)
+    assert (info.value.reason, budget.bytes_left) == ("too-large", -1)
+
+
+def test_pages_are_handed_over_one_at_a_time(httpserver: HTTPServer) -> None:
+    pages = [bundle(["c1"], page_url(2)), bundle(["c2"])]
+    for number, body in enumerate(pages, start=1):
+        serve_page(httpserver, number, body)
+    with FhirClient(base_of(httpserver), TOKEN) as client:
+        iterator = client.pages(SEARCH)
+        assert bytes(next(iterator)) == pages[0]
+        assert len(httpserver.log) == 1  # the second page is fetched only when asked for
+        assert bytes(next(iterator)) == pages[1]
+        assert next(iterator, None) is None
+
+
+def test_status_line_and_headers_dripping_hit_total_seconds() -> None:
+    """Each byte of the head arrives well within read_timeout, the whole head not within total_seconds: the
+    per-read timeout alone would wait for it as long as the server drips."""
+    head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 60 + b"\r\n\r\n"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    sent = 0
+    done = threading.Event()
+
+    def drip() -> None:
+        nonlocal sent
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            try:
+                for byte in head:  # bounded: ~80 bytes, 8 s at most
+                    connection.sendall(bytes([byte]))
+                    sent += 1
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the client hung up
+        done.set()
+
+    threading.Thread(target=drip, daemon=True).start()
+    limits = FetchLimits(read_timeout=1.0, total_seconds=0.5)
+    started = time.monotonic()
+    with listener, FhirClient(f"http://127.0.0.1:{listener.getsockname()[1]}/fhir", TOKEN, limits) as client:
+        err = fetch_error(client, f"Patient/{PATIENT}")
+        elapsed = time.monotonic() - started
+    assert err.reason == "timeout"
+    assert elapsed < 2.0, elapsed
+    assert done.wait(timeout=10)
+    assert sent < len(head)

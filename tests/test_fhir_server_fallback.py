@@ -28,6 +28,7 @@ from tests.scenarios.fhir_builders import (
     JSON,
     KEY_BY_RESOURCE_TYPE,
     OTHER_PATIENT_ID,
+    PREFETCH_KEYS,
     TAMOXIFEN,
     back_pain,
     breast_cancer,
@@ -287,26 +288,39 @@ def test_open_server_is_fetched_without_authorization(httpserver: HTTPServer, se
     assert [s.authorization for s in server.seen] == [None] * len(server.seen)
 
 
-def test_wrong_token_is_412_unauthorized(httpserver: HTTPServer, service_client: Any) -> None:
+NETWORK_DETAIL = ("unauthorized", "401", "500", "server-error", "unreachable", "timeout", "refused", "closed")
+
+
+def assert_no_network_detail(outcome: JSON) -> None:
+    text = json.dumps(outcome).lower()
+    for word in NETWORK_DETAIL:
+        assert word not in text, f"{word!r} in {text[:300]}"
+
+
+def test_wrong_token_is_412_that_names_no_status(httpserver: HTTPServer, service_client: Any) -> None:
     server = FhirTestServer(httpserver, charts(), token=TOKEN)
     wrong = "not-the-right-token-e93b"
     response = service_client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, server.base_url, token=wrong))
-    outcome = assert_operation_outcome(response, 412, "unauthorized", "prefetch.conditions")
+    outcome = assert_operation_outcome(response, 412, "could not be fetched", "prefetch.conditions")
     assert wrong not in json.dumps(outcome)
+    assert_no_network_detail(outcome)
     assert {s.status for s in server.seen} == {401}
 
 
 def test_server_error_is_412(httpserver: HTTPServer, service_client: Any) -> None:
     server = FhirTestServer(httpserver, charts(), token=TOKEN, fail_with=500)
     response = service_client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, server.base_url, token=TOKEN))
-    assert_operation_outcome(response, 412, "500", "prefetch.patient")
+    assert_no_network_detail(assert_operation_outcome(response, 412, "could not be fetched", "prefetch.patient"))
     assert server.seen
 
 
 def test_unreachable_server_is_412(service_client: Any) -> None:
     closed = f"http://127.0.0.1:{free_port()}/fhir"
     response = service_client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, closed, token=TOKEN))
-    assert_operation_outcome(response, 412, "unreachable", "prefetch.observations")
+    outcome = assert_operation_outcome(response, 412, "could not be fetched", "prefetch.observations")
+    assert_no_network_detail(outcome)
+    # In the order discovery declares the keys, whichever fetch failed first.
+    assert outcome["issue"][0]["expression"] == [f"prefetch.{key}" for key in PREFETCH_KEYS]
 
 
 def test_only_the_missing_keys_are_fetched(httpserver: HTTPServer, service_client: Any) -> None:
@@ -319,3 +333,23 @@ def test_only_the_missing_keys_are_fetched(httpserver: HTTPServer, service_clien
     body = fallback_request(WARNING_ID, server.base_url, token=TOKEN, prefetch=prefetch)
     assert indicators(service_client.post(SERVICE_PATH, json=body), WARNING_ID) == ["warning"]
     assert server.first_page_types() == sorted(ALL_TYPES - {"Patient", "Condition"})
+
+
+def test_open_mode_list_replaces_the_loopback_default(httpserver: HTTPServer) -> None:
+    """With MSCC_ALERT_FHIR_SERVERS set, a loopback server outside it is not contacted either."""
+    from fastapi.testclient import TestClient
+
+    from cds_hooks.app import create_app
+    from cds_hooks.settings import Settings
+
+    server = FhirTestServer(httpserver, charts(), token=TOKEN)
+    listed = f"http://localhost:{httpserver.port}/fhir"
+    assert server.base_url == listed
+    app = create_app(Settings(database_url="memory://", fhir_servers=(listed,)))
+    other_name = f"http://127.0.0.1:{httpserver.port}/fhir"  # the same listener by another name: not listed
+    with TestClient(app) as client:
+        refused = client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, other_name, token=TOKEN))
+        assert_operation_outcome(refused, 412, "not a FHIR server this client may name", "fhirServer")
+        assert server.seen == []
+        allowed = client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, server.base_url, token=TOKEN))
+        assert indicators(allowed, WARNING_ID) == ["warning"]

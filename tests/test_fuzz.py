@@ -103,8 +103,12 @@ def assert_good_answer(response: Any, path: str) -> None:
 def no_outbound(body: JSON) -> JSON:
     """Point any fhirServer a generator made up at the closed loopback port."""
     if isinstance(body, dict) and isinstance(body.get("fhirServer"), str):
-        parts = urlsplit(body["fhirServer"])
-        if parts.scheme.lower() in ("http", "https") and parts.hostname not in (None, "127.0.0.1", "localhost"):
+        try:
+            parts = urlsplit(body["fhirServer"])
+            hostname = parts.hostname
+        except ValueError:  # the service refuses it with a 400 (the tests below check it does)
+            return body
+        if parts.scheme.lower() in ("http", "https") and hostname not in (None, "127.0.0.1", "localhost"):
             body = {**body, "fhirServer": CLOSED_LOOPBACK}
     return body
 
@@ -336,6 +340,53 @@ def test_random_bytes_as_json(client: TestClient, path: str, body: bytes) -> Non
 @given(field=st.sampled_from(HOOK_FIELDS), value=json_values)
 def test_hook_request_field_with_random_json(client: TestClient, field: tuple[str | int, ...], value: JSON) -> None:
     post_checked(client, SERVICE_PATH, mutated(warning_request(), field, value))
+
+
+# --- values a FHIR client library chokes on: each is the client's error, a 400 naming the field -----------
+HOSTILE_FIELDS: list[tuple[str, tuple[str | int, ...], str]] = [
+    *[("fhirServer", ("fhirServer",), url) for url in (
+        "http://127.0.0.1:65536/fhir", "http://127.0.0.1:99999999999/fhir", "http://127.0.0.1:abc/fhir",
+        "http://127.0.0.1:-1/fhir", "http://[::1/fhir", "http://[zz::1]/fhir", "http://[::1]]:1/fhir",
+        "http://127.0.0.1:1/fhir?x=1", "http://127.0.0.1:1/fhir?", "http://127.0.0.1:1/fhir#top",
+        "http://user:pw@127.0.0.1:1/fhir", "http://127.0.0.1:1/fhir/../admin", "http://127.0.0.1:1/fhir/%2e%2e",
+        "http://127.0.0.1:1/fh ir", "http://127.0.0.1:1/fhir\r\nX: 1", "http://127.0.0.1:1\\fhir", "http://",
+        "http://a..b/fhir",
+    )],
+    *[("context.patientId", ("context", "patientId"), pid) for pid in (".", "..", "...")],
+    *[("fhirAuthorization.access_token", ("fhirAuthorization", "access_token"), token) for token in (
+        "tök€n", "\u0100bc", "abc\r\nX-Injected: 1", "abc\ndef", "abc\rdef", "a b", "abc\x00", "é",
+    )],
+]
+
+
+@pytest.mark.parametrize(("name", "field", "value"), HOSTILE_FIELDS, ids=[repr(v) for _, _, v in HOSTILE_FIELDS])
+def test_values_http_cannot_carry_are_a_400_naming_the_field(
+    client: TestClient, name: str, field: tuple[str | int, ...], value: str
+) -> None:
+    request = mutated(warning_request(), field, value)
+    del request["prefetch"]["conditions"]  # a key to fetch: the request must be refused before any fetch
+    # Sent as is (not through `no_outbound`): each URL is on loopback or names no host that could resolve.
+    response = post(client, SERVICE_PATH, json.dumps(request).encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["expression"] == [name]
+
+
+url_parts = st.sampled_from(["http://", "https://", "http://[", "]", ":", "@", "/", "?", "#", "%2e", "..", ".",
+                             "127.0.0.1", "::1", "localhost", "65536", "0", "fhir", "\\", " ", "\r\n", "é"])
+
+
+@FUZZ
+@given(fhir_server=st.lists(url_parts, max_size=10).map("".join), token=st.text(max_size=20),
+       patient_id=st.from_regex(r"\A[A-Za-z0-9.\-]{1,5}\Z"))
+def test_random_fhir_servers_tokens_and_patient_ids(
+    client: TestClient, fhir_server: str, token: str, patient_id: str
+) -> None:
+    request = warning_request()
+    request["fhirServer"] = fhir_server
+    request["fhirAuthorization"]["access_token"] = token
+    request["context"]["patientId"] = patient_id
+    del request["prefetch"]["conditions"]
+    post_checked(client, SERVICE_PATH, request)
 
 
 @FUZZ

@@ -1,7 +1,8 @@
 """The running service's log and /metrics after a full scenario: no PHI and no tokens in the log, one
 structured JSON line per request, and Prometheus metrics that count what happened.
 
-The scenario, all against one `mscc-alert serve` with MSCC_ALERT_LOG_FORMAT=json and a trusted issuer:
+The scenario, all against one `mscc-alert serve` with MSCC_ALERT_LOG_FORMAT=json, MSCC_ALERT_LOG_LEVEL=DEBUG
+and a trusted issuer whose FHIR servers are configured:
 a patient with distinctive identifying data (name, id, MRN, birth date, phone) whose chart fires a warning,
 sent once as prefetch and once through a loopback FHIR server that requires the hook's access token; then a
 400 (truncated JSON full of PHI), a 412 (missing data, no fhirServer), a 412 from a failing FHIR server,
@@ -102,8 +103,13 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, signer: Signer, loopback:
     service = start_live_service(
         tmp_path_factory.mktemp("logs"),
         {
-            "MSCC_ALERT_TRUSTED_ISSUERS": json.dumps({ISSUER: loopback.url_for(JWKS_PATH)}),
+            "MSCC_ALERT_TRUSTED_ISSUERS": json.dumps({ISSUER: {
+                "jwks_url": loopback.url_for(JWKS_PATH),
+                "fhir_servers": [loopback.url_for(FHIR_PATH), loopback.url_for(BROKEN_FHIR_PATH)],
+            }}),
             "MSCC_ALERT_LOG_FORMAT": "json",
+            # The most a log can say: the HTTP client libraries log request URLs (patient ids) at DEBUG.
+            "MSCC_ALERT_LOG_LEVEL": "DEBUG",
         },
     )
     run = Scenario(service, access_token=f"tok-{uuid.uuid4()}")
@@ -236,6 +242,8 @@ def test_fetched_keys_are_logged_by_name(scenario: Scenario) -> None:
 def test_refusals_say_why_in_the_log_only(scenario: Scenario) -> None:
     assert scenario.records["401"]["reason"] == "auth: expired"
     assert scenario.records["412"]["reason"] == "precondition-failed"
+    # Why the fetch failed is in the log (key, reason, status), and only there.
+    assert scenario.records["412-fetch-failed"]["fetch_errors"] == "conditions:server-error:503"
     assert "hook_instance" not in scenario.records["400"]  # the body was never decoded
 
 

@@ -112,9 +112,10 @@ def test_every_example_is_classified() -> None:
 # --- requests ---------------------------------------------------------------------------------------------------
 def test_example_request_with_fhir_authorization_is_412_after_trying_the_server(live_service: LiveService) -> None:
     """spec-02: fhirServer + fhirAuthorization, prefetch only `patientToGreet` (not ours): every key is fetched,
-    the (rewritten, closed) server is unreachable, so 412, and the token never appears in the answer."""
+    the (rewritten, closed) server refuses, so 412 (saying only that it could not be fetched), and the token
+    never appears in the answer."""
     body = to_loopback(load("spec-current-02-example.json"))
-    outcome = assert_operation_outcome(post(live_service, body), 412, "unreachable")
+    outcome = assert_operation_outcome(post(live_service, body), 412, "could not be fetched")
     assert outcome["issue"][0]["expression"] == [f"prefetch.{key}" for key in PREFETCH_KEYS]
     assert body["fhirAuthorization"]["access_token"] not in json.dumps(outcome)
 
@@ -129,7 +130,7 @@ def test_example_request_extensions_are_tolerated(live_service: LiveService) -> 
     """spec-23 with a patientId: its top-level `extension` is accepted, so the answer is about data (412)."""
     body = to_loopback(load("spec-current-23-extensions.json"))
     body["context"]["patientId"] = "1288992"
-    assert_operation_outcome(post(live_service, body), 412, "unreachable")
+    assert_operation_outcome(post(live_service, body), 412, "could not be fetched")
 
 
 @pytest.mark.parametrize("name", ["hook-patient-view-01-examples.txt", "hook-patient-view-02-examples.txt"])
