@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from cds_hooks.security import JwtVerifier
 from cds_hooks.security.jwks import check_jwks_url
-from cds_hooks.settings import Settings
+from cds_hooks.settings import IssuerConfig, Settings
 
 ISSUER = "https://ehr.example.org/fhir"
 
@@ -54,5 +54,6 @@ def test_refused_jwks_urls(url: str) -> None:
 @pytest.mark.parametrize("url", ACCEPTED)
 def test_accepted_jwks_urls(url: str) -> None:
     check_jwks_url(url)
-    assert Settings(trusted_issuers=json.dumps({ISSUER: url})).trusted_issuers == {ISSUER: url}  # type: ignore[arg-type]
+    issuers = Settings(trusted_issuers=json.dumps({ISSUER: url})).trusted_issuers  # type: ignore[arg-type]
+    assert issuers == {ISSUER: IssuerConfig(jwks_url=url)}
     JwtVerifier({ISSUER: url})
