@@ -5,7 +5,7 @@ What a chart of N resources holds here, in the proportions a large EHR export ha
   pain 10 days ago, endocrine therapy, a recent bone scan (context imaging, never suppresses the card), an old
   lumbar MRI, a Backache symptom Observation. Together they must produce a `warning` card;
 - ~10% real Synthea records (Conditions, MedicationRequests, Procedures, DiagnosticReports with their
-  base64 notes) from /work/shared/data/synthea/spezifhir-mock-patients, re-pointed at the benchmark patient;
+  base64 notes) from tests/data/synthea/spezifhir-mock-patients, re-pointed at the benchmark patient;
 - the rest Observations: a quarter real Synthea Observations (reused with fresh ids when N needs more than
   the 483 there are; ~7% of them are pain scores or calcium the rules do read), three quarters generated
   vital signs and routine labs with real LOINC codes, UCUM units, reference ranges and interpretations,
@@ -28,7 +28,7 @@ from tests.scenarios import fhir_builders as fb
 
 JSON = dict[str, Any]
 
-SYNTHEA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea" / "spezifhir-mock-patients"
+SYNTHEA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "synthea" / "spezifhir-mock-patients"
 PATIENT_ID = fb.PATIENT_ID
 UCUM = "http://unitsofmeasure.org"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"

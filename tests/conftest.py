@@ -20,8 +20,9 @@ import pytest
 import requests
 
 SERVICE_ID = "breast-cancer-back-pain"
-SHARED = Path(__file__).resolve().parents[2] / "shared"  # the project's clone sits beside shared/
-SHARED_DATA = SHARED / "data"
+# Outside data the tests read (Synthea patients, CDS Hooks examples, captured client requests), copied into the
+# repository unchanged; provenance in tests/data/README.md.
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 def free_port() -> int:
@@ -31,10 +32,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.fail(f"../shared/data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def data_dir() -> Path:
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")

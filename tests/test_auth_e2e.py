@@ -39,7 +39,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 
-from tests.conftest import SERVICE_ID, SHARED_DATA, LiveService, free_port, start_live_service, stop_live_service
+from tests.conftest import SERVICE_ID, TEST_DATA, LiveService, free_port, start_live_service, stop_live_service
 from tests.scenarios import fhir_builders as fb
 
 ISSUER = "https://ehr.example.org/fhir"
@@ -47,7 +47,7 @@ PUBLIC_BASE_URL = "https://cds.example.org/mscc"
 JWKS_PATH = "/jwks.json"
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"/cds-services/{SERVICE_ID}/feedback"
-SANDBOX_EXCHANGE_LOG = SHARED_DATA / "cds-hooks-examples" / "observed-client-requests" / "http-exchange-log.json"
+SANDBOX_EXCHANGE_LOG = TEST_DATA / "cds-hooks-examples" / "observed-client-requests" / "http-exchange-log.json"
 WARNING_BANNER = "AUTHENTICATION IS OFF"
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey

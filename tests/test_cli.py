@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import SHARED_DATA, free_port
+from tests.conftest import TEST_DATA, free_port
 from tests.scenarios.fhir_builders import (
     CORD_COMPRESSION,
     JSON,
@@ -28,7 +28,7 @@ from tests.scenarios.fhir_builders import (
 from tests.scenarios.test_clinical_scenarios import assert_valid_cds_response
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTHEA = SHARED_DATA / "synthea/sample-bulk-10-patients"
+SYNTHEA = TEST_DATA / "synthea/sample-bulk-10-patients"
 DECEASED_BREAST_CANCER = SYNTHEA / "129c6ac7-8d06-89de-ad63-0204a93e76c3.json"
 BACK_PAIN_NO_CANCER = SYNTHEA / "ca15b832-01e4-41dd-6a52-97bd3e5510cb.json"
 

@@ -20,12 +20,12 @@ from fastapi.testclient import TestClient
 import cards.evaluate
 from cds_hooks.app import create_app
 from cds_hooks.settings import Settings
-from tests.conftest import SERVICE_ID, SHARED_DATA, LiveService, start_live_service, stop_live_service
+from tests.conftest import SERVICE_ID, TEST_DATA, LiveService, start_live_service, stop_live_service
 from tests.scenarios.fhir_builders import back_pain, breast_cancer, hook_request, patient
 
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
-EXCHANGE_LOG = SHARED_DATA / "cds-hooks-examples/observed-client-requests/http-exchange-log.json"
+EXCHANGE_LOG = TEST_DATA / "cds-hooks-examples/observed-client-requests/http-exchange-log.json"
 SANDBOX_DEV_ORIGIN = "http://localhost:8080"
 ALLOWED = [
     "https://sandbox.cds-hooks.org",

@@ -52,7 +52,7 @@ FILTER_OF_TYPE = {
     "ImagingStudy": "modality",
     "Encounter": "reason-code",
 }
-M1_METASTASIS = (LOINC, "21907-1")  # Synthea's only metastasis signal (shared/data/README.md)
+M1_METASTASIS = (LOINC, "21907-1")  # Synthea's only metastasis signal (tests/data/README.md)
 MAX_REQUEST_LINE = 8000  # Tomcat's and nginx's default limits are 8 KB
 
 

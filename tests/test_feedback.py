@@ -23,8 +23,9 @@ from cds_hooks.feedback import (
     parse_feedback,
 )
 from cds_hooks.feedback_report import NO_CODED_REASON, FeedbackFact, build_report, render_report
+from tests.conftest import TEST_DATA
 
-SPEC_EXAMPLES = Path(__file__).resolve().parents[2] / "shared/data/cds-hooks-examples/spec-2.x"
+SPEC_EXAMPLES = TEST_DATA / "cds-hooks-examples/spec-2.x"
 SERVICE = "breast-cancer-back-pain"
 REASON_SYSTEM = "https://example.com/cds-hooks/override-reason-system"
 
@@ -72,7 +73,7 @@ def spec_example(number: int) -> bytes:
 
     As printed they are not JSON: each starts with a `POST {baseUrl}/...` line, and example 20 has a
     `// uuid from card.uuid` comment. We drop the POST line and any `//` comment that follows whitespace
-    (the `//` inside "https://..." in example 21 follows a colon, so it is kept). The files in shared/data
+    (the `//` inside "https://..." in example 21 follows a colon, so it is kept). The files in tests/data
     are left untouched.
     """
     (path,) = SPEC_EXAMPLES.glob(f"spec-current-{number}-*.txt")
@@ -110,7 +111,7 @@ def test_spec_example_21_overridden_with_reason() -> None:
 
 
 def test_spec_examples_are_not_json_as_printed() -> None:
-    """Guards the repair above: if the shared files ever become plain JSON, the repair must go."""
+    """Guards the repair above: if the copied files ever become plain JSON, the repair must go."""
     for number in (19, 20, 21):
         (path,) = SPEC_EXAMPLES.glob(f"spec-current-{number}-*.txt")
         with pytest.raises(orjson.JSONDecodeError):

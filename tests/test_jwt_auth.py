@@ -711,9 +711,9 @@ def test_non_string_sub_or_tenant_is_refused(verifier: JwtVerifier, keys: Keys) 
 # --- the real sandbox ---------------------------------------------------------------------------------------
 
 
-def sandbox_tokens(shared_data: Path) -> list[str]:
-    """Bearer tokens the real CDS Hooks sandbox sent (recorded in the shared exchange log)."""
-    log_path = shared_data / "cds-hooks-examples/observed-client-requests/http-exchange-log.json"
+def sandbox_tokens(data_dir: Path) -> list[str]:
+    """Bearer tokens the real CDS Hooks sandbox sent (recorded in the captured exchange log, tests/data)."""
+    log_path = data_dir / "cds-hooks-examples/observed-client-requests/http-exchange-log.json"
     log = json.loads(log_path.read_text())
     return [e["headers"]["Authorization"].split()[1] for e in log if "Authorization" in e["headers"]]
 
@@ -724,8 +724,8 @@ def sandbox_verifier(clock: Callable[[], float]) -> JwtVerifier:
     return JwtVerifier({SANDBOX_ISSUER: SANDBOX_JWKS_URL}, jwks=cache, clock=clock)
 
 
-def test_real_sandbox_tokens_verify_against_the_sandbox_key(shared_data: Path) -> None:
-    tokens = sandbox_tokens(shared_data)
+def test_real_sandbox_tokens_verify_against_the_sandbox_key(data_dir: Path) -> None:
+    tokens = sandbox_tokens(data_dir)
     assert len(tokens) >= 2
     for token in tokens:
         claims = jwt.decode(token, options={"verify_signature": False})
@@ -735,15 +735,15 @@ def test_real_sandbox_tokens_verify_against_the_sandbox_key(shared_data: Path) -
         refused(verifier, token, "replayed-jti", claims["aud"])
 
 
-def test_real_sandbox_token_is_refused_when_expired_or_for_another_endpoint(shared_data: Path) -> None:
-    token = sandbox_tokens(shared_data)[0]
+def test_real_sandbox_token_is_refused_when_expired_or_for_another_endpoint(data_dir: Path) -> None:
+    token = sandbox_tokens(data_dir)[0]
     claims = jwt.decode(token, options={"verify_signature": False})
     refused(sandbox_verifier(FakeClock(claims["exp"] + 31)), token, "expired")
     refused(sandbox_verifier(FakeClock(claims["iat"])), token, "bad-audience", "https://cds.example.org/x")
 
 
-def test_sandbox_jwks_matches_the_shared_copy(shared_data: Path) -> None:
-    shared = json.loads((shared_data / "cds-hooks-examples/sandbox-jwks/jwks.json").read_text())
+def test_sandbox_jwks_matches_the_sandbox_repository_copy(data_dir: Path) -> None:
+    shared = json.loads((data_dir / "cds-hooks-examples/sandbox-jwks/jwks.json").read_text())
     assert sandbox_jwks() == shared
     sandbox_jwks()["keys"].clear()  # callers get a copy
     assert sandbox_jwks() == shared

@@ -1,4 +1,4 @@
-"""Requests real CDS clients sent (shared/data/cds-hooks-examples/observed-client-requests), replayed against
+"""Requests real CDS clients sent (tests/data/cds-hooks-examples/observed-client-requests), replayed against
 the real `mscc-alert serve`.
 
 - The CDS Hooks sandbox: prefetch keys of another service (only `patient` is one of ours), an open FHIR
@@ -21,15 +21,15 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 
-from tests.conftest import SERVICE_ID, SHARED_DATA, LiveService
+from tests.conftest import SERVICE_ID, TEST_DATA, LiveService
 from tests.scenarios.fhir_builders import JSON, KEY_BY_RESOURCE_TYPE, PREFETCH_KEYS
 from tests.test_fhir_server_fallback import FhirTestServer
 from tests.test_hook_errors import assert_operation_outcome
 
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
-OBSERVED = SHARED_DATA / "cds-hooks-examples/observed-client-requests"
+OBSERVED = TEST_DATA / "cds-hooks-examples/observed-client-requests"
 SYNTHEA_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
-SYNTHEA_BUNDLE = SHARED_DATA / f"synthea/sample-bulk-10-patients/{SYNTHEA_PATIENT}.json"
+SYNTHEA_BUNDLE = TEST_DATA / f"synthea/sample-bulk-10-patients/{SYNTHEA_PATIENT}.json"
 BREAST_CANCER = ("http://snomed.info/sct", "254837009")
 HEALTHCHAIN_KEYS = ["condition", "medicationrequest", "observation"]
 

@@ -1,4 +1,4 @@
-"""The CDS Hooks 2.x specification's own JSON examples (shared/data/cds-hooks-examples/spec-2.x) against the
+"""The CDS Hooks 2.x specification's own JSON examples (tests/data/cds-hooks-examples/spec-2.x) against the
 real `mscc-alert serve`.
 
 Requests and hook contexts are sent: none carries our prefetch keys, so each must decode and then get the
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import SERVICE_ID, SHARED_DATA, LiveService, free_port
+from tests.conftest import SERVICE_ID, TEST_DATA, LiveService, free_port
 from tests.scenarios.fhir_builders import (
     CORD_COMPRESSION,
     JSON,
@@ -32,7 +32,7 @@ from tests.scenarios.test_clinical_scenarios import assert_valid_cds_response
 from tests.test_discovery import assert_valid_discovery
 from tests.test_hook_errors import assert_operation_outcome
 
-SPEC = SHARED_DATA / "cds-hooks-examples/spec-2.x"
+SPEC = TEST_DATA / "cds-hooks-examples/spec-2.x"
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 CLOSED_PORT = free_port()
 
