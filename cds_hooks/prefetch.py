@@ -37,16 +37,24 @@ DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 KEYS_AT_ONCE = 4
 
 
+# EHRs refuse or truncate long prefetch URLs; 2,048 characters is the common limit for a URL (browsers and
+# proxies). Every template stays within it after `{{context.patientId}}` is replaced by a 64-character id and
+# the whole is percent-encoded (tests/test_discovery.py).
+MAX_TEMPLATE_URL = 2048
+
+
 def _codes(terminology: Terminology, value_sets: list[str], systems: tuple[str, ...]) -> str:
-    pairs = dict.fromkeys(
-        f"{system}|{code}" for vs in value_sets for system, code in terminology.codes(vs, systems)
-    )
-    return ",".join(pairs)
+    """The codes as bare tokens (`code=42698-1,241645008`), no `system|` prefix: a FHIR token search without a
+    system matches the code in any system, so the search is a little broader and about half as long. The intake
+    then keeps only what matches by system and code (fhir_mapping/intake.py), so nothing extra is used."""
+    codes = dict.fromkeys(code for vs in value_sets for _, code in terminology.codes(vs, systems))
+    return ",".join(codes)
 
 
 def build_templates(terminology: Terminology) -> dict[str, str]:
     """Templates inside the 2.0 query subset: reads, type searches, reference and token params, no today().
-    Observations and imaging are filtered by the codes the rules read: never every Observation."""
+    Observations and imaging are filtered by the codes the rules read: never every Observation. Each fits in
+    MAX_TEMPLATE_URL once filled and percent-encoded."""
     patient = "{{context.patientId}}"
     observation_codes = _codes(
         terminology,

@@ -353,3 +353,22 @@ def test_open_mode_list_replaces_the_loopback_default(httpserver: HTTPServer) ->
         assert server.seen == []
         allowed = client.post(SERVICE_PATH, json=fallback_request(WARNING_ID, server.base_url, token=TOKEN))
         assert indicators(allowed, WARNING_ID) == ["warning"]
+
+
+@pytest.mark.parametrize(("system", "expected"), [("http://snomed.info/sct", ["warning"]),
+                                                   ("http://example.org/local-codes", [])])
+def test_bare_code_filters_are_narrowed_by_system_in_the_service(
+    httpserver: HTTPServer, service_client: Any, system: str, expected: list[str]
+) -> None:
+    """The templates' code filters carry no `system|` (to stay short), so a server also returns a local code
+    that happens to equal one of ours. The service keeps only system + code matches: the same Backache code
+    under a local system is fetched and then not read as back pain."""
+    patient_id = "bare-code-3"
+    backache = observation({"coding": [{"system": system, "code": "161891005"}]}, effective_days_ago=5,
+                           patient_id=patient_id)
+    server = FhirTestServer(httpserver, [patient(patient_id=patient_id), breast_cancer(patient_id=patient_id),
+                                         backache], token=TOKEN)
+    response = service_client.post(SERVICE_PATH, json=fallback_request(patient_id, server.base_url, token=TOKEN))
+    assert indicators(response, patient_id) == expected
+    observation_search = next(s for s in server.seen if s.resource_type == "Observation" and s.first_page)
+    assert _token_matches(backache["code"]["coding"], observation_search.args["code"]), "the server returned it"
