@@ -22,7 +22,7 @@ LINKS: Final = (
     ("ACR: low back pain, suspected cancer (variant 7)", ACR_LOW_BACK_PAIN),
 )
 
-# The order we suggest (clinical.md §1.4): MRI of the WHOLE spine, coded in LOINC (VERIFIED VSAC).
+# The order we suggest (docs/clinical-rules.md §1.4): MRI of the WHOLE spine, coded in LOINC (42698-1, VSAC).
 MRI_WHOLE_SPINE_CODING: Final = {
     "system": "http://loinc.org",
     "code": "42698-1",
@@ -30,7 +30,8 @@ MRI_WHOLE_SPINE_CODING: Final = {
 }
 MRI_WHOLE_SPINE_TEXT: Final = "MRI of the whole spine (cervical, thoracic and lumbar)"
 
-# CDS Hooks indicator -> FHIR RequestPriority (HL7 ConceptMap "indicator-to-request-priority", clinical.md §1.4).
+# CDS Hooks indicator -> FHIR RequestPriority (HL7 ConceptMap "indicator-to-request-priority";
+# docs/clinical-rules.md §1.4).
 PRIORITY: Final = {"warning": "urgent", "critical": "stat", "info": "routine"}
 
 OVERRIDE_REASON_SYSTEM: Final = "urn:mscc-alert:override-reason"

@@ -1,7 +1,7 @@
-"""Findings -> one decision: which card (if any), and everything the card must say (clinical.md §1.3-1.5).
+"""Findings -> one decision: which card (if any), and everything the card must say (docs/clinical-rules.md §1.3-1.5).
 
 Tiers: critical (suspected MSCC) > warning (suspected spinal metastases) > info (weak history evidence, or
-records we could not read). One card at most: the highest tier wins (clinical.md §3 item 15).
+records we could not read). One card at most: the highest tier wins (docs/clinical-rules.md §3 item 15).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from fhir_mapping.intake import SkippedResource
 Indicator = Literal["info", "warning", "critical"]
 Kind = Literal["mscc", "spinal-metastases", "weak-history", "unreadable-records"]
 
-# A record dated this far ahead of now is a data error, not a plan (clinical.md §3 item 10).
+# A record dated this far ahead of now is a data error, not a plan (docs/clinical-rules.md §3 item 10).
 _FUTURE_TOLERANCE = timedelta(days=1)
 _REGION_SETS = {
     "whole-spine": {"cervical", "thoracic", "lumbar", "sacral"},
@@ -134,7 +134,7 @@ def _decide(record: ClinicalRecord, policy: Policy, now: datetime) -> Decision:
 
 
 def _history(record: ClinicalRecord, policy: Policy, decision: Decision) -> Literal["strong", "weak"] | None:
-    """clinical.md §1.1: H1 coded history, H3 inference from drugs; CIS and tier-B-only are weak (info)."""
+    """docs/clinical-rules.md §1.1: H1 coded history, H3 inference from drugs; CIS and tier-B-only are weak (info)."""
     excluded = [c for c in record.cancers if c.category == "excluded"]
     decision.history = [c for c in record.cancers if c.category in ("primary", "history", "non-carcinoma")]
     if decision.history:
@@ -177,7 +177,7 @@ def _regions(findings: list[PainFinding] | tuple[PainFinding, ...]) -> set[str]:
 
 def _new_episode(pains: list[PainFinding], record: ClinicalRecord, policy: Policy,
                  now: datetime) -> PainEpisode | None:
-    """clinical.md §1.2: onset within the window, nothing before it; chronic pain re-qualifies on a new
+    """docs/clinical-rules.md §1.2: onset within the window, nothing before it; chronic pain re-qualifies on a new
     region, an acute-on-chronic code or a rise in pain score. A missing date never makes pain new."""
     window_start = now - timedelta(days=policy.new_pain_window_days)
     recent = [p for p in pains if not p.resolved and _within(p.evidence.date, window_start)]
@@ -226,7 +226,7 @@ def _score_rise(record: ClinicalRecord, window_start: datetime, horizon: datetim
 def _neuro_features(record: ClinicalRecord, current_pain: list[PainFinding], policy: Policy,
                     now: datetime) -> list[NeuroFinding]:
     """Cord compression / cauda equina count alone while unresolved; generic weakness, sensory, gait and
-    sphincter features count only when recent and with spinal pain or a spinal site (clinical.md §2.6)."""
+    sphincter features count only when recent and with spinal pain or a spinal site (docs/clinical-rules.md §2.6)."""
     window_start = now - timedelta(days=policy.new_pain_window_days)
     features = []
     for n in record.neuro:
@@ -241,7 +241,7 @@ def _covers_spine(studies: list[ImagingFinding]) -> bool:
     regions: set[str] = set()
     for study in studies:
         regions |= _REGION_SETS.get(study.coverage, {study.coverage})
-    # Whole spine, or at least thoracic + lumbar (clinical.md §1.5 item 1).
+    # Whole spine, or at least thoracic + lumbar (docs/clinical-rules.md §1.5 item 1).
     return {"thoracic", "lumbar"} <= regions
 
 
@@ -276,7 +276,7 @@ def _reference_onset(decision: Decision, tier: Indicator) -> DateSpan | None:
 
 
 def _suggestive(decision: Decision, record: ClinicalRecord, policy: Policy, now: datetime) -> list[str]:
-    """CG75/NG234 features suggestive of spinal metastases (clinical.md §1.3 list S)."""
+    """CG75/NG234 features suggestive of spinal metastases (docs/clinical-rules.md §1.3 list S)."""
     reasons = []
     findings = decision.episode.findings if decision.episode else tuple(decision.current_pain)
     regions = _regions(findings)

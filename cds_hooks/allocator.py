@@ -2,7 +2,7 @@
 
 Each hook request allocates and frees a few times its body size. With glibc's defaults, blocks of 128 KiB and
 up are mmap'd and the top of the heap is trimmed after a large free, so every request faults its memory in
-again, page by page: about a third of the service time at 1,000 resources on the benchmark (issue 5, README).
+again, page by page: about a third of the service time at 1,000 resources on the benchmark (README, "Performance").
 Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to 128 MiB lets the next request reuse
 the same pages. The cost is that resident memory stays near its high-water mark instead of shrinking after a
 burst (40 concurrent 10,000-resource requests left a worker at 670 MB, its peak); the peak itself is

@@ -1,4 +1,4 @@
-"""Prefetch templates and the key states of CDS Hooks 2.0 (cds-hooks.md §1.5, §5.3).
+"""Prefetch templates and the key states of CDS Hooks 2.0 (docs/cds-hooks.md §1.5, §5.3).
 
     key absent                      -> fetch from fhirServer (Bearer token if given; open servers get none)
     key null                        -> the client has no data: never re-fetched
@@ -64,7 +64,7 @@ def build_templates(terminology: Terminology) -> dict[str, str]:
     imaging_codes = _codes(terminology, ["spine-imaging"], (LOINC, SNOMED, "http://www.ama-assn.org/go/cpt"))
     procedure_codes = _codes(terminology, ["spine-imaging", "breast-cancer-supporting", "end-of-life"],
                              (LOINC, SNOMED, "http://www.ama-assn.org/go/cpt"))
-    # Encounter.reasonCode is pain evidence too (clinical.md §1.2); EHRs code reasons in SNOMED or ICD-10-CM.
+    # Encounter.reasonCode is pain evidence too (docs/clinical-rules.md §1.2); EHRs code reasons in SNOMED or ICD-10-CM.
     reason_codes = _codes(terminology, ["spinal-pain", "neuro-red-flags"], (SNOMED, ICD10CM))
     return {
         "patient": f"Patient/{patient}",

@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSCC_ALERT_", extra="ignore", frozen=True)
 
     # --- HTTP -------------------------------------------------------------------------------------
-    # 50,000 resources at the ~1.2 KB of performance.md are ~60 MB, and resources with narrative text run larger:
-    # 128 MiB leaves room for such a chart. A request holds about twice its body at peak (README, issue 5).
+    # 50,000 resources at the ~1.2 KB of docs/performance.md are ~60 MB, and resources with narrative text run larger:
+    # 128 MiB leaves room for such a chart. A request holds about twice its body at peak (docs/performance.md).
     max_body_bytes: int = Field(128 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
     # Bodies one worker holds at once (cds_hooks/inflight.py): beyond this, hook requests queue, never fail.
     max_inflight_body_bytes: int = Field(512 * 1024 * 1024, gt=0)
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # --- Clinical policy (design choices from clinical.md §1.2, not guideline rules) -----------------
+    # --- Clinical policy (design choices from docs/clinical-rules.md §1.2, not guideline rules) -----------------
     new_pain_window_days: int = Field(42, ge=28, le=90)
     pain_washout_days: int = Field(180, ge=0, le=730)
     severe_pain_score: float = Field(7.0, ge=0, le=10)

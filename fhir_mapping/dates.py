@@ -1,6 +1,6 @@
 """FHIR date, dateTime and instant values as spans of time.
 
-A partial date is a span: "2019" runs from 2019-01-01 to the end of 2019. clinical.md §3 item 9: compare on
+A partial date is a span: "2019" runs from 2019-01-01 to the end of 2019. docs/clinical-rules.md §3 item 9: compare on
 the earliest instant for "before" questions and on the latest instant for "within the window" questions.
 A dateTime without a timezone (not valid FHIR, sent anyway) is read as UTC and flagged.
 """

@@ -1,4 +1,5 @@
-"""Validated R4 resources -> findings with evidence (status and date rules of clinical.md §1.1, §1.2, §1.5)."""
+"""Validated R4 resources -> findings with evidence (status and date rules of docs/clinical-rules.md §1.1, §1.2,
+§1.5)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from fhir_mapping.intake import Intake
 from fhir_mapping.terminology import Concept, Terminology
 from fhir_mapping.text import breast_cancer_in, cord_compression_in, spinal_pain_in
 
-# Status rules (clinical.md §1.1 H3, §1.5 items 1-2, §2.13).
+# Status rules (docs/clinical-rules.md §1.1 H3, §1.5 items 1-2, §2.13).
 _EXCLUDED_VERIFICATION = {"entered-in-error", "refuted"}
 _RESOLVED_CLINICAL = {"resolved", "inactive", "remission"}
 _OBSERVATION_VOID = {"entered-in-error", "cancelled"}
@@ -48,7 +49,7 @@ _CANCER_SETS = {
     "breast-carcinoma-in-situ": "in-situ",
     "breast-cancer-exclusions": "excluded",
 }
-# Value sets of findings shown on the card but never changing the tier (clinical.md §1.3, §2.7, §2.11).
+# Value sets of findings shown on the card but never changing the tier (docs/clinical-rules.md §1.3, §2.7, §2.11).
 _MODIFIER_SETS = {
     "vertebral-fracture": "vertebral-fracture",
     "constitutional-symptoms": "constitutional",

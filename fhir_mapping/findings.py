@@ -74,7 +74,7 @@ class NeuroFinding:
 class DrugFinding:
     evidence: Evidence
     ingredient: str
-    tier: str  # A | B | C (clinical.md §1.1 H3)
+    tier: str  # A | B | C (docs/clinical-rules.md §1.1 H3)
     back_pain_differential: bool
     current: bool  # active / on-hold / intended, as opposed to completed or stopped
 
@@ -95,7 +95,7 @@ class ImagingFinding:
 
 @dataclass(frozen=True, slots=True)
 class ModifierFinding:
-    """Shown on the card, never a change of tier (clinical.md §1.3 "Modifiers", §3 item 18)."""
+    """Shown on the card, never a change of tier (docs/clinical-rules.md §1.3 "Modifiers", §3 item 18)."""
 
     evidence: Evidence
     kind: str  # vertebral-fracture | constitutional | hypercalcaemia | treatment-differential

@@ -1,7 +1,7 @@
 """From raw FHIR JSON bytes to the few validated R4 resources the rules need.
 
 A real chart holds tens of thousands of resources and nearly all are irrelevant (vital signs, routine labs).
-Validating each one with fhir.resources costs ~150 µs (performance.md), so we first *peek* at every resource
+Validating each one with fhir.resources costs ~150 µs (docs/performance.md), so we first *peek* at every resource
 with a typed msgspec decode that reads only resourceType, id, subject and codes, keep those whose codes are in
 our value sets (or whose text names the concept), and validate only those with `fhir.resources.R4B`.
 
@@ -367,7 +367,7 @@ _STANDARD_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, RXNORM, CPT})
 
 @functools.cache
 def pain_score_codes(terminology: Terminology) -> frozenset[str]:
-    """LOINC pain severity scores (observation-codes with role pain-score; clinical.md §2.8)."""
+    """LOINC pain severity scores (observation-codes with role pain-score; docs/clinical-rules.md §2.8)."""
     concepts = terminology.value_set("observation-codes")
     return frozenset(c.code for c in concepts if c.attributes.get("role") == "pain-score")
 
@@ -575,7 +575,7 @@ _NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$"
 def repair(value: Any, key: str = "") -> Any:
     """Mend what EHRs commonly send that R4 forbids but whose meaning is clear.
 
-    - a code sent as a JSON number ("code": 161891005) -> the same code as a string (clinical.md §3 item 23);
+    - a code sent as a JSON number ("code": 161891005) -> the same code as a string (docs/clinical-rules.md §3 item 23);
     - a dateTime without a timezone -> read as UTC (FHIR requires a zone when a time is given).
     """
     if isinstance(value, dict):

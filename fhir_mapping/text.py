@@ -1,4 +1,4 @@
-"""Free-text fallback for records that carry words and no usable code (clinical.md §3 item 11).
+"""Free-text fallback for records that carry words and no usable code (docs/clinical-rules.md §3 item 11).
 
 Deliberately narrow: a phrase must name the concept, and a negation or another-person cue in the same
 clause cancels it ("no back pain", "denies back pain", "back pain resolved", "family history of breast
@@ -35,7 +35,7 @@ _REGIONS = (
     ("sacral", re.compile(r"\b(sacral|sacrum|coccyx|coccygeal)\b", re.IGNORECASE)),
     ("lumbar", re.compile(r"\b(lumbar|lower back|low back|lumbago|lumbosacral|sciatica)\b", re.IGNORECASE)),
 )
-# CG75/NG234 features suggestive of spinal metastases (clinical.md §1.3 list S), as they appear in notes.
+# CG75/NG234 features suggestive of spinal metastases (docs/clinical-rules.md §1.3 list S), as they appear in notes.
 _SUGGESTIVE = re.compile(
     r"\b(night|nocturnal|worse lying|lying down|cough|sneez|strain|band-like|band like|unremitting|"
     r"progressive|worsening|severe|tender)",

@@ -1,4 +1,5 @@
-"""Findings that change what the card says, never its tier (clinical.md §1.3 "Modifiers", §2.7, §3 item 18)."""
+"""Findings that change what the card says, never its tier (docs/clinical-rules.md §1.3 "Modifiers", §2.7,
+§3 item 18)."""
 
 from __future__ import annotations
 

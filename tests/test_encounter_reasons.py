@@ -1,4 +1,5 @@
-"""Back pain documented only as a visit's reason (Encounter.reasonCode, clinical.md §1.2 "sources of evidence")."""
+"""Back pain documented only as a visit's reason (Encounter.reasonCode; docs/clinical-rules.md §1.2, where the
+sources of evidence are listed)."""
 
 from __future__ import annotations
 

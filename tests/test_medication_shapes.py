@@ -1,5 +1,5 @@
 """Medication records the way EHRs send them: coded, text only, or by reference to a contained Medication
-(clinical.md §1.1 H3: tier-A drugs infer the history; names must resolve whatever the shape)."""
+(docs/clinical-rules.md §1.1 H3: tier-A drugs infer the history; names must resolve whatever the shape)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Pain scores (LOINC 72514-3): severe pain is suggestive; a 2-point rise re-qualifies chronic back pain
-(clinical.md §1.2 item 5, §1.3 list S) against a baseline in the washout period before the new-pain window."""
+(docs/clinical-rules.md §1.2 item 5, §1.3 list S) against a baseline in the washout period before the new-pain
+window."""
 
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def test_the_verhoeff_implementation_on_known_numbers() -> None:
     assert verhoeff_valid("138875005")  # SNOMED CT root concept
     assert verhoeff_valid("22298006")  # Myocardial infarction
     assert not verhoeff_valid("2364")
-    # clinical.md §3 item 23: invalid codes seen in public files.
+    # docs/clinical-rules.md §3 item 23: invalid codes seen in public files.
     for invalid in ("372098003", "428090002", "102557002", "22253001"):
         assert not verhoeff_valid(invalid)
 
@@ -210,7 +210,7 @@ def test_loinc_codes_have_the_loinc_check_digit() -> None:
             assert luhn_ok(body + check), (name, concept["code"])
 
 
-# --- pitfalls named in clinical.md ---------------------------------------------------------------
+# --- pitfalls named in docs/clinical-rules.md ---------------------------------------------------------------
 
 
 def _codes_in(value_set: str) -> dict[tuple[str, str], Any]:
@@ -247,7 +247,7 @@ def test_c50_a1_inflammatory_breast_cancer_is_present() -> None:
 
 def test_invalid_or_unverified_codes_are_absent_everywhere() -> None:
     terminology = load_terminology()
-    # fails the check digit (372098003, 428090002, 102557002) or UNVERIFIED in clinical.md
+    # fails the check digit (372098003, 428090002, 102557002) or not verified (docs/clinical-rules.md §4)
     for code in (
         "372098003",
         "428090002",

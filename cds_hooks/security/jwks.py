@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
 SANDBOX_JWKS_URL = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 
-# The public CDS Hooks sandbox key set, copied from shared/data/cds-hooks-examples/sandbox-jwks/jwks.json
+# The public CDS Hooks sandbox key set, also in tests/data/cds-hooks-examples/sandbox-jwks/jwks.json
 # (cds-hooks/sandbox build/.well-known/jwks.json, served at SANDBOX_JWKS_URL; kid and alg match the sandbox's
 # src/retrieve-data-helpers/jwt-generator.js). Its private key is published in the sandbox repository, so
 # trusting it proves nothing about the caller: development only.

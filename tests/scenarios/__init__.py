@@ -1,1 +1,1 @@
-"""Clinical scenario tests: black-box checks of the service against clinical.md §1 and §3."""
+"""Clinical scenario tests: black-box checks of the service against docs/clinical-rules.md §1 and §3."""

@@ -1,7 +1,7 @@
 """Factories for FHIR R4 JSON shaped the way EHRs send it, and for CDS Hooks patient-view requests.
 
 Every date is relative to *now* (``days_ago``), so scenarios never go stale. Codes come from
-/work/shared/reference/clinical.md and are the ones it marks VERIFIED; the constant names say what each is.
+docs/clinical-rules.md, which ships only codes verified in a public source; the constant names say what each is.
 The factories return plain dicts (the wire format), never models, because the point of the scenario tests
 is to send what an EHR sends, including the sloppy variants (undotted ICD codes, integer SNOMED codes,
 dateTimes without a timezone, partial dates).
@@ -20,7 +20,7 @@ JSON = dict[str, Any]
 PATIENT_ID = "scenario-patient-1"
 OTHER_PATIENT_ID = "someone-else-2"
 
-# --- code systems (clinical.md §2, "System URIs") -------------------------------------------------------
+# --- code systems (docs/clinical-rules.md §2, "System URIs") -------------------------------------------------------
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICD10_WHO = "http://hl7.org/fhir/sid/icd-10"  # the wrong-but-common URI of §3.23

@@ -1,11 +1,11 @@
 """Clinical scenarios, black-box: a patient-view request in, the highest card indicator out.
 
-Written from /work/shared/reference/clinical.md (§1 rules, §3 edge cases), not from the implementation.
+Written from docs/clinical-rules.md (§1 rules, §3 edge cases), not from the implementation.
 Every scenario sends all nine prefetch keys and no fhirServer, so the service can never fetch. Every
 response is also checked against the CDS Hooks 2.0 card rules (`assert_valid_cds_response`).
 
 Expected outcomes are a single indicator (None = no card). A tuple lists the acceptable outcomes and is
-used only where clinical.md itself leaves a choice ("at most info", "ignore or flag").
+used only where docs/clinical-rules.md itself leaves a choice ("at most info", "ignore or flag").
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def assert_card_reads_at_a_glance(card: Any, where: str = "card") -> None:
 
 
 def assert_valid_cds_response(body: Any, *, patient_id: str | None = None, ours: bool = True) -> None:
-    """Assert the CDS Hooks 2.0 response and card rules (cds-hooks.md §1.6, §1.10) on a response body, and
+    """Assert the CDS Hooks 2.0 response and card rules (docs/cds-hooks.md §1.6, §1.10) on a response body, and
     (`ours`) this service's own card rules (assert_card_reads_at_a_glance)."""
     assert isinstance(body, dict), "response must be a JSON object"
     assert isinstance(body.get("cards"), list), "`cards` must be present (an array, possibly empty)"
