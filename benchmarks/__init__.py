@@ -1,1 +1,1 @@
-"""Benchmarks against the targets of docs/performance.md: `python -m benchmarks` (see benchmarks/README.md)."""
+"""Benchmarks against the targets of docs/performance-budget.md: `python -m benchmarks` (see benchmarks/README.md)."""

@@ -1,5 +1,5 @@
 """Tables for the terminal and the README: what was measured per size, and PASS/MISS for each target of
-docs/performance.md."""
+docs/performance-budget.md."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MB = 1_000_000
-# docs/performance.md: HTTP p99 on one worker, by chart size.
+# docs/performance-budget.md: HTTP p99 on one worker, by chart size.
 P99_TARGET_MS = {1_000: 10.0, 10_000: 100.0, 50_000: 500.0}
 RPS_TARGET_AT = 1_000
 RPS_TARGET = 300.0
@@ -118,5 +118,5 @@ def verdicts(results: list[dict[str, Any]], workers2: dict[str, Any] | None) -> 
 
 
 def verdict_table(items: list[Verdict]) -> str:
-    return _table(["target (docs/performance.md)", "measured", "verdict"],
+    return _table(["target (docs/performance-budget.md)", "measured", "verdict"],
                   [[v.target, v.measured, v.word] for v in items])

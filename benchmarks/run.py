@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{single['rps']:.0f} req/s; c={THROUGHPUT_CONNECTIONS} {loaded['rps']:.0f} req/s "
               f"(the TCP_NODELAY trap would show p50 ~44 ms), failures {workers2['failures']}")
     verdicts = report.verdicts(results, workers2)
-    print("\nTargets (docs/performance.md; 2-core shared machine: medians, read every figure as +-40%)")
+    print("\nTargets (docs/performance-budget.md; 2-core shared machine: medians, read every figure as +-40%)")
     print(report.verdict_table(verdicts))
     print(f"eval/loads is judged from {report.RATIO_JUDGED_FROM:,} resources and memory from "
           f"{report.MEMORY_JUDGED_FROM:,}: below that, fixed per-request costs and allocator steps dwarf the body.")

@@ -1,6 +1,6 @@
 """A decision -> CDS Hooks 2.0 cards a clinician takes in at a glance.
 
-Spec rules kept here (docs/cds-hooks.md §1.1, §1.6): summary < 140 characters; detail is GitHub-flavoured
+Spec rules kept here (docs/cds-hooks-conformance.md §1.1, §1.6): summary < 140 characters; detail is GitHub-flavoured
 Markdown (we emit no raw HTML, and escape text that came from the record); a uuid on every card and
 suggestion; selectionBehavior whenever there are suggestions; every override reason has a display; no
 null or empty value anywhere.

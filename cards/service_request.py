@@ -2,9 +2,9 @@
 
 Built as plain JSON: every part is either fixed content or an id that was already validated (the request's
 patientId, references to validated resources, a userId that matches a FHIR relative reference). Validating it
-with fhir.resources on every request cost ~0.3 ms, a tenth of the 1,000-resource budget (docs/performance.md); the tests
-validate every ServiceRequest the scenarios produce with fhir.resources R4B instead, and check that validation
-changes nothing in it.
+with fhir.resources on every request cost ~0.3 ms, a tenth of the 1,000-resource budget
+(docs/performance-budget.md); the tests validate every ServiceRequest the scenarios produce with fhir.resources
+R4B instead, and check that validation changes nothing in it.
 """
 
 from __future__ import annotations

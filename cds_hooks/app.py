@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Long-lived objects from imports and start-up never need another GC pass (docs/performance.md).
+        # Long-lived objects from imports and start-up never need another GC pass (docs/performance-budget.md).
         gc.collect()
         gc.freeze()
         try:

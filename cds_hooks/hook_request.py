@@ -1,4 +1,4 @@
-"""The CDS Hooks 2.0 request (docs/cds-hooks.md §1.3, §1.4), decoded straight from the raw body bytes.
+"""The CDS Hooks 2.0 request (docs/cds-hooks-conformance.md §1.3, §1.4), decoded straight from the raw body bytes.
 
 msgspec decodes the envelope in one pass and splits each prefetch Bundle into its entries left as raw JSON
 (fhir_mapping.intake.PrefetchBundle), so a 60 MB prefetch is never turned into Python objects here:

@@ -1,7 +1,7 @@
 """A bound on the request bodies one worker holds at once, so a burst of large charts queues instead of
 exhausting memory.
 
-Each hook request holds its body, plus about as much again while it is evaluated (docs/performance.md). Without a
+Each hook request holds its body, plus about as much again while it is evaluated (docs/performance-budget.md). Without a
 bound, forty concurrent 60 MB charts would ask one worker for ~5 GB. A request reserves its declared body size
 (the body limit when it declares none) before its body is read, and gives it back when its response is ready.
 Requests that do not fit wait their turn in arrival order; while one waits, uvicorn stops reading its socket,

@@ -1,4 +1,4 @@
-"""Prefetch templates and the key states of CDS Hooks 2.0 (docs/cds-hooks.md §1.5, §5.3).
+"""Prefetch templates and the key states of CDS Hooks 2.0 (docs/cds-hooks-conformance.md §1.5, §5.3).
 
     key absent                      -> fetch from fhirServer (Bearer token if given; open servers get none)
     key null                        -> the client has no data: never re-fetched

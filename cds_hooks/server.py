@@ -2,7 +2,8 @@
 
 uvicorn's own socket for `--workers N` is made without IPPROTO_TCP, so asyncio never sets TCP_NODELAY
 on accepted connections and every keep-alive request after the first waits ~44 ms for delayed ACKs
-(uvicorn issue #3149; docs/performance.md). A socket created with proto=IPPROTO_TCP avoids it, for one worker or many.
+(uvicorn issue #3149; docs/performance-budget.md). A socket created with proto=IPPROTO_TCP avoids it, for one
+worker or many.
 """
 
 from __future__ import annotations

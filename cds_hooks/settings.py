@@ -33,8 +33,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSCC_ALERT_", extra="ignore", frozen=True)
 
     # --- HTTP -------------------------------------------------------------------------------------
-    # 50,000 resources at the ~1.2 KB of docs/performance.md are ~60 MB, and resources with narrative text run larger:
-    # 128 MiB leaves room for such a chart. A request holds about twice its body at peak (docs/performance.md).
+    # 50,000 resources at the ~1.2 KB of docs/performance-budget.md are ~60 MB, and resources with narrative text
+    # run larger: 128 MiB leaves room for such a chart. A request holds about twice its body at peak
+    # (docs/performance-budget.md).
     max_body_bytes: int = Field(128 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
     # Bodies one worker holds at once (cds_hooks/inflight.py): beyond this, hook requests queue, never fail.
     max_inflight_body_bytes: int = Field(512 * 1024 * 1024, gt=0)

@@ -1,7 +1,7 @@
 """From raw FHIR JSON bytes to the few validated R4 resources the rules need.
 
 A real chart holds tens of thousands of resources and nearly all are irrelevant (vital signs, routine labs).
-Validating each one with fhir.resources costs ~150 µs (docs/performance.md), so we first *peek* at every resource
+Validating each one with fhir.resources costs ~150 µs (docs/performance-budget.md), so we first *peek* at every resource
 with a typed msgspec decode that reads only resourceType, id, subject and codes, keep those whose codes are in
 our value sets (or whose text names the concept), and validate only those with `fhir.resources.R4B`.
 

@@ -1,4 +1,4 @@
-"""CORS for browser CDS clients (docs/cds-hooks.md §1.8 "CORS", §5.6), against the real `mscc-alert serve`.
+"""CORS for browser CDS clients (docs/cds-hooks-conformance.md §1.8 "CORS", §5.6), against the real `mscc-alert serve`.
 
 The CDS Hooks sandbox sends `Authorization`, so the browser preflights discovery and every service call.
 The preflights replayed here are the ones the sandbox really sent (observed-client-requests/

@@ -1,7 +1,7 @@
 """GET /cds-services: one patient-view service whose prefetch templates stay inside the 2.0 query subset.
 
-docs/cds-hooks.md §1.2 (discovery fields), §1.1 (no null or empty values), §1.5 (tokens and the query subset:
-reads, type searches, reference params, token params by equality), §5.2 (no `{{today()}}`, which is
+docs/cds-hooks-conformance.md §1.2 (discovery fields), §1.1 (no null or empty values), §1.5 (tokens and the
+query subset: reads, type searches, reference params, token params by equality), §5.2 (no `{{today()}}`, which is
 3.0-ballot only; Observations filtered by code, never every Observation). `assert_valid_discovery` holds
 the generic 2.0 rules and is also run on the spec's own discovery examples (test_spec_examples.py).
 """
@@ -66,7 +66,7 @@ def assert_no_empty_values(value: Any, path: str = "$") -> None:
 
 
 def assert_valid_discovery(body: Any) -> None:
-    """The CDS Hooks 2.0 discovery response rules (docs/cds-hooks.md §1.2, §1.5)."""
+    """The CDS Hooks 2.0 discovery response rules (docs/cds-hooks-conformance.md §1.2, §1.5)."""
     assert isinstance(body, dict) and isinstance(body.get("services"), list), "discovery is {'services': [...]}"
     for service in body["services"]:
         assert_no_empty_values(service, f"$.services[{service.get('id')}]")
@@ -162,7 +162,8 @@ def test_template_is_in_the_2_0_query_subset(service: JSON, key: str) -> None:
 
 @pytest.mark.parametrize("resource_type", sorted(FILTER_OF_TYPE))
 def test_observations_and_imaging_are_filtered(service: JSON, resource_type: str) -> None:
-    """Never `Observation?patient=...` alone: an EHR would send every vital sign and lab (docs/cds-hooks.md §5.2)."""
+    """Never `Observation?patient=...` alone: an EHR would send every vital sign and lab
+    (docs/cds-hooks-conformance.md §5.2)."""
     key = next(k for k, t in TYPE_OF_KEY.items() if t == resource_type)
     _, params = search_params(service["prefetch"][key])
     assert FILTER_OF_TYPE[resource_type] in [name for name, _ in params]

@@ -1,4 +1,5 @@
-"""Prefetch absent -> the service fetches from `fhirServer` (CDS Hooks 2.0 §Prefetch; docs/cds-hooks.md §1.5, §5.3).
+"""Prefetch absent -> the service fetches from `fhirServer` (CDS Hooks 2.0 §Prefetch;
+docs/cds-hooks-conformance.md §1.5, §5.3).
 
 The FHIR server is real HTTP on loopback (`FhirTestServer`, on pytest-httpserver): it runs the service's own
 template queries (search by patient and by `code`/`modality` tokens), pages its searchset Bundles with

@@ -1,7 +1,7 @@
 """Every way a hook call can go wrong, over real HTTP: status code, OperationOutcome body, content type.
 
-docs/cds-hooks.md §5.1: 400 for a malformed body (never 404), 404 for an unknown id, 412 for missing data, and
-(3.0 SHOULD, our rule) an OperationOutcome body on every non-2xx. The error matrix runs against the real
+docs/cds-hooks-conformance.md §5.1: 400 for a malformed body (never 404), 404 for an unknown id, 412 for missing
+data, and (3.0 SHOULD, our rule) an OperationOutcome body on every non-2xx. The error matrix runs against the real
 `mscc-alert serve` (`live_service`); only the forced internal error runs in-process, because it needs a
 monkeypatch. `assert_operation_outcome` is the error contract the other protocol test files share.
 """
@@ -159,7 +159,7 @@ def test_unknown_service_id_is_404(live_service: LiveService) -> None:
         ("GET", "/nowhere"),
         ("GET", "/cds-services/breast-cancer-back-pain/feedback/extra"),
         ("POST", "/cds-services/breast-cancer-back-pain/nowhere"),
-        ("GET", "/.well-known/cds-services"),  # the pre-1.0 discovery path (docs/cds-hooks.md §1.2)
+        ("GET", "/.well-known/cds-services"),  # the pre-1.0 discovery path (docs/cds-hooks-conformance.md §1.2)
     ],
 )
 def test_unknown_path_is_404(live_service: LiveService, method: str, path: str) -> None:

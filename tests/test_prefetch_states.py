@@ -1,4 +1,4 @@
-"""The prefetch key states of CDS Hooks 2.0 (docs/cds-hooks.md §1.5 and the matrix in §5.3), in-process.
+"""The prefetch key states of CDS Hooks 2.0 (docs/cds-hooks-conformance.md §1.5 and the matrix in §5.3), in-process.
 
     absent                         -> fetched from fhirServer; without one, 412 naming the key
     null                           -> "no data": never fetched

@@ -36,7 +36,7 @@ SPEC = TEST_DATA / "cds-hooks-examples/spec-2.x"
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 CLOSED_PORT = free_port()
 
-# Members CDS Hooks 2.0 defines (docs/cds-hooks.md §1.6); `extension` is allowed everywhere.
+# Members CDS Hooks 2.0 defines (docs/cds-hooks-conformance.md §1.6); `extension` is allowed everywhere.
 RESPONSE_FIELDS = {"cards", "systemActions", "extension"}
 CARD_FIELDS = {
     "uuid",
