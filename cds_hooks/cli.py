@@ -1,11 +1,18 @@
-"""`mscc-alert serve | evaluate FILE | feedback-report`."""
+"""mscc-alert: a CDS Hooks 2.0 service for suspected spinal metastases and MSCC after breast cancer.
+
+Commands: `serve`, `evaluate FILE`, `feedback-report`. Settings come from MSCC_ALERT_* environment variables
+(README, "Configuration"); the options below override them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +33,61 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+DATABASE_HELP = ("feedback database URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+                 "(default: $MSCC_ALERT_DATABASE_URL, else an SQLite file in $XDG_DATA_HOME/mscc-alert)")
+
+
+def _use_database(args: argparse.Namespace) -> None:
+    """--database-url overrides MSCC_ALERT_DATABASE_URL, for this process and the workers it starts."""
+    if args.database_url:
+        os.environ["MSCC_ALERT_DATABASE_URL"] = args.database_url
+
+
+def shown_database(settings: Settings) -> str:
+    """The database URL as it may be printed: never its password."""
+    from sqlalchemy.engine import make_url
+
+    from cds_hooks.feedback_db import default_database_url
+
+    url = settings.database_url or default_database_url()
+    if url == "memory://":
+        return "memory:// (in memory: nothing is kept)"
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show no more than the part after any credentials
+        return url.rsplit("@", 1)[-1]
+
+
 def _serve(args: argparse.Namespace) -> int:
     from cds_hooks.app import build_verifier, is_loopback, open_feedback_store
     from cds_hooks.logs import configure_logging
-    from cds_hooks.server import serve
+    from cds_hooks.server import listening_socket, serve
 
+    if args.workers < 1:
+        print("mscc-alert: --workers must be at least 1", file=sys.stderr)
+        return 2
+    _use_database(args)
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
     verifier = build_verifier(settings)
+    if verifier is None and settings.auth == "on" and not is_loopback(args.host):
+        print(
+            "mscc-alert: refusing to start: no trusted JWT issuers are configured and the service would "
+            f"listen on {args.host}, beyond this machine.\n  Configure MSCC_ALERT_TRUSTED_ISSUERS="
+            "'{\"<iss>\": \"<jwks url>\"}', or set MSCC_ALERT_AUTH=off explicitly to run without "
+            "authentication.",
+            file=sys.stderr,
+        )
+        return 2
+    # Bind before anything else is said, so that a busy port is one line and nothing else.
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as exc:
+        why = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        print(f"mscc-alert: cannot listen on {args.host}:{args.port}: {why} (choose another --port)",
+              file=sys.stderr)
+        return 2
     if verifier is None:
-        if settings.auth == "on" and not is_loopback(args.host):
-            print(
-                "mscc-alert: refusing to start: no trusted JWT issuers are configured and the service would "
-                f"listen on {args.host}, beyond this machine.\n  Configure MSCC_ALERT_TRUSTED_ISSUERS="
-                "'{\"<iss>\": \"<jwks url>\"}', or set MSCC_ALERT_AUTH=off explicitly to run without "
-                "authentication.",
-                file=sys.stderr,
-            )
-            return 2
         _log.warning(
             "AUTHENTICATION IS OFF: any caller can invoke this service. Fine on loopback for development; "
             "configure MSCC_ALERT_TRUSTED_ISSUERS before exposing it.", extra={"auth": "off"},
@@ -59,12 +103,28 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         open_feedback_store(settings).close()
     except Exception as exc:
-        print(f"mscc-alert: cannot open the feedback database: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sock.close()
+        print(f"mscc-alert: cannot open the feedback database {shown_database(settings)}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    _log.info("starting", extra={"host": args.host, "port": args.port, "workers": args.workers,
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    port = sock.getsockname()[1]
+    print(f"mscc-alert {_version()}: serving http://{host}:{port}/cds-services (API docs at "
+          f"http://{host}:{port}/docs); feedback database: {shown_database(settings)}; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    _log.info("starting", extra={"host": args.host, "port": port, "workers": args.workers,
                                  "auth": "off" if verifier is None else "jwt"})
-    serve(args.host, args.port, args.workers)
+    serve(args.host, port, args.workers, sock)
     return 0
+
+
+def _parse_now(value: str) -> datetime | None:
+    """An ISO 8601 date or date-time; without a zone it is taken as UTC, a date alone as its midnight UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -81,7 +141,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"mscc-alert: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    now = _parse_now(args.now) if args.now else datetime.now(UTC)
+    if now is None:
+        print(f"mscc-alert: --now {args.now!r} is not an ISO 8601 date or date-time "
+              "(e.g. 2026-11-01 or 2026-11-01T09:30:00+00:00)", file=sys.stderr)
+        return 2
     terminology = load_terminology()
     try:
         head = orjson.loads(raw)
@@ -125,33 +189,77 @@ def _readable(evaluation: Any) -> str:
     return "\n\n".join(blocks)
 
 
-def _feedback_report(_: argparse.Namespace) -> int:
+def _feedback_report(args: argparse.Namespace) -> int:
     from cds_hooks.app import open_feedback_store
     from cds_hooks.feedback_report import render_report
 
-    store = open_feedback_store(_settings())
+    _use_database(args)
+    settings = _settings()
     try:
-        print(render_report(store.report()))
+        store = open_feedback_store(settings)
+    except Exception as exc:
+        print(f"mscc-alert: cannot open the feedback database {shown_database(settings)}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = render_report(store.report())
     finally:
         store.close()
+    print(f"Feedback database: {shown_database(settings)}\n")
+    print(report)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mscc-alert", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the CDS Hooks service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+def _version() -> str:
+    try:
+        return version("mscc-alert")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mscc-alert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the CDS Hooks service", description="Run the CDS Hooks service.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; beyond loopback needs MSCC_ALERT_TRUSTED_ISSUERS or "
+                            "MSCC_ALERT_AUTH=off (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes, each on its own core (default: %(default)s)")
+    serve.add_argument("--database-url", metavar="URL", help=DATABASE_HELP)
     serve.set_defaults(run=_serve)
-    evaluate = commands.add_parser("evaluate", help="evaluate a hook request or a FHIR Bundle offline")
-    evaluate.add_argument("file")
-    evaluate.add_argument("--json", action="store_true", help="print the raw CDS Hooks response")
-    evaluate.add_argument("--now", help="evaluate as of this ISO 8601 instant (default: now)")
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a hook request or a FHIR Bundle offline",
+        description="Evaluate a CDS Hooks patient-view request, or a FHIR resource or Bundle (e.g. a Synthea "
+                    "export), offline, and print the card.")
+    evaluate.add_argument("file", help="a JSON file: a patient-view request, or a FHIR resource or Bundle")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print the CDS Hooks response as JSON instead of readable text (default: off)")
+    evaluate.add_argument("--now", metavar="WHEN",
+                          help="evaluate as of this ISO 8601 date or date-time, e.g. 2026-11-01 (midnight UTC) "
+                               "or 2026-11-01T09:30:00+01:00; no zone means UTC (default: the current time)")
     evaluate.set_defaults(run=_evaluate)
-    report = commands.add_parser("feedback-report", help="acceptance and override rates from stored feedback")
+    report = commands.add_parser(
+        "feedback-report", help="acceptance and override rates from stored feedback",
+        description="Print acceptance and override rates by card kind and override reason from the feedback "
+                    "database the service writes.")
+    report.add_argument("--database-url", metavar="URL", help=DATABASE_HELP)
     report.set_defaults(run=_feedback_report)
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+        sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C: the server has already shut down cleanly
+        return 130
+    except BrokenPipeError:  # `mscc-alert evaluate ... | head`: the reader left; nothing more to say
+        # Point stdout at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result

@@ -24,12 +24,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(host: str, port: int, workers: int) -> None:
+def serve(host: str, port: int, workers: int, sock: socket.socket | None = None) -> None:
+    """Serve on `sock` if given (the CLI binds first, to report a busy port in one line), else bind host:port."""
     config = uvicorn.Config(
         "cds_hooks.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
         log_config=None, access_log=False, server_header=False, timeout_keep_alive=30,
     )
-    sock = listening_socket(host, port)
+    sock = sock or listening_socket(host, port)
     server = uvicorn.Server(config)
     if workers > 1:
         Multiprocess(config, sockets=[sock]).run()

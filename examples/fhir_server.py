@@ -1,6 +1,7 @@
 """A stand-in FHIR server on loopback for trying the fhirServer fallback: serves one Bundle's resources.
 
-    .venv/bin/python -m examples.fhir_server examples/fhir-server-bundle.json --port 8090 --token example-token
+    .venv/bin/python -m examples.generate                          # first: writes examples/generated/
+    .venv/bin/python -m examples.fhir_server --token example-token  # serves examples/generated/fhir-server-bundle.json
 
 Answers `Type/id` reads and `Type?patient=...` searches (other search parameters are ignored) as searchset
 Bundles of at most 2 entries per page with `next` links, so paging is exercised too. With --token, any
@@ -10,6 +11,8 @@ request without `Authorization: Bearer <token>` gets 401. For trying things out,
 from __future__ import annotations
 
 import argparse
+import errno
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 PAGE = 2
+DEFAULT_BUNDLE = "examples/generated/fhir-server-bundle.json"
 
 
 def make_handler(resources: list[dict[str, Any]], token: str | None) -> type[BaseHTTPRequestHandler]:
@@ -60,19 +64,37 @@ def make_handler(resources: list[dict[str, Any]], token: str | None) -> type[Bas
     return Handler
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle")
-    parser.add_argument("--port", type=int, default=8090)
-    parser.add_argument("--token")
-    args = parser.parse_args()
-    with open(args.bundle, "rb") as handle:
-        bundle = orjson.loads(handle.read())
+    parser.add_argument("bundle", nargs="?", default=DEFAULT_BUNDLE,
+                        help="a FHIR Bundle whose resources to serve (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8090, help="loopback port to listen on (default: %(default)s)")
+    parser.add_argument("--token", help="require Authorization: Bearer TOKEN (default: no token needed)")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.bundle, "rb") as handle:
+            bundle = orjson.loads(handle.read())
+    except FileNotFoundError:
+        print(f"fhir_server: {args.bundle} not found; run `.venv/bin/python -m examples.generate` first",
+              file=sys.stderr)
+        return 2
     resources = [entry["resource"] for entry in bundle.get("entry", [])]
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(resources, args.token))
-    print(f"serving {len(resources)} resources at http://127.0.0.1:{args.port}/fhir")
-    server.serve_forever()
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(resources, args.token))
+    except OSError as exc:
+        why = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        print(f"fhir_server: cannot listen on 127.0.0.1:{args.port}: {why} (choose another --port)", file=sys.stderr)
+        return 2
+    print(f"serving {len(resources)} resources at http://127.0.0.1:{args.port}/fhir"
+          f"{' (bearer token required)' if args.token else ''}; Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,19 +1,29 @@
-"""Write the example hook requests, with dates relative to today, and the response each one gives.
+"""Write the example hook requests, dated relative to today, and say which card each one gives.
 
-    .venv/bin/python -m examples.generate          # rewrites examples/*.json
+    .venv/bin/python -m examples.generate            # writes examples/generated/*.json (git ignores that folder)
+    .venv/bin/python -m examples.generate --out DIR
 
-A fixed file would stop being "new back pain" after 42 days, so the requests are generated; re-run this
-before trying them. Responses carry fresh card uuids each time.
+"New" back pain means an onset within the last 42 days, so a request written once would stop firing after six
+weeks: the requests are generated, with every date relative to the moment you run this. Run it again whenever you
+come back to the examples. It needs only the service's own install (`pip install -e .`), never the test extras.
+
+The Synthea example is a real Synthea patient (tests/data/synthea/sample-bulk-10-patients, a woman born 1963 with
+hypertension and knee osteoarthritis, no cancer) with two Conditions added in Synthea's own shape: breast cancer
+diagnosed three years ago, and low back pain that began ten days ago.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tests.scenarios.fhir_builders import (
+from examples.fhir_builders import (
     ANASTROZOLE_SCD,
     BREAST_CANCER_ICD,
     BREAST_CANCER_SNOMED,
@@ -22,15 +32,23 @@ from tests.scenarios.fhir_builders import (
     URINARY_RETENTION,
     back_pain,
     breast_cancer,
+    concept,
     finding,
     hook_request,
+    hook_request_from_bundle,
+    iso_datetime,
     medication_request,
     patient,
     searchset,
+    snomed,
 )
 
 HERE = Path(__file__).parent
-FHIR_SERVER = "http://127.0.0.1:8090/fhir"  # examples/fhir_server.py serves the patient bundle there
+ROOT = HERE.parent
+OUT = HERE / "generated"
+FHIR_SERVER = "http://127.0.0.1:8090/fhir"  # where examples/fhir_server.py serves fhir-server-bundle.json
+FHIR_TOKEN = "example-token"
+SYNTHEA_PATIENT = ROOT / "tests/data/synthea/sample-bulk-10-patients/6a4160eb-a793-2f86-2302-378626f46cce.json"
 
 
 def _warning_record() -> dict[str, list[dict[str, Any]]]:
@@ -38,6 +56,33 @@ def _warning_record() -> dict[str, list[dict[str, Any]]]:
         "conditions": [breast_cancer(BREAST_CANCER_SNOMED, BREAST_CANCER_ICD), back_pain(onset_days_ago=9)],
         "medicationRequests": [medication_request(ANASTROZOLE_SCD, authored_days_ago=200)],
     }
+
+
+def _synthea_request(path: Path) -> dict[str, Any]:
+    """The Synthea patient as a patient-view request, with breast cancer and new back pain added as Synthea
+    writes Conditions (a copy of one of the patient's own Conditions, with a new code and dates)."""
+    bundle = orjson.loads(path.read_bytes())
+    body = hook_request_from_bundle(bundle)
+    conditions = body["prefetch"]["conditions"]["entry"]
+    template = conditions[0]["resource"]
+
+    def synthea_condition(suffix: str, code: dict[str, Any], onset_days_ago: float) -> dict[str, Any]:
+        added = copy.deepcopy(template)
+        added["id"] = f"{template['id'][:-len(suffix)]}{suffix}"
+        added["clinicalStatus"]["coding"][0]["code"] = "active"
+        added["code"] = concept(code, text=code["display"])
+        added["onsetDateTime"] = added["recordedDate"] = iso_datetime(onset_days_ago)
+        for key in ("abatementDateTime", "encounter"):
+            added.pop(key, None)
+        return added
+
+    for added in (
+        synthea_condition("bc01", snomed("254837009", "Malignant neoplasm of breast (disorder)"), 3 * 365),
+        synthea_condition("lbp1", snomed("279039007", "Low back pain (finding)"), 10),
+    ):
+        conditions.append({"fullUrl": f"urn:uuid:{added['id']}", "resource": added})
+    body["prefetch"]["conditions"]["total"] = len(conditions)
+    return body
 
 
 def examples() -> dict[str, dict[str, Any]]:
@@ -51,38 +96,61 @@ def examples() -> dict[str, dict[str, Any]]:
     without_prefetch.pop("prefetch")
     without_prefetch["fhirServer"] = FHIR_SERVER
     without_prefetch["fhirAuthorization"] = {
-        "access_token": "example-token", "token_type": "Bearer", "expires_in": 300,
+        "access_token": FHIR_TOKEN, "token_type": "Bearer", "expires_in": 300,
         "scope": "patient/*.read", "subject": "mscc-alert", "patient": PATIENT_ID,
     }
     null_keys = hook_request(patient(), **{key: None for key in (
         "medicationStatements", "medicationRequests", "observations", "serviceRequests", "diagnosticReports",
         "imagingStudies", "procedures")}, conditions=[breast_cancer(BREAST_CANCER_SNOMED)])
-    return {
+    written = {
         "patient-view-warning": hook_request(patient(), **warning),
         "patient-view-critical": hook_request(patient(), **critical),
-        "patient-view-fhir-server": without_prefetch,
         "patient-view-null-keys": null_keys,
+        "patient-view-fhir-server": without_prefetch,
         # What examples/fhir_server.py serves for the fhir-server example: the critical patient's record.
         "fhir-server-bundle": searchset([patient(), *critical["conditions"], *critical["medicationRequests"]]),
     }
+    if SYNTHEA_PATIENT.exists():  # tests/data is in every clone; not in an installed wheel
+        written["patient-view-synthea"] = _synthea_request(SYNTHEA_PATIENT)
+    return written
 
 
-def main() -> None:
-    from fastapi.testclient import TestClient
-
-    from cds_hooks.app import create_app
+def _answer(body: dict[str, Any]) -> str:
+    """What the service answers, evaluated in-process exactly as `mscc-alert evaluate` does."""
+    from cds_hooks.fhir_client import FetchLimits
+    from cds_hooks.hook_request import decode_hook_request
+    from cds_hooks.patient_view import HOOK, PatientViewService
     from cds_hooks.settings import Settings
+    from fhir_mapping.terminology import load_terminology
 
+    service = PatientViewService(load_terminology(), Settings(database_url="memory://").policy(), FetchLimits())
+    cards = service.evaluate(decode_hook_request(orjson.dumps(body), HOOK), datetime.now(UTC)).evaluation.cards
+    return ", ".join(f"a {card['indicator']} card" for card in cards) or "no card"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="folder to write to (default: examples/generated, which git ignores)")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     written = examples()
     for name, body in written.items():
-        (HERE / f"{name}.json").write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
-    with TestClient(create_app(Settings(database_url="memory://", auth="off"))) as client:
-        for name in ("patient-view-warning", "patient-view-critical", "patient-view-null-keys"):
-            response = client.post("/cds-services/breast-cancer-back-pain", json=written[name])
-            (HERE / f"{name}.response.json").write_bytes(
-                orjson.dumps(response.json(), option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {len(written)} requests and 3 responses to {HERE}")
+        (out / f"{name}.json").write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+    shown = out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out
+    print(f"wrote {len(written)} files to {shown}/, dated relative to now:")
+    for name, body in written.items():
+        if name == "fhir-server-bundle":
+            print(f"  {name}.json: what examples/fhir_server.py serves for patient-view-fhir-server.json")
+        elif name == "patient-view-fhir-server":
+            print(f"  {name}.json: no prefetch; first start the example FHIR server in another terminal:\n"
+                  f"      .venv/bin/python -m examples.fhir_server --token {FHIR_TOKEN}\n"
+                  "    then the service fetches the record from it and answers with a critical card")
+        else:
+            print(f"  {name}.json: {_answer(body)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -179,3 +179,127 @@ def test_serve_beyond_loopback_with_auth_off_starts() -> None:
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert "AUTHENTICATION IS OFF" in output
+
+
+# --- the CLI explains itself, and ordinary use never shows a traceback ----------------------------------------------
+def test_version_is_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"mscc-alert {version('mscc-alert')}"
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default() -> None:
+    import argparse
+
+    from cds_hooks.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == {"serve", "evaluate", "feedback-report"}
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            assert action.help and len(action.help) > 10, (name, action.dest)
+            assert "default" in action.help, f"{name} {action.option_strings[0]} does not show its default"
+            if action.default not in (None, False):
+                assert "%(default)s" in action.help or str(action.default) in action.help, (name, action.dest)
+
+
+def test_database_url_is_shown_without_its_password() -> None:
+    from cds_hooks.cli import shown_database
+    from cds_hooks.settings import Settings
+
+    shown = shown_database(Settings(database_url="postgresql+psycopg://alert:s3cret-pw@db.example.org:5432/fb"))
+    assert "s3cret-pw" not in shown
+    assert shown == "postgresql+psycopg://alert:***@db.example.org:5432/fb"
+
+
+@pytest.mark.e2e
+def test_evaluate_now_takes_a_date_alone(tmp_path: Path) -> None:
+    """A date with no time or zone is that day's midnight UTC: tomorrow, 10-day-old pain is still new."""
+    tomorrow = (now() + timedelta(days=1)).date().isoformat()
+    result = cli("evaluate", "--now", tomorrow, write(tmp_path, warning_request()))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[WARNING] ")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("value", ["2026-13-01", "yesterday", "2026-11-01T25:00"])
+def test_evaluate_bad_now_is_one_line(tmp_path: Path, value: str) -> None:
+    result = cli("evaluate", "--now", value, write(tmp_path, warning_request()))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and value in result.stderr and "ISO 8601" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.e2e
+def test_evaluate_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`mscc-alert evaluate ... | head`: the reader goes away; no BrokenPipeError."""
+    path = write(tmp_path, warning_request())
+    process = subprocess.Popen([sys.executable, "-m", "cds_hooks", "evaluate", "--json", path], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment())
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before it writes anything
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0
+    assert stderr == ""
+
+
+@pytest.mark.e2e
+def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli("serve", "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_serve_says_where_it_serves_and_ctrl_c_stops_it_quietly(tmp_path: Path) -> None:
+    import signal
+
+    port = free_port()
+    database = tmp_path / "feedback.sqlite3"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cds_hooks", "serve", "--port", str(port), "--database-url", f"sqlite:///{database}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=environment(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while status != 200 and time.monotonic() < deadline and process.poll() is None:
+            try:
+                status = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
+            except requests.RequestException:
+                time.sleep(0.1)
+        assert status == 200, f"exit code {process.poll()}"
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode in (0, 130), output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert f"serving http://127.0.0.1:{port}/cds-services" in output
+    assert f"feedback database: sqlite:///{database}" in output
+    assert database.exists()  # the --database-url option was used, not the environment's memory://
+
+
+@pytest.mark.e2e
+def test_feedback_report_says_which_database_it_read(tmp_path: Path) -> None:
+    database = tmp_path / "report.sqlite3"
+    by_option = cli("feedback-report", "--database-url", f"sqlite:///{database}")
+    assert by_option.returncode == 0, by_option.stderr
+    assert by_option.stdout.startswith(f"Feedback database: sqlite:///{database}\n")
+    by_env = cli("feedback-report", env={"MSCC_ALERT_DATABASE_URL": f"sqlite:///{database}"})
+    assert by_env.returncode == 0, by_env.stderr
+    assert by_env.stdout == by_option.stdout
