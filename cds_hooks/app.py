@@ -15,7 +15,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,6 +54,16 @@ from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jw
 from cds_hooks.security.jwt_auth import ReplayCache
 from cds_hooks.settings import Settings
 from fhir_mapping.terminology import load_terminology
+
+# The value sets every rule reads: /readyz says not ready unless each has codes.
+READY_VALUE_SETS = ("breast-cancer", "spinal-pain", "neuro-red-flags", "spine-imaging")
+API_DESCRIPTION = (
+    "A CDS Hooks 2.0 service: breast-cancer history plus new spinal pain gives a warning card (suspected spinal "
+    "metastases: MRI of the whole spine within a week) or a critical card (suspected spinal cord compression: "
+    "within 24 h). `GET /cds-services` is discovery; `POST /cds-services/{id}` is the hook call. "
+    "`GET /healthz` says the process is alive, `GET /readyz` that it can answer (value sets loaded, feedback "
+    "database reachable), `GET /metrics` is Prometheus text (all workers)."
+)
 
 _JSON_TYPES = ("application/json", "application/fhir+json")
 
@@ -126,7 +137,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fetches.close()
             store.close()
 
-    app = FastAPI(title="mscc-alert", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # /docs (Swagger UI) and /redoc with their scripts served from the installed fastapi-offline package, never
+    # from a CDN: the documentation works on a machine with no internet access.
+    app = FastAPIOffline(title="mscc-alert", version="0.1.0", lifespan=lifespan, docs_url="/docs",
+                         redoc_url="/redoc", description=API_DESCRIPTION)
     app.state.settings = settings
     app.state.services = services
 
@@ -210,6 +224,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log_fields(request)["reason"] = "precondition-failed"
             if exc.log_detail:
                 log_fields(request)["fetch_errors"] = exc.log_detail
+            # The key names only: the reasons can carry the FHIR server's URLs, which hold patient ids.
+            log_fields(request)["failed_keys"] = ",".join(e.removeprefix("prefetch.") for e in exc.expression or [])
             if exc.fetch_failures:
                 metrics.fhir_fetches.labels("failed").inc(exc.fetch_failures)
         if isinstance(exc, Unauthorized):
@@ -227,12 +243,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             error.message = f"Method {request.method} is not allowed here"
         return _outcome_response(error, headers=dict(exc.headers or {}))
 
-    @app.get("/cds-services")
+    @app.get("/cds-services", summary="Discovery: the services and their prefetch templates")
     async def discovery(request: Request) -> Response:
         await authenticate(request)
         return _json({"services": [s.discovery() for s in services.values()]})
 
-    @app.post("/cds-services/{service_id}")
+    @app.post("/cds-services/{service_id}", summary="Call the service (the patient-view hook)")
     async def call_service(service_id: str, request: Request) -> Response:
         service = service_for(service_id)
         fields = log_fields(request)
@@ -280,7 +296,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return _json({"cards": cards})
 
-    @app.post("/cds-services/{service_id}/feedback")
+    @app.post("/cds-services/{service_id}/feedback", summary="Feedback on the cards (accepted, overridden)")
     async def feedback(service_id: str, request: Request) -> Response:
         service = service_for(service_id)
         log_fields(request)["service_id"] = service.id
@@ -309,13 +325,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/cds-services/{service_id}/feedback", allow("POST, OPTIONS"), methods=["OPTIONS"],
                       include_in_schema=False)
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> Response:
         return _json({"status": "ok"})
 
-    @app.get("/metrics")
+    @app.get("/readyz", summary="Readiness: value sets loaded, feedback database reachable")
+    async def readyz() -> Response:
+        """Ready to answer hooks: the value sets are loaded and the feedback database answers."""
+        problems = [] if all(terminology.value_set(vs) for vs in READY_VALUE_SETS) else ["value sets not loaded"]
+        try:
+            async with asyncio.timeout(settings.ready_timeout_seconds):
+                await run_in_threadpool(store.ping)
+        except Exception as exc:  # any failure means not ready; the type says which
+            problems.append(f"feedback database unreachable ({type(exc).__name__})")
+        if problems:
+            return Response(orjson.dumps(operation_outcome([("error", "transient", p, None) for p in problems])),
+                            status_code=503, media_type=FHIR_JSON_MEDIA_TYPE)
+        return _json({"status": "ready"})
+
+    @app.get("/metrics", summary="Prometheus metrics, summed over all workers")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(InternalErrors)
     app.add_middleware(

@@ -10,7 +10,9 @@ import argparse
 import errno
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from cds_hooks.metrics import MULTIPROC_ENV
 from cds_hooks.settings import Settings
 
 _log = logging.getLogger("mscc_alert")
@@ -109,12 +112,23 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sock.getsockname()[1]
-    print(f"mscc-alert {_version()}: serving http://{host}:{port}/cds-services (API docs at "
-          f"http://{host}:{port}/docs); feedback database: {shown_database(settings)}; Ctrl-C stops",
-          file=sys.stderr, flush=True)
     _log.info("starting", extra={"host": args.host, "port": port, "workers": args.workers,
                                  "auth": "off" if verifier is None else "jwt"})
-    serve(args.host, port, args.workers, sock)
+    # Where to point a browser or an EHR, and which database the feedback goes to (never its password).
+    _log.info(f"mscc-alert {_version()} serving http://{host}:{port}/cds-services (Ctrl-C stops)",
+              extra={"docs": f"http://{host}:{port}/docs", "database": shown_database(settings)})
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Each worker counts in its own process: a private folder where all of them write, so that /metrics
+        # (answered by whichever worker a scrape reaches) sums every worker. Removed when the workers stop.
+        metrics_dir = tempfile.mkdtemp(prefix="mscc-alert-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        _log.info("metrics of all workers are summed", extra={"metrics_dir": metrics_dir})
+    try:
+        serve(args.host, port, args.workers, sock)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

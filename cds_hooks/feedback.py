@@ -281,6 +281,9 @@ class FeedbackStore(Protocol):
     def replay_cache(self) -> ReplayCache | None:
         """Where client JWT ids are remembered, shared by every worker using this store (None: in memory)."""
 
+    def ping(self) -> None:
+        """Raise unless the store answers now (readiness)."""
+
     def close(self) -> None: ...
 
 
@@ -382,6 +385,9 @@ class MemoryFeedbackStore:
 
     def replay_cache(self) -> None:
         return None  # one process: the verifier's own in-memory cache is shared by everything
+
+    def ping(self) -> None:
+        """Always ready: it is this process's memory."""
 
     def close(self) -> None:
         """Nothing to release; present to satisfy `FeedbackStore`."""

@@ -486,6 +486,10 @@ class SqlFeedbackStore:
             {indicator: count for indicator, count in issued}, [FeedbackFact(*row) for row in rows]
         )
 
+    def ping(self) -> None:
+        with self._engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
     def close(self) -> None:
         """Release connections; issued cards recorded after this are dropped and counted. Idempotent."""
         with self._lock:

@@ -1,8 +1,18 @@
-"""Prometheus metrics, served at /metrics. A registry per app, so several apps (tests) never collide."""
+"""Prometheus metrics, served at /metrics. A registry per app, so several apps (tests) never collide.
+
+With several workers (`serve --workers N`) each worker is its own process with its own counters, and a scrape
+reaches one of them. `mscc-alert serve` then runs prometheus_client in multiprocess mode: it points
+PROMETHEUS_MULTIPROC_DIR at a private temporary folder before the workers start (and removes it when they stop),
+every worker writes its values there, and /metrics in any worker sums them all.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -23,3 +33,11 @@ class Metrics:
             "mscc_alert_fhir_fetches", "Prefetch keys fetched from the FHIR server, by outcome", ["outcome"],
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """The text format of every worker's metrics (multiprocess mode) or of this app's."""
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -62,7 +62,7 @@ def openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
             return app.openapi_schema
         from fastapi.openapi.utils import get_openapi
 
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         template = "#/components/schemas/{name}"
         (hook_ref,), components = msgspec.json.schema_components([HookRequest], ref_template=template)
         feedback = FeedbackRequest.model_json_schema(ref_template=template.replace("{name}", "{model}"))
@@ -109,6 +109,12 @@ def openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
         }
         paths["/healthz"]["get"]["responses"] = {
             "200": _json_answer("Alive", {"type": "object", "properties": {"status": {"type": "string"}}})
+        }
+        paths["/readyz"]["get"]["responses"] = {
+            "200": _json_answer("Ready: value sets loaded, feedback database reachable",
+                                {"type": "object", "properties": {"status": {"type": "string"}}}),
+            "503": _json_answer("Not ready; the OperationOutcome says which check failed", _OPERATION_OUTCOME_SCHEMA,
+                                FHIR_JSON_MEDIA_TYPE),
         }
         app.openapi_schema = schema
         return schema

@@ -139,12 +139,13 @@ def _ignored_note(request: HookRequest[Any], templates: Mapping[str, str]) -> st
     undeclared = sorted(k for k in request.prefetch or {} if k not in templates)
     if not undeclared:
         return ""
-    return (f" (ignored prefetch keys this service does not declare: {', '.join(undeclared)}; "
-            f"it declares: {', '.join(templates)})")
+    return (f"\n- ignored prefetch keys this service does not declare: {', '.join(undeclared)} "
+            f"(it declares: {', '.join(templates)})")
 
 
 def _missing(to_fetch: Mapping[str, str]) -> str:
-    return "; ".join(f"prefetch key '{k}': {why}" for k, why in to_fetch.items())
+    """One line per key and its reason, under the message's first line."""
+    return "".join(f"\n- prefetch key '{k}': {why}" for k, why in to_fetch.items())
 
 
 def plan_fetch(request: HookRequest[Any], templates: Mapping[str, str], gathered: Gathered,
@@ -153,7 +154,7 @@ def plan_fetch(request: HookRequest[Any], templates: Mapping[str, str], gathered
     expression = [f"prefetch.{k}" for k in gathered.to_fetch]
     if request.fhirServer is None:
         raise PreconditionFailed(
-            "Data the rules need is missing and no fhirServer was given to fetch it: "
+            "Data the rules need is missing and no fhirServer was given to fetch it:"
             + _missing(gathered.to_fetch) + _ignored_note(request, templates),
             expression=expression,
         )
@@ -161,7 +162,7 @@ def plan_fetch(request: HookRequest[Any], templates: Mapping[str, str], gathered
     if not servers.allows(issuer, server):
         raise PreconditionFailed(
             "Data the rules need is missing and the fhirServer given is not a FHIR server this client may name "
-            "(the servers each client may use are configured in this service), so it was not contacted: "
+            "(the servers each client may use are configured in this service), so it was not contacted:"
             + _missing(gathered.to_fetch) + _ignored_note(request, templates),
             expression=["fhirServer", *expression], log_detail="fhir-server-not-allowed",
         )
@@ -173,9 +174,9 @@ def not_fetched(request: HookRequest[Any], templates: Mapping[str, str], keys: M
                 log_detail: str) -> PreconditionFailed:
     """The 412 for keys that could not be fetched: the same words whatever went wrong (detail: the log)."""
     return PreconditionFailed(
-        "Could not obtain data the rules need: "
-        + "; ".join(f"prefetch key '{k}': {why}, and it could not be fetched from fhirServer"
-                    for k, why in keys.items())
+        "Could not obtain data the rules need:"
+        + "".join(f"\n- prefetch key '{k}': {why}, and it could not be fetched from fhirServer"
+                  for k, why in keys.items())
         + _ignored_note(request, templates),
         expression=[f"prefetch.{k}" for k in keys], fetch_failures=len(keys), log_detail=log_detail,
     )

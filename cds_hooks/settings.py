@@ -76,6 +76,7 @@ class Settings(BaseSettings):
 
     # --- Storage, logs -------------------------------------------------------------------------------
     database_url: str | None = Field(None, description="Feedback store; default: an SQLite file in the data dir.")
+    ready_timeout_seconds: float = Field(2.0, gt=0, le=60, description="/readyz waits this long for the database.")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -290,7 +290,7 @@ def test_serve_says_where_it_serves_and_ctrl_c_stops_it_quietly(tmp_path: Path) 
     assert process.returncode in (0, 130), output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     assert f"serving http://127.0.0.1:{port}/cds-services" in output
-    assert f"feedback database: sqlite:///{database}" in output
+    assert f"docs=http://127.0.0.1:{port}/docs database=sqlite:///{database}" in output
     assert database.exists()  # the --database-url option was used, not the environment's memory://
 
 

@@ -247,6 +247,13 @@ def test_refusals_say_why_in_the_log_only(scenario: Scenario) -> None:
     assert "hook_instance" not in scenario.records["400"]  # the body was never decoded
 
 
+def test_412_logs_the_keys_it_could_not_obtain_by_name_only(scenario: Scenario) -> None:
+    for what in ("412", "412-fetch-failed"):
+        keys = scenario.records[what]["failed_keys"].split(",")
+        assert keys and set(keys) <= set(fb.PREFETCH_KEYS), what
+    assert "fhirServer" not in scenario.service.logs() and "not provided" not in scenario.service.logs()
+
+
 def test_start_is_logged_with_auth_mode(scenario: Scenario) -> None:
     starting = [r for r in log_records(scenario.service) if r["message"] == "starting"]
     assert len(starting) == 1

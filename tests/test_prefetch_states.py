@@ -119,6 +119,19 @@ def test_no_prefetch_at_all_without_fhir_server_is_412_naming_every_key(service_
     assert outcome["issue"][0]["expression"] == [f"prefetch.{key}" for key in PREFETCH_KEYS]
 
 
+def test_412_names_each_key_and_its_reason_on_its_own_line(service_client: Any) -> None:
+    body = warning_request()
+    del body["prefetch"]["conditions"], body["prefetch"]["observations"]
+    body["prefetch"]["labs"] = searchset([])  # not declared: named on a line of its own
+    outcome = assert_operation_outcome(service_client.post(SERVICE_PATH, json=body), 412, "fhirServer")
+    lines = outcome["issue"][0]["diagnostics"].splitlines()
+    assert lines[1:] == [
+        "- prefetch key 'conditions': not provided in prefetch",
+        "- prefetch key 'observations': not provided in prefetch",
+        "- ignored prefetch keys this service does not declare: labs (it declares: " + ", ".join(PREFETCH_KEYS) + ")",
+    ]
+
+
 # --- values that are not data: treated as absent --------------------------------------------------------------
 def outcome_in_bundle() -> JSON:
     bundle = searchset([breast_cancer(), back_pain()])
