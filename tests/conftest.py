@@ -25,6 +25,19 @@ SERVICE_ID = "breast-cancer-back-pain"
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
+# Tests that need these fixtures start a server or a subprocess: marked `e2e`, whatever file they are in, so that
+# `pytest -m "not e2e"` (the fast inner loop, README "Development") leaves them out. CI runs everything.
+E2E_FIXTURES = frozenset({"live_service", "small_limit_service", "postgres_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        live_param = getattr(item, "callspec", None) is not None and "live" in item.callspec.params.values()
+        if fixtures & E2E_FIXTURES or live_param or item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.e2e)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

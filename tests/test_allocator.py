@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # starts servers or subprocesses
+
 PROBE = """
 import ctypes, ctypes.util
 from cds_hooks.allocator import keep_freed_memory

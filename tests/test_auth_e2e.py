@@ -42,6 +42,8 @@ from pytest_httpserver import HTTPServer
 from tests.conftest import SERVICE_ID, TEST_DATA, LiveService, free_port, start_live_service, stop_live_service
 from tests.scenarios import fhir_builders as fb
 
+pytestmark = pytest.mark.e2e  # starts servers or subprocesses
+
 ISSUER = "https://ehr.example.org/fhir"
 PUBLIC_BASE_URL = "https://cds.example.org/mscc"
 JWKS_PATH = "/jwks.json"

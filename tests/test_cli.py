@@ -27,6 +27,8 @@ from tests.scenarios.fhir_builders import (
 )
 from tests.scenarios.test_clinical_scenarios import assert_valid_cds_response
 
+pytestmark = pytest.mark.e2e  # starts servers or subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHEA = TEST_DATA / "synthea/sample-bulk-10-patients"
 DECEASED_BREAST_CANCER = SYNTHEA / "129c6ac7-8d06-89de-ad63-0204a93e76c3.json"
@@ -217,7 +219,6 @@ def test_database_url_is_shown_without_its_password() -> None:
     assert shown == "postgresql+psycopg://alert:***@db.example.org:5432/fb"
 
 
-@pytest.mark.e2e
 def test_evaluate_now_takes_a_date_alone(tmp_path: Path) -> None:
     """A date with no time or zone is that day's midnight UTC: tomorrow, 10-day-old pain is still new."""
     tomorrow = (now() + timedelta(days=1)).date().isoformat()
@@ -226,7 +227,6 @@ def test_evaluate_now_takes_a_date_alone(tmp_path: Path) -> None:
     assert result.stdout.startswith("[WARNING] ")
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("value", ["2026-13-01", "yesterday", "2026-11-01T25:00"])
 def test_evaluate_bad_now_is_one_line(tmp_path: Path, value: str) -> None:
     result = cli("evaluate", "--now", value, write(tmp_path, warning_request()))
@@ -235,7 +235,6 @@ def test_evaluate_bad_now_is_one_line(tmp_path: Path, value: str) -> None:
     assert result.stdout == ""
 
 
-@pytest.mark.e2e
 def test_evaluate_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     """`mscc-alert evaluate ... | head`: the reader goes away; no BrokenPipeError."""
     path = write(tmp_path, warning_request())
@@ -248,7 +247,6 @@ def test_evaluate_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     assert stderr == ""
 
 
-@pytest.mark.e2e
 def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
     import socket
 
@@ -263,7 +261,6 @@ def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.e2e
 def test_serve_says_where_it_serves_and_ctrl_c_stops_it_quietly(tmp_path: Path) -> None:
     import signal
 
@@ -294,7 +291,6 @@ def test_serve_says_where_it_serves_and_ctrl_c_stops_it_quietly(tmp_path: Path) 
     assert database.exists()  # the --database-url option was used, not the environment's memory://
 
 
-@pytest.mark.e2e
 def test_feedback_report_says_which_database_it_read(tmp_path: Path) -> None:
     database = tmp_path / "report.sqlite3"
     by_option = cli("feedback-report", "--database-url", f"sqlite:///{database}")

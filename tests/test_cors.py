@@ -23,6 +23,8 @@ from cds_hooks.settings import Settings
 from tests.conftest import SERVICE_ID, TEST_DATA, LiveService, start_live_service, stop_live_service
 from tests.scenarios.fhir_builders import back_pain, breast_cancer, hook_request, patient
 
+pytestmark = pytest.mark.e2e  # starts servers or subprocesses
+
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
 EXCHANGE_LOG = TEST_DATA / "cds-hooks-examples/observed-client-requests/http-exchange-log.json"

@@ -20,6 +20,8 @@ import requests
 from tests.conftest import SERVICE_ID, free_port
 from tests.scenarios.test_clinical_scenarios import assert_valid_cds_response
 
+pytestmark = pytest.mark.e2e  # starts servers or subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 # What the serve install lacks: the test extras. Importing any of them from the generator would fail for a newcomer.
@@ -55,7 +57,6 @@ def load(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-@pytest.mark.e2e
 def test_generate_imports_nothing_the_serve_install_lacks(generated: tuple[Path, str]) -> None:
     out, stdout = generated
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -64,7 +65,6 @@ def test_generate_imports_nothing_the_serve_install_lacks(generated: tuple[Path,
     assert "Traceback" not in stdout
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize(("name", "expected"), [
     ("patient-view-warning", ["warning"]),
     ("patient-view-critical", ["critical"]),
@@ -84,7 +84,6 @@ def test_each_example_fires_its_card_today(
     assert f"{name}.json: {said}\n" in stdout, "the generator's summary matches what the service answers"
 
 
-@pytest.mark.e2e
 def test_synthea_example_is_the_real_patient_plus_two_conditions(generated: tuple[Path, str]) -> None:
     out, _ = generated
     body = load(out / "patient-view-synthea.json")
@@ -97,7 +96,6 @@ def test_synthea_example_is_the_real_patient_plus_two_conditions(generated: tupl
     assert body["prefetch"]["patient"]["id"] == "6a4160eb-a793-2f86-2302-378626f46cce"
 
 
-@pytest.mark.e2e
 def test_default_output_folder_is_ignored_by_git() -> None:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
@@ -106,7 +104,6 @@ def test_default_output_folder_is_ignored_by_git() -> None:
     assert ignored.returncode == 0, "examples/generated/ must be git-ignored so regenerating never dirties the tree"
 
 
-@pytest.mark.e2e
 def test_fhir_server_example_serves_the_fhir_server_request_and_stops_quietly(
     generated: tuple[Path, str], service_client: Any
 ) -> None:

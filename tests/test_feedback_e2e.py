@@ -23,6 +23,8 @@ from sqlalchemy import MetaData, create_engine, select
 from tests.conftest import SERVICE_ID, LiveService, start_live_service, stop_live_service
 from tests.scenarios import fhir_builders as fb
 
+pytestmark = pytest.mark.e2e  # starts servers or subprocesses
+
 if TYPE_CHECKING:
     from tests.postgres import PostgresServer
 

@@ -33,6 +33,8 @@ from cds_hooks.settings import Settings
 from tests.conftest import SERVICE_ID, LiveService, start_live_service, stop_live_service
 from tests.scenarios import fhir_builders as fb
 
+pytestmark = pytest.mark.e2e  # slow: bounded Hypothesis runs (and one live flood)
+
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
 POST_PATHS = (SERVICE_PATH, FEEDBACK_PATH)

@@ -102,6 +102,7 @@ def test_a_cancelled_waiter_gives_back_nothing_it_did_not_hold() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.e2e
 def test_a_burst_beyond_the_budget_is_queued_and_every_request_answered(tmp_path: Path) -> None:
     """Against `mscc-alert serve` with room for one ~0.6 MB body: six at once all get their warning card."""
     filler = [fb.medication_request(fb.rxnorm("197361", "amlodipine 5 MG Oral Tablet")) for _ in range(1200)]
@@ -129,6 +130,7 @@ def test_a_burst_beyond_the_budget_is_queued_and_every_request_answered(tmp_path
     assert any(line.get("queued_ms", 0) >= 1 for line in hooks), "with room for one body, some must have queued"
 
 
+@pytest.mark.e2e
 def test_a_body_that_trickles_in_gets_408_and_frees_its_share(tmp_path: Path) -> None:
     body = orjson.dumps(fb.hook_request(fb.patient(), conditions=[fb.breast_cancer(fb.BREAST_CANCER_SNOMED),
                                                                   fb.back_pain()]))

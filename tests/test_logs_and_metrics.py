@@ -36,6 +36,8 @@ from tests.test_auth_e2e import (
     send_logged,
 )
 
+pytestmark = pytest.mark.e2e  # starts servers or subprocesses
+
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 HOOK_ROUTE = "/cds-services/{service_id}"
 FHIR_PATH = "/fhir"

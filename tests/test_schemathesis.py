@@ -33,6 +33,8 @@ from cds_hooks.settings import Settings
 from tests.conftest import SERVICE_ID
 from tests.scenarios import fhir_builders as fb
 
+pytestmark = pytest.mark.e2e  # slow: hundreds of generated requests
+
 CLOSED_LOOPBACK = "http://127.0.0.1:1/fhir"
 INDICATORS = {"info", "warning", "critical"}
 OPERATIONS = {
@@ -40,6 +42,7 @@ OPERATIONS = {
     ("POST", "/cds-services/{service_id}"),
     ("POST", "/cds-services/{service_id}/feedback"),
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/metrics"),
 }
 

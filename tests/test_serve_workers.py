@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import SERVICE_ID, free_port
 from tests.scenarios import fhir_builders as fb
+
+pytestmark = pytest.mark.e2e  # starts servers or subprocesses
 
 
 def test_two_workers_on_a_fresh_database(tmp_path: Path) -> None:
