@@ -7,7 +7,7 @@ What a chart of N resources holds here, in the proportions a large EHR export ha
 - ~10% real Synthea records (Conditions, MedicationRequests, Procedures, DiagnosticReports with their
   base64 notes) from tests/data/synthea/spezifhir-mock-patients, re-pointed at the benchmark patient;
 - the rest Observations: a quarter real Synthea Observations (reused with fresh ids when N needs more than
-  the 483 there are; ~7% of them are pain scores or calcium the rules do read), three quarters generated
+  the 132 there are; some of them are pain scores or calcium the rules do read), three quarters generated
   vital signs and routine labs with real LOINC codes, UCUM units, reference ranges and interpretations,
   ~1.2 KB each like an EHR's output, none of them a code the rules read.
 Dates of generated resources spread over ten years before now; Synthea dates are kept (1996-2020).
