@@ -128,15 +128,21 @@ def test_metrics_count_every_workers_requests(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert len(list(metrics_dir.glob("counter_*.db"))) >= 2, "the requests never reached the second worker"
 
-        for _ in range(4):  # each scrape may reach either worker: every one must count all the requests
+        def scrape() -> float:
             text = requests.get(f"http://127.0.0.1:{port}/metrics", headers={"Connection": "close"}, timeout=10).text
-            counted = sum(
+            return sum(
                 sample.value
                 for family in text_string_to_metric_families(text) if family.name == "mscc_alert_requests"
                 for sample in family.samples
                 if sample.name == "mscc_alert_requests_total" and sample.labels["route"] == "/cds-services"
             )
-            assert counted == sent
+
+        # A request is counted just after its answer is sent: let the last ones land (at most 10 s).
+        settle = time.monotonic() + 10
+        while scrape() != sent and time.monotonic() < settle:
+            time.sleep(0.2)
+        # Each scrape may reach either worker: every one must count all the requests.
+        assert [scrape() for _ in range(4)] == [sent] * 4
     finally:
         process.terminate()
         process.wait(timeout=30)
