@@ -60,6 +60,18 @@ def write(tmp_path: Path, body: JSON | str, name: str = "request.json") -> str:
     return str(path)
 
 
+def wait_until_healthy(process: subprocess.Popen[str], port: int) -> None:
+    """Until /healthz answers 200 (at most 60 s: a loaded machine starts slowly), or the process exits."""
+    deadline = time.monotonic() + 60
+    status = None
+    while status != 200 and time.monotonic() < deadline and process.poll() is None:
+        try:
+            status = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
+        except requests.RequestException:
+            time.sleep(0.1)
+    assert status == 200, f"exit code {process.poll()}"
+
+
 def warning_request() -> JSON:
     return hook_request(patient(), conditions=[breast_cancer(), back_pain()])
 
@@ -167,14 +179,7 @@ def test_serve_beyond_loopback_with_auth_off_starts() -> None:
         env=environment({"MSCC_ALERT_AUTH": "off"}),
     )
     try:
-        deadline = time.monotonic() + 60
-        status = None
-        while status != 200 and time.monotonic() < deadline and process.poll() is None:
-            try:
-                status = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
-            except requests.RequestException:
-                time.sleep(0.1)
-        assert status == 200, f"exit code {process.poll()}"
+        wait_until_healthy(process, port)
         discovery = requests.get(f"http://127.0.0.1:{port}/cds-services", timeout=5)
         assert discovery.status_code == 200  # open: no JWT needed
     finally:
@@ -271,14 +276,7 @@ def test_serve_says_where_it_serves_and_ctrl_c_stops_it_quietly(tmp_path: Path) 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=environment(),
     )
     try:
-        deadline = time.monotonic() + 60
-        status = None
-        while status != 200 and time.monotonic() < deadline and process.poll() is None:
-            try:
-                status = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
-            except requests.RequestException:
-                time.sleep(0.1)
-        assert status == 200, f"exit code {process.poll()}"
+        wait_until_healthy(process, port)
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         output, _ = process.communicate(timeout=30)
     finally:
