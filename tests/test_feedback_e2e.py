@@ -216,8 +216,9 @@ def test_feedback_survives_a_restart_and_is_reported(
 
 def test_report_on_an_empty_database(tmp_path: Path) -> None:
     """A fresh database (migrated by the report itself) reports nothing rather than failing."""
-    report = feedback_report({"MSCC_ALERT_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}"})
-    assert report.strip() == "No cards issued and no feedback recorded."
+    database = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    report = feedback_report({"MSCC_ALERT_DATABASE_URL": database})
+    assert report.strip() == f"Feedback database: {database}\n\nNo cards issued and no feedback recorded."
 
 
 def test_feedback_on_a_card_never_issued_is_refused_and_not_stored(
