@@ -31,6 +31,7 @@ from cds_hooks.errors import (
     Unauthorized,
     UnsupportedMediaType,
     error_body,
+    operation_outcome,
 )
 from cds_hooks.feedback import (
     FeedbackError,

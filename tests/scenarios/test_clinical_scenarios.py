@@ -164,8 +164,8 @@ def assert_card_reads_at_a_glance(card: Any, where: str = "card") -> None:
 
 
 def assert_valid_cds_response(body: Any, *, patient_id: str | None = None, ours: bool = True) -> None:
-    """Assert the CDS Hooks 2.0 response and card rules (docs/cds-hooks-conformance.md §1.6, §1.10) on a response body, and
-    (`ours`) this service's own card rules (assert_card_reads_at_a_glance)."""
+    """Assert the CDS Hooks 2.0 response and card rules (docs/cds-hooks-conformance.md §1.6, §1.10) on a response
+    body, and (`ours`) this service's own card rules (assert_card_reads_at_a_glance)."""
     assert isinstance(body, dict), "response must be a JSON object"
     assert isinstance(body.get("cards"), list), "`cards` must be present (an array, possibly empty)"
     _assert_no_empty_values({k: v for k, v in body.items() if k != "cards"}, "$")
