@@ -285,7 +285,7 @@ def test_every_failure_reads_the_same_to_the_client(
         httpserver.url_for("/html"),
     ]
     texts = {diagnostics(post(service, missing(["patient"], server))) for server in servers}
-    assert texts == {"Could not obtain data the rules need: prefetch key 'patient': not provided in prefetch, "
+    assert texts == {"Could not obtain data the rules need:\n- prefetch key 'patient': not provided in prefetch, "
                      "and it could not be fetched from fhirServer"}
 
 
