@@ -7,6 +7,7 @@ import gc
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cards.suppression import card_facts
 from cds_hooks.errors import (
     FHIR_JSON_MEDIA_TYPE,
     BadRequest,
@@ -44,10 +46,12 @@ from cds_hooks.metrics import Metrics
 from cds_hooks.middleware import AccessLog, InternalErrors
 from cds_hooks.openapi import openapi_document
 from cds_hooks.patient_view import PatientViewService
+from cds_hooks.pseudonym import Pseudonyms
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
 from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jwks
 from cds_hooks.security.jwt_auth import ReplayCache
 from cds_hooks.settings import Settings
+from cds_hooks.suppression import Suppression
 from fhir_mapping.terminology import load_terminology
 
 _JSON_TYPES = ("application/json", "application/fhir+json")
@@ -88,6 +92,14 @@ def open_feedback_store(settings: Settings) -> FeedbackStore:
     return SqlFeedbackStore(settings.database_url or default_database_url())
 
 
+def build_suppression(settings: Settings, store: FeedbackStore) -> Suppression | None:
+    """None (suppression off, no pseudonyms stored) without MSCC_ALERT_PSEUDONYM_SECRET."""
+    if settings.pseudonym_secret is None:
+        return None
+    return Suppression(store.acknowledgements(), Pseudonyms(settings.pseudonym_secret.get_secret_value()),
+                       settings.suppression_windows(), settings.suppression_lookup_rows)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     terminology = load_terminology()
@@ -101,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services = {service.id: service}
     store = open_feedback_store(settings)
     verifier = build_verifier(settings, store.replay_cache())
+    suppression = build_suppression(settings, store)
     metrics = Metrics()
     inflight = InflightBudget(settings.max_inflight_body_bytes)
 
@@ -223,6 +236,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             outcome = await run_in_threadpool(service.evaluate, hook_request)
         evaluation, gathered = outcome.evaluation, outcome.gathered
         cards = evaluation.cards
+        issuer, tenant = (client.issuer, client.tenant) if client else (None, None)
+        facts = card_facts(evaluation.decision) if cards else None
+        patient_key = user_key = None
+        if suppression is not None and facts is not None:
+            patient_key = suppression.pseudonyms.patient(issuer, hook_request.context.patientId)
+            user_key = suppression.pseudonyms.user(issuer, hook_request.context.userId)
+            shown = await run_in_threadpool(suppression.apply, service.id, cards, facts, patient_key,
+                                            datetime.now(UTC), None, issuer, tenant)
+            cards = shown.cards
+            if shown.suppressed:
+                fields["suppressed"] = shown.suppressed
         fields.update(
             cards=len(cards), indicator=cards[0]["indicator"] if cards else "none",
             resources_seen=evaluation.resources_seen, resources_used=evaluation.resources_used,
@@ -239,8 +263,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.cards.labels(card["indicator"]).inc()
         if cards:
             store.record_issued(
-                service.id, [IssuedCard(c["uuid"], c["indicator"]) for c in cards],
-                client.issuer if client else None, client.tenant if client else None,
+                service.id,
+                [IssuedCard(c["uuid"], c["indicator"], kind=facts.kind if facts else None,
+                            evidence_at=facts.evidence_at if facts else None,
+                            patient_key=patient_key, user_key=user_key) for c in cards],
+                issuer, tenant,
             )
         return _json({"cards": cards})
 

@@ -58,6 +58,15 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"mscc-alert: cannot open the feedback database: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    if settings.pseudonym_secret is None:
+        _log.warning("SUPPRESSION IS OFF: MSCC_ALERT_PSEUDONYM_SECRET is not set, so a card a clinician has already "
+                     "acted on is shown again on every chart opening; set it (32+ characters) to show each card once "
+                     "unless it gets worse", extra={"suppression": "off"})
+    else:
+        _log.info("suppression on: a card acted on is not shown again for %g days after an override, %g after an "
+                  "accepted critical and %g after an accepted warning card, unless it escalates or new evidence "
+                  "appears", settings.suppress_override_days, settings.suppress_accepted_critical_days,
+                  settings.suppress_accepted_warning_days, extra={"suppression": "on"})
     _log.info("starting", extra={"host": args.host, "port": args.port, "workers": args.workers,
                                  "auth": "off" if verifier is None else "jwt"})
     serve(args.host, args.port, args.workers)

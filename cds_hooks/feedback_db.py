@@ -34,6 +34,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -54,6 +55,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
+from cds_hooks.acknowledgements import SqlAcknowledgements
 from cds_hooks.feedback import FeedbackRequest, IssuedCard, stored_rows
 from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
 
@@ -102,7 +104,29 @@ issued_cards = Table(
     Column("issued_at", _UtcDateTime(), nullable=False),
     Column("issuer", Text()),
     Column("tenant", Text()),
+    # Revision 0003: what suppression and the report need (cards/suppression.py, cds_hooks/pseudonym.py).
+    Column("kind", String(32)),
+    Column("evidence_at", _UtcDateTime()),
+    Column("rules_version", String(128)),
+    Column("patient_key", String(64)),
+    Column("user_key", String(64)),
     CheckConstraint("indicator IN ('info', 'warning', 'critical')", name="ck_issued_cards_indicator"),
+    Index("ix_issued_cards_patient", "service_id", "patient_key", "issued_at"),
+)
+
+# Cards not shown because a clinician had already acted on them: counts only (revision 0003).
+suppressed_cards = Table(
+    "suppressed_cards",
+    metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("service_id", String(128), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("rules_version", String(128)),
+    Column("suppressed_at", _UtcDateTime(), nullable=False),
+    Column("issuer", Text()),
+    Column("tenant", Text()),
+    CheckConstraint("indicator IN ('info', 'warning', 'critical')", name="ck_suppressed_cards_indicator"),
 )
 
 # Client JWT ids seen by any worker sharing this database (replay protection), kept until the token expires.
@@ -260,6 +284,9 @@ class SqlFeedbackStore:
     def replay_cache(self) -> SqlReplayCache:
         return SqlReplayCache(self._engine, self._dialect)
 
+    def acknowledgements(self) -> SqlAcknowledgements:
+        return SqlAcknowledgements(self._engine)
+
     def _insert(self, table: Table) -> Any:
         return _dialect_insert(self._dialect, table)
 
@@ -294,6 +321,7 @@ class SqlFeedbackStore:
                 "issued_at": now,
                 "issuer": issuer,
                 "tenant": tenant,
+                **card.context(),
             }
             for card in cards
         ]

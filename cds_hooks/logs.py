@@ -17,7 +17,7 @@ ALLOWED_FIELDS = frozenset({
     "event", "route", "method", "status", "latency_ms", "hook_instance", "service_id", "issuer", "tenant",
     "jti", "cards", "indicator", "resources_seen", "resources_used", "skipped", "other_patient",
     "undeclared_keys", "null_keys", "fetched_keys", "prefetch_keys", "reason", "error_type", "host", "port",
-    "workers", "auth", "queued_ms",
+    "workers", "auth", "queued_ms", "suppressed", "suppression",
 })
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

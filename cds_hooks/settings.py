@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
+from cards.suppression import Windows
 
 DEFAULT_CORS_ORIGINS = ("https://sandbox.cds-hooks.org",)
 # Any port on loopback: integrators run the sandbox and their own tools locally.
@@ -51,6 +52,16 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="Feedback store; default: an SQLite file in the data dir.")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- Shown once, unless it gets worse (cards/suppression.py) -----------------------------------------
+    # The key of the HMAC-SHA-256 pseudonyms of patients and clinicians kept in the feedback store. Without it no
+    # pseudonym is stored and no card is ever suppressed (serve says so at start).
+    pseudonym_secret: SecretStr | None = Field(None, min_length=32)
+    suppress_override_days: float = Field(14.0, ge=0, le=365)
+    suppress_accepted_critical_days: float = Field(1.0, ge=0, le=365)  # the stat MRI's time frame (24 h)
+    suppress_accepted_warning_days: float = Field(7.0, ge=0, le=365)  # the urgent MRI's time frame (1 week)
+    # Earlier actions read per hook call: a client posting feedback without end cannot make one lookup large.
+    suppression_lookup_rows: int = Field(200, ge=1, le=10_000)
 
     # --- Clinical policy (design choices from clinical.md §1.2, not guideline rules) -----------------
     new_pain_window_days: int = Field(42, ge=28, le=90)
@@ -97,6 +108,13 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not allowed: {bad}; asymmetric algorithms only (never none or HMAC)")
         return value
+
+    def suppression_windows(self) -> Windows:
+        return Windows(
+            override_days=self.suppress_override_days,
+            accepted_critical_days=self.suppress_accepted_critical_days,
+            accepted_warning_days=self.suppress_accepted_warning_days,
+        )
 
     def policy(self) -> Policy:
         return Policy(
