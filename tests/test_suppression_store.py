@@ -59,10 +59,10 @@ def test_prior_actions_by_patient(store: FeedbackStore) -> None:
     if flush:
         flush()
     now = datetime.now(UTC)
-    store.record_feedback(SERVICE, parse_feedback(feedback_on("w1", "accepted", now - timedelta(minutes=2))), None, None)
-    store.record_feedback(SERVICE, parse_feedback(feedback_on("w1", "overridden", now - timedelta(minutes=1))), None, None)
-    store.record_feedback(SERVICE, parse_feedback(feedback_on("x1", "overridden", now)), None, None)
-    store.record_feedback(SERVICE, parse_feedback(feedback_on("old", "overridden", now)), None, None)
+    for card, outcome, at in [("w1", "accepted", now - timedelta(minutes=2)),
+                              ("w1", "overridden", now - timedelta(minutes=1)),
+                              ("x1", "overridden", now), ("old", "overridden", now)]:
+        store.record_feedback(SERVICE, parse_feedback(feedback_on(card, outcome, at)), None, None)
     acks = store.acknowledgements()
     (action,) = acks.prior_actions(SERVICE, "p1", now - timedelta(days=14), 100)
     # w1's latest action counts; c1 has none.
