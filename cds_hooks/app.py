@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cards.suppression import card_facts
+from cards.version import rules_version
 from cds_hooks.errors import (
     FHIR_JSON_MEDIA_TYPE,
     BadRequest,
@@ -243,7 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             patient_key = suppression.pseudonyms.patient(issuer, hook_request.context.patientId)
             user_key = suppression.pseudonyms.user(issuer, hook_request.context.userId)
             shown = await run_in_threadpool(suppression.apply, service.id, cards, facts, patient_key,
-                                            datetime.now(UTC), None, issuer, tenant)
+                                            datetime.now(UTC), rules_version(), issuer, tenant)
             cards = shown.cards
             if shown.suppressed:
                 fields["suppressed"] = shown.suppressed
@@ -265,7 +266,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.record_issued(
                 service.id,
                 [IssuedCard(c["uuid"], c["indicator"], kind=facts.kind if facts else None,
-                            evidence_at=facts.evidence_at if facts else None,
+                            evidence_at=facts.evidence_at if facts else None, rules_version=rules_version(),
                             patient_key=patient_key, user_key=user_key) for c in cards],
                 issuer, tenant,
             )
