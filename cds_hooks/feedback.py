@@ -28,7 +28,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from cards.suppression import PriorAction
 from cds_hooks.acknowledgements import Acknowledgements, SuppressedCard, latest_per_card
-from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
+from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
 from cds_hooks.security.jwt_auth import ReplayCache
 
 __all__ = [
@@ -357,7 +357,10 @@ class MemoryFeedbackStore:
                 )
                 for row in self._feedback.values()
             ]
-        return build_report(issued_by_kind, facts)
+            cards = [IssuedFact(service, uuid, card.indicator, at, card.rules_version, card.patient_key, card.user_key)
+                     for (service, uuid), (card, at) in self._cards.items()]
+            hidden = [SuppressedFact(card.indicator, card.rules_version, at) for _, card, at in self._suppressed]
+        return build_report(issued_by_kind, facts, cards, hidden)
 
     def replay_cache(self) -> None:
         return None  # one process: the verifier's own in-memory cache is shared by everything

@@ -57,7 +57,7 @@ from sqlalchemy.types import TypeDecorator
 
 from cds_hooks.acknowledgements import SqlAcknowledgements
 from cds_hooks.feedback import FeedbackRequest, IssuedCard, stored_rows
-from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
+from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
 
 __all__ = ["SqlFeedbackStore", "default_database_url", "metadata"]
 
@@ -426,8 +426,17 @@ class SqlFeedbackStore:
                     feedback.c.reason_code,
                 ).select_from(joined)
             ).all()
+            cards = connection.execute(
+                select(issued_cards.c.service_id, issued_cards.c.card_uuid, issued_cards.c.indicator,
+                       issued_cards.c.issued_at, issued_cards.c.rules_version, issued_cards.c.patient_key,
+                       issued_cards.c.user_key)
+            ).all()
+            hidden = connection.execute(
+                select(suppressed_cards.c.indicator, suppressed_cards.c.rules_version, suppressed_cards.c.suppressed_at)
+            ).all()
         return build_report(
-            {indicator: count for indicator, count in issued}, [FeedbackFact(*row) for row in rows]
+            {indicator: count for indicator, count in issued}, [FeedbackFact(*row) for row in rows],
+            [IssuedFact(*row) for row in cards], [SuppressedFact(*row) for row in hidden],
         )
 
     def close(self) -> None:
