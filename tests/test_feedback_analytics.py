@@ -152,3 +152,25 @@ def test_stores_pass_pseudonyms_versions_and_suppressions_to_the_report(kind: st
     (repeat,) = report.repeats
     assert (repeat.patients, repeat.cards, repeat.repeats, repeat.windows) == (1, 3, 2, 1)
     assert [(r.kind, r.clinician_days, r.cards) for r in report.clinicians] == [("all", 1, 3), ("warning", 1, 3)]
+
+
+def test_html_report_is_self_contained_and_carries_the_figures() -> None:
+    from cds_hooks.feedback_report_html import render_html
+
+    page = render_html(analytics(), generated=datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    assert page.startswith("<!DOCTYPE html>") and page.endswith("</html>")
+    # Nothing fetched when it opens: no script, stylesheet, image, frame or font from anywhere.
+    for tag in ("<script", "<link", "<img", "<iframe", "@import", "url("):
+        assert tag not in page
+    assert page.count("<svg") == 6  # outcomes, reasons, suppressed, versions, repeats, clinician-days
+    for figure in ("accepted 20.0%", "overridden 40.0%", "42.9%", "1.33", "repeats 25.0%", "3 clinician-days",
+                   "Spinal MRI already ordered or booked", "suppressed 3"):
+        assert figure in page
+    assert "Generated 2026-12-01 09:00 UTC" in page
+
+
+def test_html_report_of_nothing() -> None:
+    from cds_hooks.feedback_report_html import render_html
+
+    page = render_html(MemoryFeedbackStore().report())
+    assert "No cards issued." in page and "<svg" not in page

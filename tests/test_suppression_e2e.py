@@ -167,6 +167,21 @@ def test_acceptance_silences_for_the_order_time_frame_across_workers_and_restart
         stop_live_service(third)
     assert_no_patient_id_stored(database_url)
 
+    # The committee report reads it back: 2 warning cards shown (the first and the one after the time frame),
+    # the first accepted; 7 suppressed (six on two workers, one after the restart); one patient, one clinician.
+    html = tmp_path / "report.html"
+    report = feedback_report(env, "--html", str(html))
+    (shown,) = [line.split() for line in report.splitlines() if line.split()[:2] == ["warning", "2"]]
+    assert shown == ["warning", "2", "1", "1", "0", "50.0%", "0.0%"]
+    (hidden,) = [line.split() for line in report.splitlines() if line.split()[:1] == ["warning"] and len(
+        line.split()) == 2]
+    assert hidden == ["warning", "7"]
+    (repeat,) = [line.split() for line in report.splitlines() if line.startswith("warning") and "50.0%" in line
+                 and len(line.split()) == 7 and line.split()[1] == "1"]
+    assert repeat == ["warning", "1", "2", "2.00", "1", "50.0%", "0"]
+    page = html.read_text()
+    assert "suppressed 7" in page and PATIENT not in page
+
 
 def test_without_a_secret_suppression_is_off_and_serve_says_so(tmp_path: Path) -> None:
     service = start_live_service(tmp_path, {"MSCC_ALERT_LOG_FORMAT": "json"})
@@ -180,10 +195,10 @@ def test_without_a_secret_suppression_is_off_and_serve_says_so(tmp_path: Path) -
     assert [r["message"].split(":")[0] for r in records if r.get("suppression") == "off"] == ["SUPPRESSION IS OFF"]
 
 
-def feedback_report(env_extra: dict[str, str]) -> str:
+def feedback_report(env_extra: dict[str, str], *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSCC_ALERT_")}
     env.update(env_extra)
-    completed = subprocess.run([sys.executable, "-m", "cds_hooks", "feedback-report"], env=env,
+    completed = subprocess.run([sys.executable, "-m", "cds_hooks", "feedback-report", *args], env=env,
                                capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr
     return completed.stdout
