@@ -135,7 +135,8 @@ def _versions(report: FeedbackReport) -> str:
         rows.append((f"{r.rules_version} · {r.kind}", [
             (r.acceptance_rate or 0.0, ACCEPTED, f"accepted {_pct(r.acceptance_rate)}"),
             (r.override_rate or 0.0, OVERRIDDEN, f"overridden {_pct(r.override_rate)}"),
-            (1 - (r.acceptance_rate or 0.0) - (r.override_rate or 0.0) if r.issued else 0.0, NONE, ""),
+            (1 - (r.acceptance_rate or 0.0) - (r.override_rate or 0.0) if r.issued else 0.0, NONE,
+             f"no feedback {_pct(1 - (r.acceptance_rate or 0.0) - (r.override_rate or 0.0))}" if r.issued else ""),
         ]))
     table = _table(("rules version", "tier", "issued", "accepted", "overridden", "acceptance", "override",
                     "suppressed", "suppressed share"),
