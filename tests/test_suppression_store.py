@@ -93,3 +93,35 @@ def test_revision_0003_upgrades_a_database_that_holds_cards(tmp_path: Path) -> N
         assert store.acknowledgements().prior_actions(SERVICE, "anyone", datetime(2000, 1, 1, tzinfo=UTC), 10) == []
     finally:
         store.close()
+
+
+def test_pseudonyms_are_keyed_per_issuer_and_role() -> None:
+    import hashlib
+    import hmac
+
+    from cds_hooks.pseudonym import Pseudonyms
+
+    key = "k" * 32
+    one = Pseudonyms(key)
+    assert one.patient("https://ehr-a", "123") == Pseudonyms(key).patient("https://ehr-a", "123")  # stable
+    assert one.patient("https://ehr-a", "123") != one.patient("https://ehr-b", "123")  # another EHR's patient
+    assert one.patient(None, "123") != one.user(None, "123")  # a patient and a clinician never share one
+    assert one.patient("https://ehr-a", "123") != Pseudonyms("j" * 32).patient("https://ehr-a", "123")
+    assert one.user("https://ehr-a", None) is None
+    message = "\x00".join(("patient", "https://ehr-a", "123")).encode()
+    expected = hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+    assert one.patient("https://ehr-a", "123") == expected
+
+
+def test_a_short_secret_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from cds_hooks.cli import main
+    from cds_hooks.settings import Settings
+
+    monkeypatch.setenv("MSCC_ALERT_PSEUDONYM_SECRET", "tooshort-Zq9")
+    with pytest.raises(ValidationError):
+        Settings()
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--port", "1"])
+    assert stopped.value.code == 2
