@@ -125,3 +125,24 @@ def test_a_short_secret_is_refused_without_echoing_it(monkeypatch: pytest.Monkey
     with pytest.raises(SystemExit) as stopped:
         main(["serve", "--port", "1"])
     assert stopped.value.code == 2
+
+
+def test_a_store_that_cannot_be_read_never_hides_a_card(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from fastapi.testclient import TestClient
+
+    from cds_hooks.app import create_app
+    from cds_hooks.settings import Settings
+    from tests.scenarios import fhir_builders as fb
+
+    url = f"sqlite:///{tmp_path / 'broken.sqlite3'}"
+    app = create_app(Settings(database_url=url, pseudonym_secret="s" * 32))
+    request = fb.hook_request(fb.patient(), conditions=[fb.breast_cancer(), fb.back_pain()])
+    with TestClient(app) as client:
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE feedback"))  # a real fault: the lookup's query fails
+        engine.dispose()
+        response = client.post(f"/cds-services/{SERVICE}", json=request)
+    assert response.status_code == 200
+    assert [c["indicator"] for c in response.json()["cards"]] == ["warning"]
+    assert "suppression lookup failed: card shown" in caplog.text
