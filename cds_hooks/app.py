@@ -245,9 +245,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             user_key = suppression.pseudonyms.user(issuer, hook_request.context.userId)
             shown = await run_in_threadpool(suppression.apply, service.id, cards, facts, patient_key,
                                             datetime.now(UTC), rules_version(), issuer, tenant)
-            cards = shown.cards
             if shown.suppressed:
                 fields["suppressed"] = shown.suppressed
+                for card in cards:
+                    metrics.suppressed.labels(card["indicator"]).inc()
+            cards = shown.cards
         fields.update(
             cards=len(cards), indicator=cards[0]["indicator"] if cards else "none",
             resources_seen=evaluation.resources_seen, resources_used=evaluation.resources_used,

@@ -132,6 +132,9 @@ def test_override_silences_the_card_until_it_gets_worse(service: LiveService, da
     thoracic = fb.back_pain(*fb.THORACIC_PAIN, onset_days_ago=0, patient_id=PATIENT)
     assert [c["indicator"] for c in call(service, chart(walking, thoracic))] == ["critical"]
 
+    metrics = requests.get(service.url("/metrics"), timeout=30).text
+    assert 'mscc_alert_cards_suppressed_total{indicator="warning"} 2.0' in metrics
+    assert 'mscc_alert_cards_suppressed_total{indicator="critical"} 1.0' in metrics
     lines = hook_log_lines(service)
     assert [(line["cards"], line.get("suppressed")) for line in lines] == [
         (1, None), (0, 1), (0, 1), (1, None), (1, None), (0, 1), (1, None)]
