@@ -10,7 +10,8 @@ Pure: the caller looks up what was done with earlier cards for the same patient 
   card, within 1 week for the warning), so a card comes back if the order seems not to have been done.
 - It covers only the same card or a lesser one: a higher tier always shows at once (a warning followed by a
   neurological feature gives the critical card). Tiers: weak history (info) < spinal metastases (warning)
-  < MSCC (critical); the "records could not be read" note is a card of its own kind, covered only by itself.
+  < MSCC (critical); the "records could not be read" note is a card of its own kind, covered only by itself;
+  a card downgraded to info (palliative care) that comes back at its full tier is a higher tier.
 - New evidence shows the card again: the card's *evidence date* is the latest date (onset, else recorded;
   a date without a time counts as the end of its day) among the findings it rests on (the breast-cancer
   history and the drugs or support it was inferred from, the pain episode, the neurological features, known
@@ -35,6 +36,7 @@ Outcome = Literal["accepted", "overridden"]
 
 # The clinical ladder: a card of a higher rank is an escalation of a lower one.
 _RANK = {"weak-history": 1, "spinal-metastases": 2, "mscc": 3}
+_TIER = {"info": 1, "warning": 2, "critical": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,9 @@ def evidence_date(decision: Decision) -> datetime | None:
 
 
 def _covers(prior: PriorAction, card: CardFacts) -> bool:
+    # A card downgraded to info for a patient in palliative care keeps its kind: the tier counts too.
+    if _TIER.get(card.indicator, 0) > _TIER.get(prior.indicator, 0):
+        return False
     if prior.kind == card.kind:
         return True
     return prior.kind in _RANK and card.kind in _RANK and _RANK[prior.kind] > _RANK[card.kind]

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from cards.suppression import PriorAction
+from cards.suppression import Outcome, PriorAction
 from cds_hooks.acknowledgements import Acknowledgements, SuppressedCard, latest_per_card
 from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
 from cds_hooks.security.jwt_auth import ReplayCache
@@ -376,8 +376,9 @@ class MemoryFeedbackStore:
                 if (card is None or issued_at is None or row.service_id != service_id or card.kind is None
                         or card.patient_key != patient_key or row.received_at <= since):
                     continue
-                action = PriorAction(card.kind, card.indicator, card.evidence_at, row.outcome,  # type: ignore[arg-type]
-                                     issued_at, row.outcome_timestamp, row.received_at)
+                outcome: Outcome = "accepted" if row.outcome == "accepted" else "overridden"
+                action = PriorAction(card.kind, card.indicator, card.evidence_at, outcome, issued_at,
+                                     row.outcome_timestamp, row.received_at)
                 rows.append((row.card_uuid, action))
         rows.sort(key=lambda item: item[1].received_at, reverse=True)
         return latest_per_card(rows[:limit])

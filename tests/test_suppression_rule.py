@@ -70,6 +70,12 @@ def test_a_lesser_card_is_covered_by_a_greater_one() -> None:
     assert verdict(WARNING, [prior("overridden", "weak-history", "info")], WINDOWS, NOW).show
 
 
+def test_a_card_downgraded_for_palliative_care_that_returns_at_full_tier_shows() -> None:
+    downgraded = prior("overridden", "mscc", "info")
+    assert verdict(CRITICAL, [downgraded], WINDOWS, NOW).why == "escalated"
+    assert not verdict(CardFacts("mscc", "info", EVIDENCE), [downgraded], WINDOWS, NOW).show
+
+
 def test_the_unreadable_records_note_is_its_own_card() -> None:
     note = CardFacts("unreadable-records", "info", None)
     assert verdict(note, [prior()], WINDOWS, NOW).show
