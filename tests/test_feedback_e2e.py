@@ -121,7 +121,12 @@ def feedback_report(env_extra: dict[str, str]) -> str:
 
 
 def table_row(report: str, first_cell: str) -> list[str]:
-    rows = [line.split() for line in report.splitlines() if line.split()[:1] == [first_cell]]
+    """The row starting with `first_cell` in the report's first two tables (cards by kind, override reasons);
+    later sections break the same figures down and repeat first cells such as the kind."""
+    lines = report.splitlines()
+    reasons = next(i for i, line in enumerate(lines) if line.startswith("Override reasons ("))
+    end = lines.index("", reasons) if "" in lines[reasons:] else len(lines)
+    rows = [line.split() for line in lines[:end] if line.split()[:1] == [first_cell]]
     assert len(rows) == 1, f"no single row {first_cell!r} in:\n{report}"
     return rows[0]
 
