@@ -47,6 +47,7 @@ __all__ = [
     "RepeatRow",
     "SuppressedFact",
     "TierReasonRow",
+    "VersionReasonRow",
     "VersionRow",
     "build_report",
     "reason_label",
@@ -121,6 +122,16 @@ class TierReasonRow:
 
 
 @dataclass(frozen=True)
+class VersionReasonRow:
+    rules_version: str
+    kind: str
+    reason: str
+    label: str
+    count: int
+    share: float  # of the overridden cards of this version and tier
+
+
+@dataclass(frozen=True)
 class VersionRow:
     rules_version: str
     kind: str
@@ -163,6 +174,7 @@ class FeedbackReport:
     by_reason: tuple[ReasonRow, ...]
     by_version: tuple[VersionRow, ...] = ()
     reasons_by_kind: tuple[TierReasonRow, ...] = ()
+    reasons_by_version: tuple[VersionReasonRow, ...] = ()
     repeats: tuple[RepeatRow, ...] = ()
     clinicians: tuple[ClinicianRow, ...] = ()
     suppressed_by_kind: Mapping[str, int] = field(default_factory=dict)
@@ -256,6 +268,7 @@ def build_report(
         by_reason=by_reason,
         by_version=_by_version(issued_cards, final, suppressed),
         reasons_by_kind=_reasons_by_kind(final),
+        reasons_by_version=_reasons_by_version(issued_cards, final),
         repeats=_repeats(issued_cards),
         clinicians=_clinicians(issued_cards),
         suppressed_by_kind=dict(Counter(s.kind for s in suppressed)),
@@ -276,6 +289,22 @@ def _reasons_by_kind(final: Sequence[FeedbackFact]) -> tuple[TierReasonRow, ...]
         total = sum(counts[kind].values())
         rows += [TierReasonRow(kind, reason, reason_label(reason), count, count / total)
                  for reason, count in sorted(counts[kind].items(), key=_reason_order)]
+    return tuple(rows)
+
+
+def _reasons_by_version(issued_cards: Sequence[IssuedFact],
+                        final: Sequence[FeedbackFact]) -> tuple[VersionReasonRow, ...]:
+    version_of = {(c.service_id, c.card_uuid): c.rules_version or UNRECORDED for c in issued_cards}
+    counts: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for fact in final:
+        version = version_of.get((fact.service_id, fact.card_uuid))
+        if fact.outcome == "overridden" and version is not None:
+            counts[(version, fact.kind)][_reason_key(fact)] += 1
+    rows = []
+    for version, kind in sorted(counts, key=lambda vk: (vk[0] == UNRECORDED, vk[0], _kind_key(vk[1]))):
+        total = sum(counts[(version, kind)].values())
+        rows += [VersionReasonRow(version, kind, reason, reason_label(reason), count, count / total)
+                 for reason, count in sorted(counts[(version, kind)].items(), key=_reason_order)]
     return tuple(rows)
 
 
@@ -411,6 +440,14 @@ def render_report(report: FeedbackReport) -> str:
             [(r.rules_version, r.kind, str(r.issued), str(r.accepted), str(r.overridden), _percent(r.acceptance_rate),
               _percent(r.override_rate), str(r.suppressed), _percent(r.suppressed_share)) for r in report.by_version],
             align="llrrrrrrr",
+        )
+    if report.reasons_by_version:
+        lines += ["", "Override reasons by rules version (share of that version's overridden cards of the kind)"]
+        lines += _table(
+            ("rules version", "kind", "count", "share", "reason (system|code)", "meaning"),
+            [(r.rules_version, r.kind, str(r.count), _percent(r.share), r.reason, r.label or "-")
+             for r in report.reasons_by_version],
+            align="llrrll",
         )
     if report.repeats:
         lines += ["", f"Repeat cards (same patient, same kind, within {REPEAT_DAYS} days; from the patient pseudonym)"]

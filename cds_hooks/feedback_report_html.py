@@ -143,6 +143,11 @@ def _versions(report: FeedbackReport) -> str:
                    [(r.rules_version, r.kind, str(r.issued), str(r.accepted), str(r.overridden),
                      _pct(r.acceptance_rate), _pct(r.override_rate), str(r.suppressed), _pct(r.suppressed_share))
                     for r in report.by_version])
+    if report.reasons_by_version:
+        table += "<h3>Override reasons by rules version</h3>" + _table(
+            ("rules version", "tier", "reason", "code", "count", "share of the version's overrides"),
+            [(r.rules_version, r.kind, r.label or "-", r.reason.rsplit("|", 1)[-1], str(r.count), _pct(r.share))
+             for r in report.reasons_by_version])
     return _section("By rules version",
                     "The rules version is the package version plus a hash of the value sets and rules that made the "
                     f"card. {UNRECORDED}: cards issued before versions were recorded. Suppressed share = suppressed / "
@@ -210,7 +215,8 @@ def _clinicians(report: FeedbackReport) -> str:
 _STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #212121; margin: 24px 40px;
        max-width: 1100px; }
-h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 28px 0 4px; border-top: 1px solid #ddd;
+h1 { font-size: 26px; margin: 0 0 4px; }
+h3 { font-size: 16px; margin: 16px 0 2px; } h2 { font-size: 19px; margin: 28px 0 4px; border-top: 1px solid #ddd;
        padding-top: 16px; }
 p.meta { color: #555; margin: 0 0 8px; } p.why { color: #444; margin: 2px 0 10px; max-width: 980px; }
 table { border-collapse: collapse; margin: 10px 0 4px; font-size: 14px; }

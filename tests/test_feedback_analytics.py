@@ -99,6 +99,16 @@ def test_override_reasons_by_tier_with_their_meaning() -> None:
     ]
 
 
+def test_override_reasons_by_rules_version() -> None:
+    rows = [(r.rules_version, r.kind, r.reason, r.count, r.share) for r in analytics().reasons_by_version]
+    assert rows == [
+        # v1 warning overrides: w1 and w4, one reason each; v2 critical: c2, without a coded reason.
+        ("v1", "warning", f"{HL7}|indication-order-exists", 1, 0.5),
+        ("v1", "warning", f"{OURS}|imaging-done-elsewhere", 1, 0.5),
+        ("v2", "critical", NO_CODED_REASON, 1, 1.0),
+    ]
+
+
 def test_repeat_cards() -> None:
     rows = [(r.kind, r.patients, r.cards, r.windows, r.cards_per_patient_30d, r.repeats, r.repeat_share,
              r.without_pseudonym) for r in analytics().repeats]
@@ -125,9 +135,10 @@ def test_cards_per_clinician_per_day() -> None:
 def test_text_report_has_every_section() -> None:
     text = render_report(analytics())
     for title in ("Cards by kind", "Override reasons by kind", "Cards suppressed", "By rules version",
+                  "Override reasons by rules version",
                   "Repeat cards", "Cards per clinician per day"):
         assert title in text
-    (line,) = [line for line in text.splitlines() if line.startswith("v1") and "warning" in line]
+    (line,) = [line for line in text.splitlines() if line.startswith("v1") and "42.9%" in line]
     assert line.split() == ["v1", "warning", "4", "1", "2", "25.0%", "50.0%", "3", "42.9%"]
     (line,) = [line for line in text.splitlines() if line.startswith("warning") and "25.0%" in line]
     assert line.split() == ["warning", "2", "4", "1.33", "1", "25.0%", "1"]
