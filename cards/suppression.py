@@ -17,7 +17,8 @@ Pure: the caller looks up what was done with earlier cards for the same patient 
   history and the drugs or support it was inferred from, the pain episode, the neurological features, known
   metastases, supporting fractures or constitutional findings). The card is new when its evidence date is
   later than both the evidence date of the card acted on (so it is a finding that card did not have) and
-  the moment of the action (so it is dated after the feedback).
+  the moment of the action (so it is dated after the feedback; at the whole seconds FHIR dateTimes carry,
+  so the second of the feedback counts as after it).
 - The moment of an action is its `outcomeTimestamp`, but never later than when we received it (a clock
   ahead, or a forged future time, cannot stretch the window) nor earlier than the card was issued.
 """
@@ -122,7 +123,8 @@ def _newer(card: CardFacts, prior: PriorAction) -> bool:
     if card.evidence_at is None:
         return False
     known = prior.evidence_at
-    return (known is None or card.evidence_at > known) and card.evidence_at > prior.acted_at
+    # FHIR dateTimes carry whole seconds: a finding recorded in the second of the feedback counts as after it.
+    return (known is None or card.evidence_at > known) and card.evidence_at >= prior.acted_at.replace(microsecond=0)
 
 
 def verdict(card: CardFacts, priors: Iterable[PriorAction], windows: Windows, now: datetime) -> Verdict:

@@ -89,6 +89,17 @@ def test_new_evidence_dated_after_the_feedback_shows() -> None:
     assert verdict(later, [action], WINDOWS, NOW).why == "new-evidence"
 
 
+def test_evidence_recorded_in_the_second_of_the_feedback_is_after_it() -> None:
+    at = NOW - timedelta(hours=12, microseconds=-300_000)  # the feedback came 0.3 s into its second
+    action = PriorAction("spinal-metastases", "warning", EVIDENCE, "overridden", issued_at=at - timedelta(minutes=1),
+                         outcome_at=at, received_at=at)
+    whole_second = at.replace(microsecond=0)
+    assert verdict(CardFacts("spinal-metastases", "warning", whole_second), [action], WINDOWS, NOW).why == (
+        "new-evidence")
+    second_before = CardFacts("spinal-metastases", "warning", whole_second - timedelta(seconds=1))
+    assert not verdict(second_before, [action], WINDOWS, NOW).show
+
+
 def test_evidence_newer_than_the_card_but_dated_before_the_feedback_does_not() -> None:
     # Entered after the card, back-dated before the feedback: not "dated after the feedback".
     action = prior(days_ago=2)
