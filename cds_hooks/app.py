@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cards.suppression import card_facts
+from cards.version import rules_version
 from cds_hooks.errors import (
     FHIR_JSON_MEDIA_TYPE,
     BadRequest,
@@ -48,10 +51,12 @@ from cds_hooks.middleware import AccessLog, InternalErrors
 from cds_hooks.openapi import openapi_document
 from cds_hooks.patient_view import Outcome, PatientViewService
 from cds_hooks.prefetch import Gathered
+from cds_hooks.pseudonym import Pseudonyms
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
 from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jwks
 from cds_hooks.security.jwt_auth import ReplayCache
 from cds_hooks.settings import Settings
+from cds_hooks.suppression import Suppression
 from fhir_mapping.terminology import load_terminology
 
 _JSON_TYPES = ("application/json", "application/fhir+json")
@@ -93,6 +98,14 @@ def open_feedback_store(settings: Settings) -> FeedbackStore:
     return SqlFeedbackStore(settings.database_url or default_database_url())
 
 
+def build_suppression(settings: Settings, store: FeedbackStore) -> Suppression | None:
+    """None (suppression off, no pseudonyms stored) without MSCC_ALERT_PSEUDONYM_SECRET."""
+    if settings.pseudonym_secret is None:
+        return None
+    return Suppression(store.acknowledgements(), Pseudonyms(settings.pseudonym_secret.get_secret_value()),
+                       settings.suppression_windows(), settings.suppression_lookup_rows)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     terminology = load_terminology()
@@ -107,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.fhir_server_policy(open_mode=verifier is None),
     )
     services = {service.id: service}
+    suppression = build_suppression(settings, store)
     metrics = Metrics()
     inflight = InflightBudget(settings.max_inflight_body_bytes)
     # JWT checks get threads of their own: behind slow hook evaluations or feedback writes in the shared pool,
@@ -258,6 +272,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await fetch_then_decide(service, hook_request, result, client))
         evaluation, gathered = outcome.evaluation, outcome.gathered
         cards = evaluation.cards
+        issuer, tenant = (client.issuer, client.tenant) if client else (None, None)
+        facts = card_facts(evaluation.decision) if cards else None
+        patient_key = user_key = None
+        if suppression is not None and facts is not None:
+            patient_key = suppression.pseudonyms.patient(issuer, hook_request.context.patientId)
+            user_key = suppression.pseudonyms.user(issuer, hook_request.context.userId)
+            shown = await run_in_threadpool(suppression.apply, service.id, cards, facts, patient_key,
+                                            datetime.now(UTC), rules_version(), issuer, tenant)
+            if shown.suppressed:
+                fields["suppressed"] = shown.suppressed
+                for card in cards:
+                    metrics.suppressed.labels(card["indicator"]).inc()
+            cards = shown.cards
         fields.update(
             cards=len(cards), indicator=cards[0]["indicator"] if cards else "none",
             resources_seen=evaluation.resources_seen, resources_used=evaluation.resources_used,
@@ -275,8 +302,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if cards:
             # On record before the client has the cards (its feedback on them is accepted only then).
             await run_in_threadpool(
-                store.record_issued, service.id, [IssuedCard(c["uuid"], c["indicator"]) for c in cards],
-                client.issuer if client else None, client.tenant if client else None,
+                store.record_issued,
+                service.id,
+                [IssuedCard(c["uuid"], c["indicator"], kind=facts.kind if facts else None,
+                            evidence_at=facts.evidence_at if facts else None, rules_version=rules_version(),
+                            patient_key=patient_key, user_key=user_key) for c in cards],
+                issuer, tenant,
             )
         return _json({"cards": cards})
 

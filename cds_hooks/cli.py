@@ -61,6 +61,15 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"mscc-alert: cannot open the feedback database: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    if settings.pseudonym_secret is None:
+        _log.warning("SUPPRESSION IS OFF: MSCC_ALERT_PSEUDONYM_SECRET is not set, so a card a clinician has already "
+                     "acted on is shown again on every chart opening; set it (32+ characters) to show each card once "
+                     "unless it gets worse", extra={"suppression": "off"})
+    else:
+        _log.info("suppression on: a card acted on is not shown again for %g days after an override, %g after an "
+                  "accepted critical and %g after an accepted warning card, unless it escalates or new evidence "
+                  "appears", settings.suppress_override_days, settings.suppress_accepted_critical_days,
+                  settings.suppress_accepted_warning_days, extra={"suppression": "on"})
     _log.info("starting", extra={"host": args.host, "port": args.port, "workers": args.workers,
                                  "auth": "off" if verifier is None else "jwt"})
     serve(args.host, args.port, args.workers)
@@ -125,15 +134,24 @@ def _readable(evaluation: Any) -> str:
     return "\n\n".join(blocks)
 
 
-def _feedback_report(_: argparse.Namespace) -> int:
+def _feedback_report(args: argparse.Namespace) -> int:
     from cds_hooks.app import open_feedback_store
     from cds_hooks.feedback_report import render_report
+    from cds_hooks.feedback_report_html import render_html
 
     store = open_feedback_store(_settings())
     try:
-        print(render_report(store.report()))
+        report = store.report()
     finally:
         store.close()
+    print(render_report(report))
+    if args.html:
+        try:
+            Path(args.html).write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            print(f"mscc-alert: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"HTML report written to {args.html}")
     return 0
 
 
@@ -151,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--now", help="evaluate as of this ISO 8601 instant (default: now)")
     evaluate.set_defaults(run=_evaluate)
     report = commands.add_parser("feedback-report", help="acceptance and override rates from stored feedback")
+    report.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
     report.set_defaults(run=_feedback_report)
     args = parser.parse_args(argv)
     result: int = args.run(args)

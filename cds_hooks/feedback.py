@@ -26,8 +26,10 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from cards.suppression import Outcome, PriorAction
+from cds_hooks.acknowledgements import Acknowledgements, SuppressedCard, latest_per_card
 from cds_hooks.errors import operation_outcome
-from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
+from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
 from cds_hooks.security.jwt_auth import ReplayCache
 
 __all__ = [
@@ -228,6 +230,17 @@ def parse_feedback(raw: bytes) -> FeedbackRequest:
 class IssuedCard:
     uuid: str
     indicator: Literal["info", "warning", "critical"]
+    # What suppression and the report need (cards/suppression.py); pseudonyms only, never an id.
+    kind: str | None = None
+    evidence_at: datetime | None = None
+    rules_version: str | None = None
+    patient_key: str | None = None
+    user_key: str | None = None
+
+    def context(self) -> dict[str, Any]:
+        """The columns of revision 0003, as a row fragment."""
+        return {"kind": self.kind, "evidence_at": self.evidence_at, "rules_version": self.rules_version,
+                "patient_key": self.patient_key, "user_key": self.user_key}
 
 
 @dataclass(frozen=True)
@@ -281,6 +294,9 @@ class FeedbackStore(Protocol):
     def replay_cache(self) -> ReplayCache | None:
         """Where client JWT ids are remembered, shared by every worker using this store (None: in memory)."""
 
+    def acknowledgements(self) -> Acknowledgements:
+        """Earlier actions on a patient's cards, and the count of suppressed cards (cards/suppression.py)."""
+
     def close(self) -> None: ...
 
 
@@ -330,14 +346,18 @@ class MemoryFeedbackStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._issued: dict[tuple[str, str], tuple[str, str | None]] = {}  # -> (indicator, issuer)
+        self._cards: dict[tuple[str, str], tuple[IssuedCard, datetime]] = {}
         self._feedback: dict[tuple[str, str, str, datetime], StoredFeedback] = {}
+        self._suppressed: list[tuple[str, SuppressedCard, datetime]] = []
 
     def record_issued(
         self, service_id: str, cards: Sequence[IssuedCard], issuer: str | None, tenant: str | None
     ) -> None:
+        now = datetime.now(UTC)
         with self._lock:
             for card in cards:
                 self._issued.setdefault((service_id, card.uuid), (card.indicator, issuer))
+                self._cards.setdefault((service_id, card.uuid), (card, now))
 
     def record_feedback(
         self, service_id: str, request: FeedbackRequest, issuer: str | None, tenant: str | None
@@ -378,10 +398,38 @@ class MemoryFeedbackStore:
                 )
                 for row in self._feedback.values()
             ]
-        return build_report(issued_by_kind, facts)
+            cards = [IssuedFact(service, uuid, card.indicator, at, card.rules_version, card.patient_key, card.user_key)
+                     for (service, uuid), (card, at) in self._cards.items()]
+            hidden = [SuppressedFact(card.indicator, card.rules_version, at) for _, card, at in self._suppressed]
+        return build_report(issued_by_kind, facts, cards, hidden)
 
     def replay_cache(self) -> None:
         return None  # one process: the verifier's own in-memory cache is shared by everything
+
+    def acknowledgements(self) -> MemoryFeedbackStore:
+        return self
+
+    def prior_actions(self, service_id: str, patient_key: str, since: datetime, limit: int) -> list[PriorAction]:
+        with self._lock:
+            rows = []
+            for row in self._feedback.values():
+                card, issued_at = self._cards.get((row.service_id, row.card_uuid), (None, None))
+                if (card is None or issued_at is None or row.service_id != service_id or card.kind is None
+                        or card.patient_key != patient_key or row.received_at <= since):
+                    continue
+                outcome: Outcome = "accepted" if row.outcome == "accepted" else "overridden"
+                action = PriorAction(card.kind, card.indicator, card.evidence_at, outcome, issued_at,
+                                     row.outcome_timestamp, row.received_at)
+                rows.append((row.card_uuid, action))
+        rows.sort(key=lambda item: item[1].received_at, reverse=True)
+        return latest_per_card(rows[:limit])
+
+    def record_suppressed(
+        self, service_id: str, cards: Sequence[SuppressedCard], issuer: str | None, tenant: str | None
+    ) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            self._suppressed.extend((service_id, card, now) for card in cards)
 
     def close(self) -> None:
         """Nothing to release; present to satisfy `FeedbackStore`."""

@@ -6,10 +6,11 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
+from cards.suppression import Windows
 from cds_hooks.fhir_servers import FhirServerPolicy, configured_server
 from cds_hooks.security.jwks import check_jwks_url
 
@@ -78,6 +79,16 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- Shown once, unless it gets worse (cards/suppression.py) -----------------------------------------
+    # The key of the HMAC-SHA-256 pseudonyms of patients and clinicians kept in the feedback store. Without it no
+    # pseudonym is stored and no card is ever suppressed (serve says so at start).
+    pseudonym_secret: SecretStr | None = Field(None, min_length=32)
+    suppress_override_days: float = Field(14.0, ge=0, le=365)
+    suppress_accepted_critical_days: float = Field(1.0, ge=0, le=365)  # the stat MRI's time frame (24 h)
+    suppress_accepted_warning_days: float = Field(7.0, ge=0, le=365)  # the urgent MRI's time frame (1 week)
+    # Earlier actions read per hook call: a client posting feedback without end cannot make one lookup large.
+    suppression_lookup_rows: int = Field(200, ge=1, le=10_000)
+
     # --- Clinical policy (design choices from clinical.md §1.2, not guideline rules) -----------------
     new_pain_window_days: int = Field(42, ge=28, le=90)
     pain_washout_days: int = Field(180, ge=0, le=730)
@@ -142,6 +153,13 @@ class Settings(BaseSettings):
             return FhirServerPolicy({issuer: [configured_server(url) for url in config.fhir_servers]
                                      for issuer, config in self.trusted_issuers.items()}, ())
         return FhirServerPolicy({}, [configured_server(url) for url in self.fhir_servers] or None)
+
+    def suppression_windows(self) -> Windows:
+        return Windows(
+            override_days=self.suppress_override_days,
+            accepted_critical_days=self.suppress_accepted_critical_days,
+            accepted_warning_days=self.suppress_accepted_warning_days,
+        )
 
     def policy(self) -> Policy:
         return Policy(
