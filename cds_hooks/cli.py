@@ -1,4 +1,4 @@
-"""`mscc-alert serve | evaluate FILE | feedback-report`."""
+"""`mscc-alert serve | evaluate FILE | sweep SOURCE | feedback-report`."""
 
 from __future__ import annotations
 
@@ -134,6 +134,46 @@ def _readable(evaluation: Any) -> str:
     return "\n\n".join(blocks)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from cds_hooks.logs import configure_logging
+    from cds_hooks.sweep.run import SweepError, SweepOptions, run_sweep
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    except ValueError:
+        print(f"mscc-alert: --now {args.now!r} is not an ISO 8601 date-time", file=sys.stderr)
+        return 2
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    if args.workers < 1:
+        print("mscc-alert: --workers must be at least 1", file=sys.stderr)
+        return 2
+    source = Path(args.source)
+    if args.since and not args.source.startswith(("http://", "https://")):
+        print("mscc-alert: --since needs a Bulk Data kick-off URL as SOURCE (a folder is swept whole)",
+              file=sys.stderr)
+        return 2
+    if args.source.startswith(("http://", "https://")):
+        # A Bulk Data kick-off URL: download the export next to the worklist, then sweep the files.
+        from cds_hooks.bulk import download_export  # type: ignore[import-not-found, unused-ignore]
+
+        source = download_export(args.source, Path(args.out) / "export", settings=settings, since=args.since)
+    options = SweepOptions(source=source, out=Path(args.out), now=now, engine=args.engine, workers=args.workers,
+                           spark_master=args.spark_master)
+    try:
+        summary = run_sweep(options, settings)
+    except SweepError as exc:
+        print(f"mscc-alert: {exc}", file=sys.stderr)
+        return 2
+    tiers = summary["patientsByIndicator"]
+    print(f"{summary['patients']:,} patients, {summary['resources']:,} resources in {summary['seconds']:.1f} s: "
+          f"{tiers.get('critical', 0)} critical, {tiers.get('warning', 0)} warning, {tiers.get('info', 0)} info; "
+          f"{summary['linesSkipped']:,} lines skipped. Worklist in {args.out}")
+    return 0
+
+
 def _feedback_report(args: argparse.Namespace) -> int:
     from cds_hooks.app import open_feedback_store
     from cds_hooks.feedback_report import render_report
@@ -168,6 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--json", action="store_true", help="print the raw CDS Hooks response")
     evaluate.add_argument("--now", help="evaluate as of this ISO 8601 instant (default: now)")
     evaluate.set_defaults(run=_evaluate)
+    sweep = commands.add_parser("sweep", help="worklist of patients who need action, from a FHIR Bulk Data export")
+    sweep.add_argument("source", help="a folder of Bulk NDJSON files (.ndjson, .ndjson.gz), or a $export kick-off URL")
+    sweep.add_argument("--out", required=True, help="folder for worklist.ndjson/.csv/.html and summary.json")
+    sweep.add_argument("--engine", choices=("local", "spark"), default="local")
+    sweep.add_argument("--workers", type=int, default=1, help="local engine: processes (default 1)")
+    sweep.add_argument("--spark-master", help="spark engine: master URL (default local[*]), or sc://host for "
+                       "Spark Connect")
+    sweep.add_argument("--since", help="with a kick-off URL: only resources changed since this instant (_since)")
+    sweep.add_argument("--now", help="evaluate as of this ISO 8601 instant (default: now)")
+    sweep.set_defaults(run=_sweep)
     report = commands.add_parser("feedback-report", help="acceptance and override rates from stored feedback")
     report.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
     report.set_defaults(run=_feedback_report)

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     # Earlier actions read per hook call: a client posting feedback without end cannot make one lookup large.
     suppression_lookup_rows: int = Field(200, ge=1, le=10_000)
 
+    # --- Population sweep (`mscc-alert sweep`) ------------------------------------------------------
+    # A Bulk NDJSON line longer than this is skipped and counted, never read whole (the hook's body limit).
+    sweep_max_line_bytes: int = Field(128 * 1024 * 1024, gt=0)
+    # Plain NDJSON files are screened in byte ranges of this size, so workers share a large file.
+    sweep_chunk_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+
     # --- Clinical policy (design choices from clinical.md §1.2, not guideline rules) -----------------
     new_pain_window_days: int = Field(42, ge=28, le=90)
     pain_washout_days: int = Field(180, ge=0, le=730)

@@ -444,6 +444,81 @@ def _is_relevant(peek: _Peek, verdict: _CodingVerdicts) -> bool:
     return mentions_anything_relevant(text)
 
 
+class _Owner(msgspec.Struct, gc=False):
+    """Whose a resource is, read leniently from one the peek could not read (its other fields are broken)."""
+
+    resourceType: Any = ""
+    id: Any = None
+    subject: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    patient: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+_owner_decoder = msgspec.json.Decoder(_Owner)
+_reference_decoder = msgspec.json.Decoder(_Reference)
+
+# (resourceType, patient id, relevant): what `Screen` says of one resource.
+Screened = tuple[str, str | None, bool]
+
+
+def _owner_of(peek: _Peek) -> str | None:
+    """The patient a peeked resource is about, exactly as `_admit` reads it."""
+    if peek.resourceType == "Patient":
+        return peek.id
+    return _patient_of((peek.subject or peek.patient or _Reference()).reference)
+
+
+class Screen:
+    """Judges one raw FHIR resource (a line of a Bulk Data export) the way the hook's intake judges a Bundle
+    entry: the same peek and the same relevance verdicts, so the sweep keeps exactly what the hook would read.
+
+    Calling it returns (resourceType, patient id, relevant), or a short reason why the bytes are not a
+    resource. The patient id is read only for relevant resources (the rest are never grouped by patient).
+    A resource of a type the rules read that the peek cannot read is *relevant*: the hook reports such a
+    record as unreadable on its card, so the sweep must hand it to the same intake for that patient.
+    """
+
+    __slots__ = ("_verdict",)
+
+    def __init__(self, terminology: Terminology) -> None:
+        self._verdict = _verdicts(terminology)
+
+    def __call__(self, raw: Buffer) -> Screened | str:
+        try:
+            peek = _peek_decoder.decode(raw)
+        except DECODE_ERRORS:
+            return self._unreadable(raw)
+        kind = peek.resourceType
+        if not kind:
+            return "not a FHIR resource (no resourceType)"
+        if kind == "OperationOutcome":
+            return "OperationOutcome (an error report, not data)"
+        if kind in MODELS and _is_relevant(peek, self._verdict):
+            return kind, _owner_of(peek), True
+        return kind, None, False
+
+    @staticmethod
+    def _unreadable(raw: Buffer) -> Screened | str:
+        try:
+            owner = _owner_decoder.decode(raw)
+        except DECODE_ERRORS:
+            return "unreadable JSON"
+        kind = owner.resourceType
+        if not isinstance(kind, str) or not kind:
+            return "not a FHIR resource (no resourceType)"
+        if kind not in MODELS:
+            return f"unreadable {kind}" if kind.isidentifier() and len(kind) <= 64 else "unreadable resource"
+        if kind == "Patient":
+            return kind, owner.id if isinstance(owner.id, str) else None, True
+        for raw_reference in (owner.subject, owner.patient):
+            if raw_reference:
+                try:
+                    reference = _reference_decoder.decode(raw_reference)
+                except DECODE_ERRORS:
+                    continue
+                return kind, _patient_of(reference.reference), True
+        return kind, None, True
+
+
 def collect(
     documents: Iterable[Document | Buffer], patient_id: str | None, terminology: Terminology, *,
     pain_scores_since: datetime | None = None,
