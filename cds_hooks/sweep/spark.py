@@ -82,11 +82,11 @@ def _screen_partitions(max_line_bytes: int) -> Callable[[Iterator[Any]], Iterato
             part.relevant, part.patients = {}, {}
             totals.merge(part)
             if rows:
-                yield pd.DataFrame(rows, columns=["patient", "kind", "line"])
+                yield pd.DataFrame(rows, columns=["patient", "kind", "line"], dtype=object)
         stats = {"lines": totals.lines, "size": totals.size, "resources": totals.resources,
                  "skipped": totals.skipped, "patient_lines": totals.patient_lines}
         yield pd.DataFrame([(f"\0{_STATS}-{uuid.uuid4()}", _STATS, orjson.dumps(stats).decode())],
-                           columns=["patient", "kind", "line"])
+                           columns=["patient", "kind", "line"], dtype=object)
 
     return screen_batches
 
@@ -95,15 +95,17 @@ def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]
     def evaluate_group(key: Any, group: Any) -> Any:
         import pandas as pd
 
+        # dtype=object throughout: pandas 3 would make these Arrow-backed strings, which PySpark's
+        # pandas-to-Arrow conversion cannot take.
         kinds = set(group["kind"])
         if _STATS in kinds:
-            return pd.DataFrame({"row": [None] * len(group), "stats": list(group["line"])})
+            return pd.DataFrame({"row": [None] * len(group), "stats": list(group["line"])}, dtype=object)
         if kinds == {"Patient"}:  # not a candidate: nothing but the Patient is relevant
-            return pd.DataFrame({"row": [], "stats": []})
+            return pd.DataFrame({"row": [], "stats": []}, dtype=object)
         lines = [text.encode() for text in group["line"]]
         row = evaluate_patient(key[0], lines, now=now, policy=policy, terminology=load_terminology())
         # One row per candidate (row None: no card), so the driver can count them.
-        return pd.DataFrame({"row": [orjson.dumps(row).decode() if row else None], "stats": [None]})
+        return pd.DataFrame({"row": [orjson.dumps(row).decode() if row else None], "stats": [None]}, dtype=object)
 
     return evaluate_group
 
