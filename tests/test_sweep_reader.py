@@ -101,8 +101,12 @@ def test_screen_keeps_a_broken_resource_of_a_type_the_rules_read_for_its_patient
     screen = Screen(TERMINOLOGY)
     broken = {"resourceType": "Condition", "code": "back pain", "subject": {"reference": "Patient/p9"}}
     assert screen(orjson.dumps(broken)) == ("Condition", "p9", True)
-    # A broken resource of a type the rules never read is just a broken line
-    assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == "unreadable Claim"
+    # A type the rules never read, written resourceType first as Bulk servers do: settled unread, as the hook
+    # drops it unread; written otherwise, it is decoded, and a broken one is a broken line.
+    assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == ("Claim", None, False)
+    assert screen(b'{"id":7,"resourceType":"Claim","patient":3}') == "unreadable Claim"
+    assert screen(b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/q"}}') == (
+        "Condition", "q", True)
     assert screen(b"{not json") == "unreadable JSON"
     assert screen(b'{"id":"x"}') == "not a FHIR resource (no resourceType)"
     assert screen(b'[1,2]') == "unreadable JSON"

@@ -56,9 +56,15 @@ class LineCounts:
 
 def read_lines(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[bytes]:
     """The non-blank lines of a chunk (without the newline), in file order."""
+    for batch in read_batches(chunk, max_line_bytes, counts):
+        yield from batch
+
+
+def read_batches(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[list[bytes]]:
+    """The same lines, a block's worth at a time (the screen runs over lists: no generator step per line)."""
     if chunk.path.endswith(".gz"):
         with gzip.open(chunk.path, "rb") as stream:
-            yield from _lines(stream, 0, None, max_line_bytes, counts)
+            yield from _batches(stream, 0, None, max_line_bytes, counts)
         return
     with open(chunk.path, "rb") as stream:
         start = chunk.start
@@ -66,7 +72,7 @@ def read_lines(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterato
             # The line that starts at `start` is ours only if the byte before it ends a line.
             stream.seek(start - 1)
             start += _skip_line(stream) - 1
-        yield from _lines(stream, start, chunk.end, max_line_bytes, counts)
+        yield from _batches(stream, start, chunk.end, max_line_bytes, counts)
 
 
 def _skip_line(stream: IO[bytes]) -> int:
@@ -83,7 +89,15 @@ def _skip_line(stream: IO[bytes]) -> int:
         taken += len(block)
 
 
-def _lines(stream: _Readable, offset: int, end: int | None, max_line: int, counts: LineCounts) -> Iterator[bytes]:
+def _usable(lines: list[bytes], counts: LineCounts) -> list[bytes]:
+    """Drop blank lines, strip CR of CRLF endings, and count."""
+    lines = [line.rstrip(b"\r") for line in lines if line and not line.isspace()]
+    counts.lines += len(lines)
+    return lines
+
+
+def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,
+             counts: LineCounts) -> Iterator[list[bytes]]:
     tail = b""
     skipping = False  # inside a line longer than max_line: drop bytes up to its newline
     while True:
@@ -102,24 +116,33 @@ def _lines(stream: _Readable, offset: int, end: int | None, max_line: int, count
             offset += at + 1
             counts.size += at + 1
             block = block[at + 1 :]
-        parts = (tail + block).split(b"\n") if tail else block.split(b"\n")
+        joined = tail + block if tail else block
+        parts = joined.split(b"\n")
         tail = parts.pop()
-        for line in parts:
-            if end is not None and offset >= end:
-                return
-            offset += len(line) + 1
-            counts.size += len(line) + 1
-            if len(line) > max_line:
-                counts.too_long += 1
-            elif line and not line.isspace():
-                counts.lines += 1
-                yield line.rstrip(b"\r")
+        span = len(joined) - len(tail)  # the complete lines with their newlines
+        if (end is None or offset + span <= end) and (not parts or max(map(len, parts)) <= max_line):
+            # Every line of the block is ours and none is too long: the common case, handled as a list.
+            offset += span
+            counts.size += span
+            yield _usable(parts, counts)
+        else:
+            mine: list[bytes] = []
+            for line in parts:
+                if end is not None and offset >= end:
+                    yield _usable(mine, counts)
+                    return
+                offset += len(line) + 1
+                counts.size += len(line) + 1
+                if len(line) > max_line:
+                    counts.too_long += 1
+                else:
+                    mine.append(line)
+            yield _usable(mine, counts)
         if len(tail) > max_line:
             counts.too_long += 1
             offset += len(tail)
             counts.size += len(tail)
             tail, skipping = b"", True
-    if tail and not tail.isspace() and (end is None or offset < end):
-        counts.lines += 1
+    if tail and (end is None or offset < end):
         counts.size += len(tail)
-        yield tail.rstrip(b"\r")
+        yield _usable([tail], counts)

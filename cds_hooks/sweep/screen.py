@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from cds_hooks.sweep.reader import Chunk, LineCounts, read_lines
+from cds_hooks.sweep.reader import Chunk, LineCounts, read_batches
 from fhir_mapping.intake import Screen
 from fhir_mapping.terminology import Terminology
 
@@ -96,7 +96,9 @@ def screen_chunk(chunk: Chunk, terminology: Terminology, max_line_bytes: int, *,
                  patients: Collection[str] | None = None) -> Screening:
     result = Screening()
     counts = LineCounts()
-    screen_lines(read_lines(chunk, max_line_bytes, counts), Screen(terminology), result, patients=patients)
+    screen = Screen(terminology)
+    for batch in read_batches(chunk, max_line_bytes, counts):
+        screen_lines(batch, screen, result, patients=patients)
     if patients is None:
         result.lines, result.size = counts.lines, counts.size
         if counts.too_long:
