@@ -397,7 +397,8 @@ class _CodingVerdicts:
     def text(self, medication: bool, text: str) -> bool:
         verdict = self.texts.get((medication, text))
         if verdict is None:
-            verdict = (medication and drug_named(self.terminology, text)) or mentions_anything_relevant(text)
+            named = medication and drug_named(self.terminology, text) is not None
+            verdict = named or mentions_anything_relevant(text)
             if len(self.texts) < self._MAX:
                 self.texts[(medication, text)] = verdict
         return verdict
