@@ -76,14 +76,15 @@ td.tier { font-weight: 600; text-transform: uppercase; white-space: nowrap; }
 tr.critical td.tier { color: #fff; background: #b00020; }
 tr.warning td.tier { color: #1d1d1f; background: #ffb300; }
 tr.info td.tier { color: #fff; background: #1565c0; }
-td.date { white-space: nowrap; }
+td.date, td.id { white-space: nowrap; }
 """
 
 
 def _html(table: list[dict[str, str]], summary: dict[str, Any]) -> str:
     """A plain, self-contained page (inline style, no scripts, nothing fetched), every value escaped."""
     by_tier = summary.get("patientsByIndicator", {})
-    meta = (f"As of {summary.get('now', '')}: {summary.get('patients', 0):,} patients, "
+    as_of = datetime.fromisoformat(summary["now"]).strftime("%Y-%m-%d %H:%M %Z") if "now" in summary else "now"
+    meta = (f"As of {as_of}: {summary.get('patients', 0):,} patients, "
             f"{summary.get('resources', 0):,} resources read; "
             f"{by_tier.get('critical', 0)} critical, {by_tier.get('warning', 0)} warning, "
             f"{by_tier.get('info', 0)} info.")
@@ -93,7 +94,8 @@ def _html(table: list[dict[str, str]], summary: dict[str, Any]) -> str:
     for row in table:
         e = {k: html.escape(v) for k, v in row.items()}
         body.append(
-            f'<tr class="{e["tier"]}"><td class="tier">{e["tier"]}</td><td>{e["patientId"]}</td><td>{e["mrn"]}</td>'
+            f'<tr class="{e["tier"]}"><td class="tier">{e["tier"]}</td>'
+            f'<td class="id">{e["patientId"]}</td><td class="id">{e["mrn"]}</td>'
             f'<td>{e["name"]}</td><td>{e["reason"]}</td><td class="date">{e["historyDate"]}</td>'
             f'<td class="date">{e["painOnset"]}</td><td class="date">{e["neurologicalDate"]}</td>'
             f'<td>{e["action"]}</td></tr>'
