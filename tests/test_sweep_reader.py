@@ -104,7 +104,8 @@ def test_screen_keeps_a_broken_resource_of_a_type_the_rules_read_for_its_patient
     # A type the rules never read, written resourceType first as Bulk servers do: settled unread, as the hook
     # drops it unread; written otherwise, it is decoded, and a broken one is a broken line.
     assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == ("Claim", None, False)
-    assert screen(b'{"id":7,"resourceType":"Claim","patient":3}') == "unreadable Claim"
+    unread = screen(b'{"id":7,"resourceType":"Claim","patient":3}')
+    assert unread == "unreadable resource of a type the rules do not read"
     assert screen(b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/q"}}') == (
         "Condition", "q", True)
     assert screen(b"{not json") == "unreadable JSON"

@@ -113,9 +113,13 @@ def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]
 def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str | None,
                 max_line_bytes: int) -> tuple[Screening, int, list[dict[str, Any]]]:
     session = spark_session(master)
-    lines = session.read.text([str(path.resolve()) for path in files])
-    screened = lines.mapInPandas(_screen_partitions(max_line_bytes), schema=_SCREENED)
-    results = screened.groupBy("patient").applyInPandas(_evaluate_groups(now, policy), schema=_RESULT).collect()
+    try:
+        lines = session.read.text([str(path.resolve()) for path in files])
+        screened = lines.mapInPandas(_screen_partitions(max_line_bytes), schema=_SCREENED)
+        grouped = screened.groupBy("patient").applyInPandas(_evaluate_groups(now, policy), schema=_RESULT)
+        results = grouped.collect()  # one row per candidate and per screening task: small
+    finally:
+        session.stop()
     total = Screening()
     rows: list[dict[str, Any]] = []
     candidates = 0
