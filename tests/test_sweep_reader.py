@@ -62,6 +62,14 @@ def test_gzip_and_plain_give_the_same_lines_and_sizes(tmp_path: Path) -> None:
     assert counts_plain.size == c2.size == len(body)
 
 
+def test_a_byte_order_mark_opening_a_file_is_not_part_of_the_first_line(tmp_path: Path) -> None:
+    lines = _lines(3)
+    (tmp_path / "a.ndjson").write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines))
+    (tmp_path / "b.ndjson.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + b"\n".join(lines)))
+    for name in ("a.ndjson", "b.ndjson.gz"):
+        assert list(read_lines(Chunk(str(tmp_path / name)), 1 << 20, LineCounts())) == lines
+
+
 def test_gzip_file_is_one_chunk_and_other_files_are_not_ndjson(tmp_path: Path) -> None:
     (tmp_path / "big.ndjson.gz").write_bytes(gzip.compress(b"\n".join(_lines(2000))))
     (tmp_path / "manifest.json").write_text("{}")

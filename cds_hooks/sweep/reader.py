@@ -12,6 +12,7 @@ from typing import IO, Protocol
 
 SUFFIXES = (".ndjson", ".ndjson.gz")
 BLOCK_BYTES = 4 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
 
 
 class _Readable(Protocol):
@@ -100,12 +101,17 @@ def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,
              counts: LineCounts) -> Iterator[list[bytes]]:
     tail = b""
     skipping = False  # inside a line longer than max_line: drop bytes up to its newline
+    at_start = offset == 0
     while True:
         if end is not None and offset >= end:
             return
         block = stream.read(BLOCK_BYTES)
         if not block:
             break
+        if at_start and block.startswith(_BOM):
+            # Some writers open a UTF-8 file with a byte-order mark: it is not part of the first resource.
+            block, offset, counts.size = block[len(_BOM) :], offset + len(_BOM), counts.size + len(_BOM)
+        at_start = False
         if skipping:
             at = block.find(b"\n")
             if at < 0:

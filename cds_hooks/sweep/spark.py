@@ -69,7 +69,7 @@ def _screen_partitions(max_line_bytes: int) -> Callable[[Iterator[Any]], Iterato
             for text in batch["value"]:
                 if not text or text.isspace():
                     continue
-                line = text.encode()
+                line = text.removeprefix("\ufeff").encode()  # a byte-order mark opening a file
                 part.size += len(line) + 1
                 if len(line) > max_line_bytes:
                     part.skipped[too_long(max_line_bytes)] += 1
