@@ -21,7 +21,7 @@ from fhir_mapping.terminology import Terminology, load_terminology
 
 T = TypeVar("T")
 R = TypeVar("R")
-_BATCH_PATIENTS = 200
+_BATCH_PATIENTS = 50  # small batches keep both workers busy to the end
 
 _terminology: Terminology | None = None  # one per worker process, loaded once
 
@@ -55,8 +55,13 @@ def sweep_local(chunks: list[Chunk], *, now: datetime, policy: Policy, workers: 
     """(what the export held, how many candidates, worklist rows in no particular order)."""
     if workers <= 1:
         return _sweep(chunks, now, policy, max_line_bytes, progress, _in_process)
-    # spawn: workers start clean (no inherited threads or locks from the parent), each loads the value sets.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # fork where there is one (Linux): workers inherit the loaded value sets and modules instead of importing
+    # them again (seconds each on a loaded machine); the CLI parent runs no threads, so nothing is held locked.
+    # Elsewhere spawn, and each worker loads them once.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        _worker_terminology()
+    with multiprocessing.get_context(method).Pool(workers) as pool:
         def mapper(function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
             return pool.imap_unordered(function, tasks)
 
