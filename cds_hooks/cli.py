@@ -72,7 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
                   settings.suppress_accepted_warning_days, extra={"suppression": "on"})
     _log.info("starting", extra={"host": args.host, "port": args.port, "workers": args.workers,
                                  "auth": "off" if verifier is None else "jwt"})
-    serve(args.host, args.port, args.workers)
+    serve(args.host, args.port, args.workers, settings)
     return 0
 
 

@@ -39,8 +39,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(128 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
     # Bodies one worker holds at once (cds_hooks/inflight.py): beyond this, hook requests queue, never fail.
     max_inflight_body_bytes: int = Field(512 * 1024 * 1024, gt=0)
-    # A body that trickles in would hold its share of that budget: it must arrive whole within this (408).
+    # Every request body (hook, feedback, any route) must arrive whole within this of its head (408), not
+    # counting time spent queued for the budget above.
     body_read_seconds: float = Field(60.0, gt=0)
+    # Feedback is a few items per card: a small body, parsed off the event loop (larger: 413).
+    feedback_max_body_bytes: int = Field(1024 * 1024, gt=0)
+    feedback_max_items: int = Field(100, gt=0)
+
+    # --- Connections (cds_hooks/connections.py) -------------------------------------------------------
+    # Request line and headers: over this, 431 and the connection closes. EHR calls send a few KiB (a JWT).
+    max_head_bytes: int = Field(32 * 1024, ge=1024)
+    head_read_seconds: float = Field(10.0, gt=0, description="The head must arrive within this of its first byte.")
+    keep_alive_seconds: float = Field(30.0, gt=0, description="An idle connection (before its first request too) "
+                                                               "is closed after this.")
+    # Per worker, kept below the file limit (raised to the hard limit at start). Beyond it the longest-idle
+    # connection is evicted, or the new one is closed at once if every connection is busy.
+    max_connections: int = Field(1000, gt=0)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CORS_ORIGINS
     cors_origin_regex: str | None = DEFAULT_CORS_ORIGIN_REGEX
     public_base_url: str | None = Field(
