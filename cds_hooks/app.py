@@ -37,6 +37,7 @@ from cds_hooks.errors import (
 from cds_hooks.feedback import (
     FeedbackError,
     FeedbackStore,
+    FeedbackTooLarge,
     IssuedCard,
     MemoryFeedbackStore,
     feedback_outcome,
@@ -45,7 +46,7 @@ from cds_hooks.feedback import (
 from cds_hooks.fetch_pool import FetchPool
 from cds_hooks.fhir_client import FetchBudget, FetchLimits
 from cds_hooks.hook_request import HookRequest, decode_hook_request
-from cds_hooks.inflight import InflightBudget
+from cds_hooks.inflight import InflightBudget, Share
 from cds_hooks.metrics import Metrics
 from cds_hooks.middleware import AccessLog, InternalErrors
 from cds_hooks.openapi import openapi_document
@@ -161,43 +162,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_fields(request).update(issuer=client.issuer, tenant=client.tenant, jti=client.jti)
         return client
 
-    async def read_json_body(request: Request) -> bytearray:
+    async def read_json_body(request: Request, limit: int, share: Share) -> bytearray:
+        """The body, counted into `share` as it arrives; 413 over `limit`, 408 if it does not arrive within
+        MSCC_ALERT_BODY_READ_SECONDS (time spent waiting for room in the budget is the server's, not counted)."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in _JSON_TYPES:
             raise UnsupportedMediaType(
                 f"Content-Type must be application/json (got {content_type or 'none'})")
-        limit = settings.max_body_bytes
         expected = declared_length(request)
         if expected is not None and expected > limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
-        # One buffer of the declared size, filled in place: the body is held once, never as chunks plus a joined
-        # copy, nor in a buffer that grows by copies. (Its zero-fill is cheap: cds_hooks/allocator.py keeps the
-        # pages of the last request.) A chunked body without a length grows as it comes.
-        body = bytearray(expected) if expected is not None else bytearray()
-        size = 0
-        async for chunk in request.stream():
-            if size + len(chunk) > limit:
-                raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
-            if expected is not None and size + len(chunk) <= expected:
-                body[size:size + len(chunk)] = chunk
-            else:
-                body[size:] = chunk
-            size += len(chunk)
-        del body[size:]  # a body shorter than declared (the server rejects longer ones)
+        # Grown as it arrives, never allocated at the declared size up front: a client that declares 128 MiB
+        # and sends nothing holds nothing. (bytearray grows in place by realloc, so this is not a copy per chunk.)
+        body = bytearray()
+        deadline = asyncio.get_running_loop().time() + settings.body_read_seconds
+        try:
+            async with asyncio.timeout_at(deadline) as timer:
+                async for chunk in request.stream():
+                    if len(body) + len(chunk) > limit:
+                        raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
+                    timer.reschedule(None)
+                    deadline += await share.take(len(chunk))
+                    timer.reschedule(deadline)
+                    body += chunk
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {settings.body_read_seconds:g} seconds") from None
         return body
 
-    def reservation(request: Request) -> int:
-        """What a request holds of the in-flight budget: its declared body, or the limit if it declares none
-        (nothing if it is over the limit: it is refused before its body is read)."""
-        expected = declared_length(request)
-        if expected is None:
-            return settings.max_body_bytes
-        return expected if expected <= settings.max_body_bytes else 0
-
     async def fetch_then_decide(service: PatientViewService, hook_request: HookRequest[Any], gathered: Gathered,
-                                client: VerifiedClient | None) -> Outcome:
+                                client: VerifiedClient | None, share: Share) -> Outcome:
         """The keys the prefetch lacks, from fhirServer: in the fetch pool, within one budget of bytes (held
-        in the in-flight budget meanwhile) and of seconds (waiting for a slot included)."""
+        in the in-flight budget meanwhile, as part of the request's own share, so the oldest request can
+        always go on) and of seconds (waiting for a slot included)."""
         plan = service.plan_fetch(hook_request, gathered, client.issuer if client else None)
         seconds = settings.fhir_total_seconds
         start = time.monotonic()
@@ -205,7 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 async with asyncio.timeout(seconds):
                     await held.enter_async_context(fetches.admit(plan.origin))
-                    await held.enter_async_context(inflight.reserve(settings.fhir_max_bytes))
+                    await share.take(settings.fhir_max_bytes)
             except TimeoutError:
                 raise service.not_fetched(hook_request, gathered, "fhir-busy") from None
             budget = FetchBudget(settings.fhir_max_bytes, seconds - (time.monotonic() - start))
@@ -252,15 +249,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fields = log_fields(request)
         fields["service_id"] = service.id
         client = await authenticate(request)
-        async with inflight.reserve(reservation(request)) as waited_ms:
-            if waited_ms >= 1:
-                fields["queued_ms"] = round(waited_ms, 1)
-            try:
-                async with asyncio.timeout(settings.body_read_seconds):
-                    body = await read_json_body(request)
-            except TimeoutError:
-                raise RequestTimeout(
-                    f"The request body did not arrive within {settings.body_read_seconds:g} seconds") from None
+        async with inflight.share() as share:
+            body = await read_json_body(request, settings.max_body_bytes, share)
+            if share.waited_ms >= 1:
+                fields["queued_ms"] = round(share.waited_ms, 1)
             hook_request = decode_hook_request(body, service.hook)
             fields["hook_instance"] = hook_request.hookInstance
             undeclared = sorted(k for k in hook_request.prefetch or {} if k not in service.templates)
@@ -269,7 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Most calls end here: one hop to a thread (the prefetch is read and judged there).
             result = await run_in_threadpool(service.evaluate_prefetched, hook_request)
             outcome = result if isinstance(result, Outcome) else (
-                await fetch_then_decide(service, hook_request, result, client))
+                await fetch_then_decide(service, hook_request, result, client, share))
         evaluation, gathered = outcome.evaluation, outcome.gathered
         cards = evaluation.cards
         issuer, tenant = (client.issuer, client.tenant) if client else (None, None)
@@ -316,11 +308,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = service_for(service_id)
         log_fields(request)["service_id"] = service.id
         client = await authenticate(request)
-        body = await read_json_body(request)
-        try:
-            parsed = parse_feedback(bytes(body))  # small: a copy is cheaper than a second API
-        except FeedbackError as exc:
-            raise BadRequest(exc.message, expression=[exc.expression]) from None
+        async with inflight.share() as share:
+            body = await read_json_body(request, settings.feedback_max_body_bytes, share)
+            try:
+                # Off the event loop: even a body at the limit must not stall every other connection.
+                parsed = await run_in_threadpool(parse_feedback, bytes(body), settings.feedback_max_items)
+            except FeedbackTooLarge as exc:
+                raise PayloadTooLarge(exc.message, expression=[exc.expression]) from None
+            except FeedbackError as exc:
+                raise BadRequest(exc.message, expression=[exc.expression]) from None
         result = await run_in_threadpool(
             store.record_feedback, service.id, parsed,
             client.issuer if client else None, client.tenant if client else None,

@@ -40,6 +40,7 @@ __all__ = [
     "FeedbackRequest",
     "FeedbackResult",
     "FeedbackStore",
+    "FeedbackTooLarge",
     "IssuedCard",
     "MemoryFeedbackStore",
     "OverrideReason",
@@ -72,6 +73,10 @@ class FeedbackError(ValueError):
         super().__init__(message)
         self.message = message
         self.expression = expression
+
+
+class FeedbackTooLarge(FeedbackError):
+    """More feedback items in one request than the service takes (MSCC_ALERT_FEEDBACK_MAX_ITEMS)."""
 
 
 class _Element(BaseModel):
@@ -203,8 +208,9 @@ def _describe(error: ErrorDetails, body: dict[str, Any]) -> tuple[str, str]:
     return f"{expression}: {message}", expression
 
 
-def parse_feedback(raw: bytes) -> FeedbackRequest:
-    """Decode and validate a feedback POST body; raise `FeedbackError` naming the first problem."""
+def parse_feedback(raw: bytes, max_items: int | None = None) -> FeedbackRequest:
+    """Decode and validate a feedback POST body; raise `FeedbackError` naming the first problem
+    (`FeedbackTooLarge` for more than `max_items` items, checked before any item is validated)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -212,6 +218,10 @@ def parse_feedback(raw: bytes) -> FeedbackRequest:
     if not isinstance(body, dict):
         kind = _JSON_KINDS.get(type(body), type(body).__name__)
         raise FeedbackError(f'body must be a JSON object {{"feedback": [...]}}, got {kind}', "(body)")
+    items = body.get("feedback")
+    if max_items is not None and isinstance(items, list) and len(items) > max_items:
+        raise FeedbackTooLarge(f"feedback: {len(items)} items, more than the {max_items} one request may carry",
+                               "feedback")
     try:
         return FeedbackRequest.model_validate(body)
     except ValidationError as exc:
