@@ -48,7 +48,7 @@ from cds_hooks.fhir_client import FetchBudget, FetchLimits
 from cds_hooks.hook_request import HookRequest, decode_hook_request
 from cds_hooks.inflight import InflightBudget, Share
 from cds_hooks.metrics import Metrics
-from cds_hooks.middleware import AccessLog, InternalErrors
+from cds_hooks.middleware import AccessLog, InternalErrors, LoopbackHostOnly
 from cds_hooks.openapi import openapi_document
 from cds_hooks.patient_view import Outcome, PatientViewService
 from cds_hooks.prefetch import Gathered
@@ -354,6 +354,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_credentials=False,  # the JWT travels in a header; never '*' with credentials
         max_age=600,
     )
+    if verifier is None:
+        app.add_middleware(LoopbackHostOnly, is_loopback=is_loopback)  # DNS-rebinding defence, open mode only
     app.add_middleware(AccessLog, metrics=metrics)
     app.openapi = openapi_document(app)  # type: ignore[method-assign]
     return app
