@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import mmap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cards.suppression import card_facts
 from cards.version import rules_version
+from cds_hooks.allocator import MMAP_THRESHOLD
 from cds_hooks.errors import (
     FHIR_JSON_MEDIA_TYPE,
     BadRequest,
@@ -162,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_fields(request).update(issuer=client.issuer, tenant=client.tenant, jti=client.jti)
         return client
 
-    async def read_json_body(request: Request, limit: int, share: Share) -> bytearray:
+    async def read_json_body(request: Request, limit: int, share: Share) -> bytearray | memoryview:
         """The body, counted into `share` as it arrives; 413 over `limit`, 408 if it does not arrive within
         MSCC_ALERT_BODY_READ_SECONDS (time spent waiting for room in the budget is the server's, not counted)."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -172,23 +174,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expected = declared_length(request)
         if expected is not None and expected > limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
-        # Grown as it arrives, never allocated at the declared size up front: a client that declares 128 MiB
-        # and sends nothing holds nothing. (bytearray grows in place by realloc, so this is not a copy per chunk.)
-        body = bytearray()
+        # Memory is taken as the body arrives, never at the declared size up front: a client that declares
+        # 128 MiB and sends nothing must hold nothing. Small bodies grow a bytearray (in place, by realloc, in
+        # the heap pages cds_hooks/allocator.py keeps); a large declared body is filled into an anonymous map of
+        # its size, whose pages become resident only as they are written, so it is never copied as it grows.
+        mapped = expected if expected is not None and expected > MMAP_THRESHOLD else None
+        body: bytearray | mmap.mmap = mmap.mmap(-1, mapped) if mapped else bytearray()
+        size = 0
         deadline = asyncio.get_running_loop().time() + settings.body_read_seconds
         try:
             async with asyncio.timeout_at(deadline) as timer:
                 async for chunk in request.stream():
-                    if len(body) + len(chunk) > limit:
+                    if size + len(chunk) > (mapped or limit):
                         raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
                     timer.reschedule(None)
                     deadline += await share.take(len(chunk))
                     timer.reschedule(deadline)
-                    body += chunk
+                    if isinstance(body, bytearray):
+                        body += chunk
+                    else:
+                        body[size:size + len(chunk)] = chunk
+                    size += len(chunk)
         except TimeoutError:
             raise RequestTimeout(
                 f"The request body did not arrive within {settings.body_read_seconds:g} seconds") from None
-        return body
+        return body if isinstance(body, bytearray) else memoryview(body)[:size]
 
     async def fetch_then_decide(service: PatientViewService, hook_request: HookRequest[Any], gathered: Gathered,
                                 client: VerifiedClient | None, share: Share) -> Outcome:
