@@ -3,6 +3,7 @@
 uvicorn's own socket for `--workers N` is made without IPPROTO_TCP, so asyncio never sets TCP_NODELAY
 on accepted connections and every keep-alive request after the first waits ~44 ms for delayed ACKs
 (uvicorn issue #3149; performance.md). A socket created with proto=IPPROTO_TCP avoids it, for one worker or many.
+Connections are served by uvicorn's httptools protocol with our limits added (cds_hooks/connections.py).
 """
 
 from __future__ import annotations
