@@ -158,14 +158,19 @@ def test_an_oversized_head_gets_431_and_unterminated_heads_cost_no_memory(tmp_pa
     assert grown < 40 * MiB, f"16 unterminated heads grew the worker by {grown / MiB:.0f} MiB"
 
 
+def assert_408_after_a_second(service: LiveService, start_of_request: bytes) -> None:
+    """Send the start of a request and no more: a 408 OperationOutcome comes at the (1 s) deadline."""
+    with connect(service) as sock:
+        sock.sendall(start_of_request)
+        answer, waited = read_until_closed(sock, 10)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    assert outcome(answer)["issue"][0]["code"] == "timeout"  # type: ignore[index]
+    assert 0.8 < waited < 4, waited
+
+
 def test_a_head_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
     with serve(tmp_path, head_read_seconds="1") as service:
-        with connect(service) as partial:
-            partial.sendall(b"GET /healthz HTTP/1.1\r\nHo")
-            answer, waited = read_until_closed(partial, 10)
-        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
-        assert outcome(answer)["issue"][0]["code"] == "timeout"  # type: ignore[index]
-        assert 0.8 < waited < 4
+        assert_408_after_a_second(service, b"GET /healthz HTTP/1.1\r\nHo")
         # A byte now and then does not extend the deadline.
         with connect(service) as trickle:
             trickle.sendall(b"GET /healthz HTTP/1.1\r\n")
@@ -198,13 +203,8 @@ def test_idle_connections_are_closed_before_and_after_a_first_request(tmp_path: 
 
 def test_a_trickling_feedback_body_gets_408_within_its_deadline(tmp_path: Path) -> None:
     with serve(tmp_path, body_read_seconds="1") as service:
-        with connect(service) as slow:
-            slow.sendall(f"POST {FEEDBACK} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         "Content-Length: 500\r\n\r\n{\"feedback\": [".encode())
-            answer, waited = read_until_closed(slow, 10)
-        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
-        assert outcome(answer)["issue"][0]["code"] == "timeout"  # type: ignore[index]
-        assert 0.8 < waited < 4
+        assert_408_after_a_second(service, f"POST {FEEDBACK} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                                           "application/json\r\nContent-Length: 500\r\n\r\n{\"feedback\": [".encode())
         # A body nobody reads (unknown route: 404 at once) must still arrive in time, or the connection closes.
         with connect(service) as unread:
             unread.sendall(b"POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\nxx")
