@@ -297,6 +297,7 @@ def open_fds(pid: int) -> int:
 def test_more_idle_connections_than_the_cap_do_not_starve_a_valid_call(tmp_path: Path) -> None:
     body = hook_body()
     with serve(tmp_path, max_connections="50") as service:
+        limits = Path(f"/proc/{service.process.pid}/limits").read_text()
         baseline = open_fds(service.process.pid)
         idle = [connect(service) for _ in range(60)]
         half_open = []
@@ -314,6 +315,15 @@ def test_more_idle_connections_than_the_cap_do_not_starve_a_valid_call(tmp_path:
     assert answer.status_code == 200 and answer.json()["cards"][0]["indicator"] == "warning"
     assert waited < 1.5, f"a valid call waited {waited:.2f} s behind 120 idle and half-open connections"
     assert fds - baseline <= 50, f"the worker holds {fds - baseline} more descriptors than at rest, cap 50"
+    soft, hard = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+    assert soft == hard, "serve raises the soft file limit to the hard one"
+
+
+def test_the_cap_stays_below_the_file_limit() -> None:
+    from cds_hooks.connections import FD_RESERVE, connection_cap
+
+    assert connection_cap(1000, 1_048_576) == 1000
+    assert connection_cap(1000, 1024) == 1024 - FD_RESERVE
 
 
 def test_when_every_connection_is_busy_a_new_one_is_closed_at_once(tmp_path: Path) -> None:
