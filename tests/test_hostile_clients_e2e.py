@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import socket
 import threading
 import time
@@ -30,11 +31,15 @@ FEEDBACK = SERVICE + "/feedback"
 MiB = 1024 * 1024
 
 
-@contextlib.contextmanager
-def serve(tmp_path: Path, **settings: str) -> Iterator[LiveService]:
+def settings_env(**settings: str) -> dict[str, str]:
     env = {"MSCC_ALERT_AUTH": "off", "MSCC_ALERT_LOG_FORMAT": "json"}
     env.update({f"MSCC_ALERT_{name.upper()}": value for name, value in settings.items()})
-    service = start_live_service(tmp_path, env)
+    return env
+
+
+@contextlib.contextmanager
+def serve(tmp_path: Path, **settings: str) -> Iterator[LiveService]:
+    service = start_live_service(tmp_path, settings_env(**settings))
     try:
         yield service
     finally:
@@ -296,7 +301,13 @@ def open_fds(pid: int) -> int:
 
 def test_more_idle_connections_than_the_cap_do_not_starve_a_valid_call(tmp_path: Path) -> None:
     body = hook_body()
-    with serve(tmp_path, max_connections="50") as service:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # serve inherits a low soft limit
+    try:
+        service = start_live_service(tmp_path, settings_env(max_connections="50"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
         limits = Path(f"/proc/{service.process.pid}/limits").read_text()
         baseline = open_fds(service.process.pid)
         idle = [connect(service) for _ in range(60)]
@@ -312,11 +323,14 @@ def test_more_idle_connections_than_the_cap_do_not_starve_a_valid_call(tmp_path:
         waited = time.monotonic() - started
         for sock in idle + half_open:
             sock.close()
+    finally:
+        stop_live_service(service)
     assert answer.status_code == 200 and answer.json()["cards"][0]["indicator"] == "warning"
     assert waited < 1.5, f"a valid call waited {waited:.2f} s behind 120 idle and half-open connections"
     assert fds - baseline <= 50, f"the worker holds {fds - baseline} more descriptors than at rest, cap 50"
-    soft, hard = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
-    assert soft == hard, "serve raises the soft file limit to the hard one"
+    served_soft, served_hard = next(line.split()[3:5] for line in limits.splitlines()
+                                    if line.startswith("Max open files"))
+    assert served_soft == served_hard, "serve raises the soft file limit to the hard one"
 
 
 def test_the_cap_stays_below_the_file_limit() -> None:
