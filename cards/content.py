@@ -34,13 +34,29 @@ MRI_WHOLE_SPINE_TEXT: Final = "MRI of the whole spine (cervical, thoracic and lu
 # docs/clinical-rules.md §1.4).
 PRIORITY: Final = {"warning": "urgent", "critical": "stat", "info": "routine"}
 
+# Override reasons offered on every clinical card, as (system, code, display). Where one fits we use the
+# CDS Hooks 3.0 ballot's suggested codes: CodeSystem http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes
+# (CDS Hooks 3.0.0-ballot, https://build.fhir.org/ig/HL7/cds-hooks/CodeSystem-non-adherence-reason-codes.html,
+# from the AHRQ CDSiC override-reason taxonomy), displays worded for this card. It has no code for "the pain has
+# another, benign explanation", so that one stays ours.
+HL7_OVERRIDE_REASON_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 OVERRIDE_REASON_SYSTEM: Final = "urn:mscc-alert:override-reason"
 OVERRIDE_REASONS: Final = (
-    ("imaging-done-elsewhere", "Spinal MRI already done or booked elsewhere"),
-    ("benign-cause-known", "Pain explained by a known benign cause"),
-    ("patient-declines", "Patient declines investigation"),
-    ("goals-of-care", "Not in line with the patient's goals of care"),
+    (HL7_OVERRIDE_REASON_SYSTEM, "indication-order-exists", "Spinal MRI already ordered or booked"),
+    (HL7_OVERRIDE_REASON_SYSTEM, "action-completed", "Spinal MRI already done"),
+    (OVERRIDE_REASON_SYSTEM, "benign-cause-known", "Pain explained by a known benign cause"),
+    (HL7_OVERRIDE_REASON_SYSTEM, "patient-ineligible", "Not applicable: no invasive breast cancer or no new pain"),
+    (HL7_OVERRIDE_REASON_SYSTEM, "need-more-info", "Awaiting results or specialist advice"),
+    (HL7_OVERRIDE_REASON_SYSTEM, "patient-refuses", "Patient declines investigation"),
+    (HL7_OVERRIDE_REASON_SYSTEM, "does-not-align-preferences", "Not in line with the patient's goals of care"),
 )
+# Codes earlier versions offered (all in OVERRIDE_REASON_SYSTEM). Feedback carrying them is still accepted and
+# reported; the report names what each meant and which standard code replaced it.
+RETIRED_OVERRIDE_REASONS: Final = {
+    "imaging-done-elsewhere": ("Spinal MRI already done or booked elsewhere", "indication-order-exists"),
+    "patient-declines": ("Patient declines investigation", "patient-refuses"),
+    "goals-of-care": ("Not in line with the patient's goals of care", "does-not-align-preferences"),
+}
 
 # Card wording. Each line's source is named here, not on the card: the card links to the guidelines instead.
 # NICE CG75 (contact the MSCC coordinator immediately, an oncological emergency); NG234 rec 1.5.2 (MRI whole

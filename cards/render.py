@@ -29,7 +29,6 @@ from cards.content import (
     LINKS,
     MRI_ORDERED_ACTION,
     MRI_WHOLE_SPINE_TEXT,
-    OVERRIDE_REASON_SYSTEM,
     OVERRIDE_REASONS,
     PARTIAL_IMAGING_ACTION,
     SOURCE_URL,
@@ -465,7 +464,7 @@ def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
         }]
         card["selectionBehavior"] = "at-most-one"
     card["overrideReasons"] = [
-        {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display} for code, display in OVERRIDE_REASONS
+        {"system": system, "code": code, "display": display} for system, code, display in OVERRIDE_REASONS
     ]
     card["links"] = [{"label": label, "url": url, "type": "absolute"} for label, url in LINKS]
     card["extension"] = _extension(decision)

@@ -1,7 +1,7 @@
 """mscc-alert: a CDS Hooks 2.0 service for suspected spinal metastases and MSCC after breast cancer.
 
-Commands: `serve`, `evaluate FILE`, `feedback-report`. Settings come from MSCC_ALERT_* environment variables
-(README, "Configuration"); the options below override them.
+Commands: `serve`, `evaluate FILE`, `sweep SOURCE`, `feedback-report`. Settings come from MSCC_ALERT_*
+environment variables (README, "Configuration"); the options below override them.
 """
 
 from __future__ import annotations
@@ -110,6 +110,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"mscc-alert: cannot open the feedback database {shown_database(settings)}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    if settings.pseudonym_secret is None:
+        _log.warning("SUPPRESSION IS OFF: MSCC_ALERT_PSEUDONYM_SECRET is not set, so a card a clinician has already "
+                     "acted on is shown again on every chart opening; set it (32+ characters) to show each card once "
+                     "unless it gets worse", extra={"suppression": "off"})
+    else:
+        _log.info("suppression on: a card acted on is not shown again for %g days after an override, %g after an "
+                  "accepted critical and %g after an accepted warning card, unless it escalates or new evidence "
+                  "appears", settings.suppress_override_days, settings.suppress_accepted_critical_days,
+                  settings.suppress_accepted_warning_days, extra={"suppression": "on"})
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sock.getsockname()[1]
     _log.info("starting", extra={"host": args.host, "port": port, "workers": args.workers,
@@ -125,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ[MULTIPROC_ENV] = metrics_dir
         _log.info("metrics of all workers are summed", extra={"metrics_dir": metrics_dir})
     try:
-        serve(args.host, port, args.workers, sock)
+        serve(args.host, port, args.workers, settings, sock)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -203,9 +212,50 @@ def _readable(evaluation: Any) -> str:
     return "\n\n".join(blocks)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from cds_hooks.logs import configure_logging
+    from cds_hooks.sweep.run import SweepError, SweepOptions, run_sweep
+
+    settings = _settings()
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    except ValueError:
+        print(f"mscc-alert: --now {args.now!r} is not an ISO 8601 date-time", file=sys.stderr)
+        return 2
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    if args.workers < 1:
+        print("mscc-alert: --workers must be at least 1", file=sys.stderr)
+        return 2
+    source = Path(args.source)
+    if args.since and not args.source.startswith(("http://", "https://")):
+        print("mscc-alert: --since needs a Bulk Data kick-off URL as SOURCE (a folder is swept whole)",
+              file=sys.stderr)
+        return 2
+    if args.source.startswith(("http://", "https://")):
+        # A Bulk Data kick-off URL: download the export next to the worklist, then sweep the files.
+        from cds_hooks.bulk import download_export  # type: ignore[import-not-found, unused-ignore]
+
+        source = download_export(args.source, Path(args.out) / "export", settings=settings, since=args.since)
+    options = SweepOptions(source=source, out=Path(args.out), now=now, engine=args.engine, workers=args.workers,
+                           spark_master=args.spark_master)
+    try:
+        summary = run_sweep(options, settings)
+    except SweepError as exc:
+        print(f"mscc-alert: {exc}", file=sys.stderr)
+        return 2
+    tiers = summary["patientsByIndicator"]
+    print(f"{summary['patients']:,} patients, {summary['resources']:,} resources in {summary['seconds']:.1f} s: "
+          f"{tiers.get('critical', 0)} critical, {tiers.get('warning', 0)} warning, {tiers.get('info', 0)} info; "
+          f"{summary['linesSkipped']:,} lines skipped. Worklist in {args.out}")
+    return 0
+
+
 def _feedback_report(args: argparse.Namespace) -> int:
     from cds_hooks.app import open_feedback_store
     from cds_hooks.feedback_report import render_report
+    from cds_hooks.feedback_report_html import render_html
 
     _use_database(args)
     settings = _settings()
@@ -216,11 +266,18 @@ def _feedback_report(args: argparse.Namespace) -> int:
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     try:
-        report = render_report(store.report())
+        report = store.report()
     finally:
         store.close()
     print(f"Feedback database: {shown_database(settings)}\n")
-    print(report)
+    print(render_report(report))
+    if args.html:
+        try:
+            Path(args.html).write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            print(f"mscc-alert: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"HTML report written to {args.html}")
     return 0
 
 
@@ -256,11 +313,26 @@ def _parser() -> argparse.ArgumentParser:
                           help="evaluate as of this ISO 8601 date or date-time, e.g. 2026-11-01 (midnight UTC) "
                                "or 2026-11-01T09:30:00+01:00; no zone means UTC (default: the current time)")
     evaluate.set_defaults(run=_evaluate)
+    sweep = commands.add_parser("sweep", help="worklist of patients who need action, from a FHIR Bulk Data export")
+    sweep.add_argument("source", help="a folder of Bulk NDJSON files (.ndjson, .ndjson.gz), or a $export kick-off URL")
+    sweep.add_argument("--out", required=True,
+                       help="folder for worklist.ndjson/.csv/.html and summary.json (required; no default)")
+    sweep.add_argument("--engine", choices=("local", "spark"), default="local",
+                       help="local processes, or PySpark (default: %(default)s)")
+    sweep.add_argument("--workers", type=int, default=1, help="local engine: processes (default 1)")
+    sweep.add_argument("--spark-master", help="spark engine: master URL (default local[*]), or sc://host for "
+                       "Spark Connect")
+    sweep.add_argument("--since", help="with a kick-off URL: only resources changed since this instant (_since) "
+                       "(default: everything)")
+    sweep.add_argument("--now", help="evaluate as of this ISO 8601 instant (default: now)")
+    sweep.set_defaults(run=_sweep)
     report = commands.add_parser(
         "feedback-report", help="acceptance and override rates from stored feedback",
         description="Print acceptance and override rates by card kind and override reason from the feedback "
                     "database the service writes.")
     report.add_argument("--database-url", metavar="URL", help=DATABASE_HELP)
+    report.add_argument("--html", metavar="FILE",
+                        help="also write a self-contained HTML report with charts (default: none)")
     report.set_defaults(run=_feedback_report)
     return parser
 

@@ -26,8 +26,10 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from cards.suppression import Outcome, PriorAction
+from cds_hooks.acknowledgements import Acknowledgements, SuppressedCard, latest_per_card
 from cds_hooks.errors import operation_outcome
-from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
+from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
 from cds_hooks.security.jwt_auth import ReplayCache
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "FeedbackRequest",
     "FeedbackResult",
     "FeedbackStore",
+    "FeedbackTooLarge",
     "IssuedCard",
     "MemoryFeedbackStore",
     "OverrideReason",
@@ -70,6 +73,10 @@ class FeedbackError(ValueError):
         super().__init__(message)
         self.message = message
         self.expression = expression
+
+
+class FeedbackTooLarge(FeedbackError):
+    """More feedback items in one request than the service takes (MSCC_ALERT_FEEDBACK_MAX_ITEMS)."""
 
 
 class _Element(BaseModel):
@@ -201,8 +208,9 @@ def _describe(error: ErrorDetails, body: dict[str, Any]) -> tuple[str, str]:
     return f"{expression}: {message}", expression
 
 
-def parse_feedback(raw: bytes) -> FeedbackRequest:
-    """Decode and validate a feedback POST body; raise `FeedbackError` naming the first problem."""
+def parse_feedback(raw: bytes, max_items: int | None = None) -> FeedbackRequest:
+    """Decode and validate a feedback POST body; raise `FeedbackError` naming the first problem
+    (`FeedbackTooLarge` for more than `max_items` items, checked before any item is validated)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -210,6 +218,10 @@ def parse_feedback(raw: bytes) -> FeedbackRequest:
     if not isinstance(body, dict):
         kind = _JSON_KINDS.get(type(body), type(body).__name__)
         raise FeedbackError(f'body must be a JSON object {{"feedback": [...]}}, got {kind}', "(body)")
+    items = body.get("feedback")
+    if max_items is not None and isinstance(items, list) and len(items) > max_items:
+        raise FeedbackTooLarge(f"feedback: {len(items)} items, more than the {max_items} one request may carry",
+                               "feedback")
     try:
         return FeedbackRequest.model_validate(body)
     except ValidationError as exc:
@@ -228,6 +240,17 @@ def parse_feedback(raw: bytes) -> FeedbackRequest:
 class IssuedCard:
     uuid: str
     indicator: Literal["info", "warning", "critical"]
+    # What suppression and the report need (cards/suppression.py); pseudonyms only, never an id.
+    kind: str | None = None
+    evidence_at: datetime | None = None
+    rules_version: str | None = None
+    patient_key: str | None = None
+    user_key: str | None = None
+
+    def context(self) -> dict[str, Any]:
+        """The columns of revision 0003, as a row fragment."""
+        return {"kind": self.kind, "evidence_at": self.evidence_at, "rules_version": self.rules_version,
+                "patient_key": self.patient_key, "user_key": self.user_key}
 
 
 @dataclass(frozen=True)
@@ -284,6 +307,9 @@ class FeedbackStore(Protocol):
     def ping(self) -> None:
         """Raise unless the store answers now (readiness)."""
 
+    def acknowledgements(self) -> Acknowledgements:
+        """Earlier actions on a patient's cards, and the count of suppressed cards (cards/suppression.py)."""
+
     def close(self) -> None: ...
 
 
@@ -333,14 +359,18 @@ class MemoryFeedbackStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._issued: dict[tuple[str, str], tuple[str, str | None]] = {}  # -> (indicator, issuer)
+        self._cards: dict[tuple[str, str], tuple[IssuedCard, datetime]] = {}
         self._feedback: dict[tuple[str, str, str, datetime], StoredFeedback] = {}
+        self._suppressed: list[tuple[str, SuppressedCard, datetime]] = []
 
     def record_issued(
         self, service_id: str, cards: Sequence[IssuedCard], issuer: str | None, tenant: str | None
     ) -> None:
+        now = datetime.now(UTC)
         with self._lock:
             for card in cards:
                 self._issued.setdefault((service_id, card.uuid), (card.indicator, issuer))
+                self._cards.setdefault((service_id, card.uuid), (card, now))
 
     def record_feedback(
         self, service_id: str, request: FeedbackRequest, issuer: str | None, tenant: str | None
@@ -381,13 +411,41 @@ class MemoryFeedbackStore:
                 )
                 for row in self._feedback.values()
             ]
-        return build_report(issued_by_kind, facts)
+            cards = [IssuedFact(service, uuid, card.indicator, at, card.rules_version, card.patient_key, card.user_key)
+                     for (service, uuid), (card, at) in self._cards.items()]
+            hidden = [SuppressedFact(card.indicator, card.rules_version, at) for _, card, at in self._suppressed]
+        return build_report(issued_by_kind, facts, cards, hidden)
 
     def replay_cache(self) -> None:
         return None  # one process: the verifier's own in-memory cache is shared by everything
 
     def ping(self) -> None:
         """Always ready: it is this process's memory."""
+
+    def acknowledgements(self) -> MemoryFeedbackStore:
+        return self
+
+    def prior_actions(self, service_id: str, patient_key: str, since: datetime, limit: int) -> list[PriorAction]:
+        with self._lock:
+            rows = []
+            for row in self._feedback.values():
+                card, issued_at = self._cards.get((row.service_id, row.card_uuid), (None, None))
+                if (card is None or issued_at is None or row.service_id != service_id or card.kind is None
+                        or card.patient_key != patient_key or row.received_at <= since):
+                    continue
+                outcome: Outcome = "accepted" if row.outcome == "accepted" else "overridden"
+                action = PriorAction(card.kind, card.indicator, card.evidence_at, outcome, issued_at,
+                                     row.outcome_timestamp, row.received_at)
+                rows.append((row.card_uuid, action))
+        rows.sort(key=lambda item: item[1].received_at, reverse=True)
+        return latest_per_card(rows[:limit])
+
+    def record_suppressed(
+        self, service_id: str, cards: Sequence[SuppressedCard], issuer: str | None, tenant: str | None
+    ) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            self._suppressed.extend((service_id, card, now) for card in cards)
 
     def close(self) -> None:
         """Nothing to release; present to satisfy `FeedbackStore`."""

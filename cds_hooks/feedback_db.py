@@ -47,6 +47,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -67,8 +68,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
+from cds_hooks.acknowledgements import SqlAcknowledgements
 from cds_hooks.feedback import FeedbackRequest, FeedbackResult, IssuedCard, stored_rows
-from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, build_report
+from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
 
 __all__ = ["SqlFeedbackStore", "default_database_url", "metadata"]
 
@@ -126,7 +128,29 @@ issued_cards = Table(
     Column("issued_at", _UtcDateTime(), nullable=False),
     Column("issuer", Text()),
     Column("tenant", Text()),
+    # Revision 0003: what suppression and the report need (cards/suppression.py, cds_hooks/pseudonym.py).
+    Column("kind", String(32)),
+    Column("evidence_at", _UtcDateTime()),
+    Column("rules_version", String(128)),
+    Column("patient_key", String(64)),
+    Column("user_key", String(64)),
     CheckConstraint("indicator IN ('info', 'warning', 'critical')", name="ck_issued_cards_indicator"),
+    Index("ix_issued_cards_patient", "service_id", "patient_key", "issued_at"),
+)
+
+# Cards not shown because a clinician had already acted on them: counts only (revision 0003).
+suppressed_cards = Table(
+    "suppressed_cards",
+    metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("service_id", String(128), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("rules_version", String(128)),
+    Column("suppressed_at", _UtcDateTime(), nullable=False),
+    Column("issuer", Text()),
+    Column("tenant", Text()),
+    CheckConstraint("indicator IN ('info', 'warning', 'critical')", name="ck_suppressed_cards_indicator"),
 )
 
 # Client JWT ids seen by any worker sharing this database (replay protection), kept until the token expires.
@@ -339,6 +363,9 @@ class SqlFeedbackStore:
             self._replay_engines.append(engine)
         return SqlReplayCache(engine, self._dialect)
 
+    def acknowledgements(self) -> SqlAcknowledgements:
+        return SqlAcknowledgements(self._engine)
+
     def _insert(self, table: Table) -> Any:
         return _dialect_insert(self._dialect, table)
 
@@ -378,6 +405,7 @@ class SqlFeedbackStore:
                 "issued_at": now,
                 "issuer": issuer,
                 "tenant": tenant,
+                **card.context(),
             }
             for card in cards
         ]
@@ -482,8 +510,17 @@ class SqlFeedbackStore:
                     feedback.c.reason_code,
                 ).select_from(joined)
             ).all()
+            cards = connection.execute(
+                select(issued_cards.c.service_id, issued_cards.c.card_uuid, issued_cards.c.indicator,
+                       issued_cards.c.issued_at, issued_cards.c.rules_version, issued_cards.c.patient_key,
+                       issued_cards.c.user_key)
+            ).all()
+            hidden = connection.execute(
+                select(suppressed_cards.c.indicator, suppressed_cards.c.rules_version, suppressed_cards.c.suppressed_at)
+            ).all()
         return build_report(
-            {indicator: count for indicator, count in issued}, [FeedbackFact(*row) for row in rows]
+            {indicator: count for indicator, count in issued}, [FeedbackFact(*row) for row in rows],
+            [IssuedFact(*row) for row in cards], [SuppressedFact(*row) for row in hidden],
         )
 
     def ping(self) -> None:

@@ -60,7 +60,7 @@ _split_decoder: msgspec.json.Decoder[HookRequest[Any]] = msgspec.json.Decoder(Ho
 _raw_decoder = msgspec.json.Decoder(HookRequest[msgspec.Raw])  # msgspec.Raw cannot sit in a union with None
 
 
-def decode_hook_request(body: bytes | bytearray, expected_hook: str) -> HookRequest[Any]:
+def decode_hook_request(body: bytes | bytearray | memoryview, expected_hook: str) -> HookRequest[Any]:
     """Raises BadRequest with a message that says exactly what is wrong and where."""
     request: HookRequest[Any]
     try:
@@ -71,7 +71,7 @@ def decode_hook_request(body: bytes | bytearray, expected_hook: str) -> HookRequ
     return request
 
 
-def _decode_raw(body: bytes | bytearray) -> HookRequest[Any]:
+def _decode_raw(body: bytes | bytearray | memoryview) -> HookRequest[Any]:
     try:
         return _raw_decoder.decode(body)
     except msgspec.ValidationError as exc:

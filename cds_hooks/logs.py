@@ -18,7 +18,7 @@ ALLOWED_FIELDS = frozenset({
     "jti", "cards", "indicator", "resources_seen", "resources_used", "skipped", "other_patient",
     "undeclared_keys", "null_keys", "fetched_keys", "prefetch_keys", "reason", "error_type", "host", "port",
     "workers", "auth", "queued_ms", "fetch_errors", "failed_keys", "docs", "database", "metrics_dir",
-    "feedback_refused",
+    "feedback_refused", "suppressed", "suppression",
 })
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

@@ -29,6 +29,10 @@ class Metrics:
         self.cards = Counter(
             "mscc_alert_cards", "Cards returned by indicator", ["indicator"], registry=self.registry
         )
+        self.suppressed = Counter(
+            "mscc_alert_cards_suppressed", "Cards not shown: a clinician had already acted on the same card",
+            ["indicator"], registry=self.registry,
+        )
         self.fhir_fetches = Counter(
             "mscc_alert_fhir_fetches", "Prefetch keys fetched from the FHIR server, by outcome", ["outcome"],
             registry=self.registry,

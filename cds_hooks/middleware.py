@@ -91,3 +91,47 @@ class InternalErrors:
                         "headers": [(b"content-type", FHIR_JSON_MEDIA_TYPE.encode()),
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
+
+
+class LoopbackHostOnly:
+    """Open mode (no trusted issuers): a request that reached a loopback socket is served only if its `Host`
+    names loopback (`localhost`, 127.0.0.0/8, `[::1]`), else 421.
+
+    The defence against DNS rebinding: a web page on evil.example can point its own name at 127.0.0.1 and then
+    call the open service "same-origin" from any browser on this machine, reading cards and metrics. Its
+    requests still say `Host: evil.example`, which no client of a loopback service has reason to send.
+    """
+
+    def __init__(self, app: ASGIApp, is_loopback: Callable[[str], bool]) -> None:
+        self.app = app
+        self.is_loopback = is_loopback
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        server = scope.get("server")
+        if scope["type"] != "http" or not server or not self.is_loopback(str(server[0])):
+            await self.app(scope, receive, send)
+            return
+        host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+        if self.is_loopback(_host_name(host.decode("latin-1"))):
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {}).setdefault("log", {})["reason"] = "foreign Host in open mode"
+        body = orjson.dumps(operation_outcome([(
+            "error", "forbidden", "This service runs without authentication and answers only requests addressed "
+            "to a loopback name (Host: localhost, 127.0.0.1 or [::1])", ["Host"])]))
+        await send({"type": "http.response.start", "status": 421,
+                    "headers": [(b"content-type", FHIR_JSON_MEDIA_TYPE.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header value: `[::1]:8000` -> `::1`, `localhost.:80` -> `localhost`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name if rest in ("", ":") or (rest[:1] == ":" and rest[1:].isdigit()) else ""
+    name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+    if port and not port.isdigit():
+        return ""
+    return name.rstrip(".")

@@ -95,7 +95,7 @@ def openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 "Feedback recorded. Items on cards this service did not issue to the caller are not stored: the"
                 " summary counts them and each of the first 20 gets a warning issue naming feedback[i].card",
                 _OPERATION_OUTCOME_SCHEMA, FHIR_JSON_MEDIA_TYPE),
-            **errors("400", "401", "404", "413", "415", "500"),
+            **errors("400", "401", "404", "408", "413", "415", "500"),
         }
         paths["/cds-services"]["get"]["responses"] = {
             "200": _json_answer("Discovery", {"type": "object", "required": ["services"], "properties": {

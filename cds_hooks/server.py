@@ -8,10 +8,22 @@ worker or many.
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from cds_hooks.connections import (
+    ConnectionLimits,
+    LimitedConfig,
+    LimitedHttpToolsProtocol,
+    connection_cap,
+    raise_file_limit,
+)
+from cds_hooks.settings import Settings
+
+_log = logging.getLogger("mscc_alert")
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -24,11 +36,27 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(host: str, port: int, workers: int, sock: socket.socket | None = None) -> None:
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The limits of cds_hooks/connections.py, with the cap kept below the (raised) file limit."""
+    file_limit = raise_file_limit()
+    cap = connection_cap(settings.max_connections, file_limit)
+    if cap < settings.max_connections:
+        _log.warning("MSCC_ALERT_MAX_CONNECTIONS lowered to stay below the file limit",
+                     extra={"max_connections": cap, "file_limit": file_limit})
+    return ConnectionLimits(
+        max_head_bytes=settings.max_head_bytes, head_seconds=settings.head_read_seconds,
+        idle_seconds=settings.keep_alive_seconds, body_seconds=settings.body_read_seconds, max_connections=cap,
+    )
+
+
+def serve(host: str, port: int, workers: int, settings: Settings, sock: socket.socket | None = None) -> None:
     """Serve on `sock` if given (the CLI binds first, to report a busy port in one line), else bind host:port."""
-    config = uvicorn.Config(
+    # ws="none": a WebSocket upgrade would hand the connection to a protocol outside these limits, and the
+    # service has no WebSocket route.
+    config = LimitedConfig(
         "cds_hooks.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_config=None, access_log=False, server_header=False, timeout_keep_alive=30,
+        log_config=None, access_log=False, server_header=False, http=LimitedHttpToolsProtocol, ws="none",
+        timeout_keep_alive=max(1, round(settings.keep_alive_seconds)), limits=connection_limits(settings),
     )
     sock = sock or listening_socket(host, port)
     server = uvicorn.Server(config)

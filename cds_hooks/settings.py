@@ -6,10 +6,11 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
+from cards.suppression import Windows
 from cds_hooks.fhir_servers import FhirServerPolicy, configured_server
 from cds_hooks.security.jwks import check_jwks_url
 
@@ -39,8 +40,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(128 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
     # Bodies one worker holds at once (cds_hooks/inflight.py): beyond this, hook requests queue, never fail.
     max_inflight_body_bytes: int = Field(512 * 1024 * 1024, gt=0)
-    # A body that trickles in would hold its share of that budget: it must arrive whole within this (408).
+    # Every request body (hook, feedback, any route) must arrive whole within this of its head (408), not
+    # counting time spent queued for the budget above.
     body_read_seconds: float = Field(60.0, gt=0)
+    # Feedback is a few items per card: a small body, parsed off the event loop (larger: 413).
+    feedback_max_body_bytes: int = Field(1024 * 1024, gt=0)
+    feedback_max_items: int = Field(100, gt=0)
+
+    # --- Connections (cds_hooks/connections.py) -------------------------------------------------------
+    # Request line and headers: over this, 431 and the connection closes. EHR calls send a few KiB (a JWT).
+    max_head_bytes: int = Field(32 * 1024, ge=1024)
+    head_read_seconds: float = Field(10.0, gt=0, description="The head must arrive within this of its first byte.")
+    keep_alive_seconds: float = Field(30.0, gt=0, description="An idle connection (before its first request too) "
+                                                               "is closed after this.")
+    # Per worker, kept below the file limit (raised to the hard limit at start). Beyond it the longest-idle
+    # connection is evicted, or the new one is closed at once if every connection is busy.
+    max_connections: int = Field(1000, gt=0)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CORS_ORIGINS
     cors_origin_regex: str | None = DEFAULT_CORS_ORIGIN_REGEX
     public_base_url: str | None = Field(
@@ -79,6 +94,22 @@ class Settings(BaseSettings):
     ready_timeout_seconds: float = Field(2.0, gt=0, le=60, description="/readyz waits this long for the database.")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- Shown once, unless it gets worse (cards/suppression.py) -----------------------------------------
+    # The key of the HMAC-SHA-256 pseudonyms of patients and clinicians kept in the feedback store. Without it no
+    # pseudonym is stored and no card is ever suppressed (serve says so at start).
+    pseudonym_secret: SecretStr | None = Field(None, min_length=32)
+    suppress_override_days: float = Field(14.0, ge=0, le=365)
+    suppress_accepted_critical_days: float = Field(1.0, ge=0, le=365)  # the stat MRI's time frame (24 h)
+    suppress_accepted_warning_days: float = Field(7.0, ge=0, le=365)  # the urgent MRI's time frame (1 week)
+    # Earlier actions read per hook call: a client posting feedback without end cannot make one lookup large.
+    suppression_lookup_rows: int = Field(200, ge=1, le=10_000)
+
+    # --- Population sweep (`mscc-alert sweep`) ------------------------------------------------------
+    # A Bulk NDJSON line longer than this is skipped and counted, never read whole (the hook's body limit).
+    sweep_max_line_bytes: int = Field(128 * 1024 * 1024, gt=0)
+    # Plain NDJSON files are screened in byte ranges of this size, so workers share a large file.
+    sweep_chunk_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
 
     # --- Clinical policy (design choices from docs/clinical-rules.md §1.2, not guideline rules) -----------------
     new_pain_window_days: int = Field(42, ge=28, le=90)
@@ -144,6 +175,13 @@ class Settings(BaseSettings):
             return FhirServerPolicy({issuer: [configured_server(url) for url in config.fhir_servers]
                                      for issuer, config in self.trusted_issuers.items()}, ())
         return FhirServerPolicy({}, [configured_server(url) for url in self.fhir_servers] or None)
+
+    def suppression_windows(self) -> Windows:
+        return Windows(
+            override_days=self.suppress_override_days,
+            accepted_critical_days=self.suppress_accepted_critical_days,
+            accepted_warning_days=self.suppress_accepted_warning_days,
+        )
 
     def policy(self) -> Policy:
         return Policy(

@@ -389,6 +389,19 @@ class _CodingVerdicts:
         self.terminology = terminology
         self.relevant = relevant_codes(terminology)
         self.verdicts: dict[tuple[str | None, str | int], tuple[bool, bool]] = {}
+        # (medication?, gathered text) -> relevant. Displays repeat as often as codes do (a Bulk export of
+        # Synthea patients: the same few hundred texts for millions of resources), and the word and drug-name
+        # checks cost more than the decode; the verdict is a pure function of the two.
+        self.texts: dict[tuple[bool, str], bool] = {}
+
+    def text(self, medication: bool, text: str) -> bool:
+        verdict = self.texts.get((medication, text))
+        if verdict is None:
+            named = medication and drug_named(self.terminology, text) is not None
+            verdict = named or mentions_anything_relevant(text)
+            if len(self.texts) < self._MAX:
+                self.texts[(medication, text)] = verdict
+        return verdict
 
     def __call__(self, system: str | None, code: str | int) -> tuple[bool, bool]:
         verdict = self.verdicts.get((system, code))
@@ -438,10 +451,91 @@ def _is_relevant(peek: _Peek, verdict: _CodingVerdicts) -> bool:
         texts.append(peek.medicationReference.display)
     if not texts:
         return False
-    text = " | ".join(texts)
-    if peek.resourceType in ("MedicationStatement", "MedicationRequest") and drug_named(verdict.terminology, text):
-        return True
-    return mentions_anything_relevant(text)
+    return verdict.text(peek.resourceType in ("MedicationStatement", "MedicationRequest"), " | ".join(texts))
+
+
+class _Owner(msgspec.Struct, gc=False):
+    """Whose a resource is, read leniently from one the peek could not read (its other fields are broken)."""
+
+    resourceType: Any = ""
+    id: Any = None
+    subject: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    patient: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+_owner_decoder = msgspec.json.Decoder(_Owner)
+_reference_decoder = msgspec.json.Decoder(_Reference)
+
+# (resourceType, patient id, relevant): what `Screen` says of one resource.
+Screened = tuple[str, str | None, bool]
+
+
+def _owner_of(peek: _Peek) -> str | None:
+    """The patient a peeked resource is about, exactly as `_admit` reads it."""
+    if peek.resourceType == "Patient":
+        return peek.id
+    return _patient_of((peek.subject or peek.patient or _Reference()).reference)
+
+
+class Screen:
+    """Judges one raw FHIR resource (a line of a Bulk Data export) the way the hook's intake judges a Bundle
+    entry: the same peek and the same relevance verdicts, so the sweep keeps exactly what the hook would read.
+
+    Calling it returns (resourceType, patient id, relevant), or a short reason why the bytes are not a
+    resource. The patient id is read only for relevant resources (the rest are never grouped by patient).
+    A resource of a type the rules read that the peek cannot read is *relevant*: the hook reports such a
+    record as unreadable on its card, so the sweep must hand it to the same intake for that patient.
+    """
+
+    __slots__ = ("_verdict",)
+
+    def __init__(self, terminology: Terminology) -> None:
+        self._verdict = _verdicts(terminology)
+
+    def __call__(self, raw: Buffer) -> Screened | str:
+        # Bulk servers write resourceType first. When the line opens with it, a type the rules never read
+        # (Claim, ExplanationOfBenefit, DocumentReference...: over a quarter of a Synthea export's bytes) is settled
+        # without decoding the rest: the hook would drop it unread too, and it is counted as that type.
+        if raw[:17] == b'{"resourceType":"':
+            close = raw.find(b'"', 17, 81)
+            if close > 17:
+                kind = raw[17:close].decode("ascii", "replace")
+                if kind not in MODELS and kind != "OperationOutcome" and kind.isalpha():
+                    return kind, None, False
+        try:
+            peek = _peek_decoder.decode(raw)
+        except DECODE_ERRORS:
+            return self._unreadable(raw)
+        kind = peek.resourceType
+        if not kind:
+            return "not a FHIR resource (no resourceType)"
+        if kind == "OperationOutcome":
+            return "OperationOutcome (an error report, not data)"
+        if kind in MODELS and _is_relevant(peek, self._verdict):
+            return kind, _owner_of(peek), True
+        return kind, None, False
+
+    @staticmethod
+    def _unreadable(raw: Buffer) -> Screened | str:
+        try:
+            owner = _owner_decoder.decode(raw)
+        except DECODE_ERRORS:
+            return "unreadable JSON"
+        kind = owner.resourceType
+        if not isinstance(kind, str) or not kind:
+            return "not a FHIR resource (no resourceType)"
+        if kind not in MODELS:
+            return "unreadable resource of a type the rules do not read"  # one reason: the names are the data's
+        if kind == "Patient":
+            return kind, owner.id if isinstance(owner.id, str) else None, True
+        for raw_reference in (owner.subject, owner.patient):
+            if raw_reference:
+                try:
+                    reference = _reference_decoder.decode(raw_reference)
+                except DECODE_ERRORS:
+                    continue
+                return kind, _patient_of(reference.reference), True
+        return kind, None, True
 
 
 def collect(

@@ -75,7 +75,7 @@ class LiveService:
         return self.log_path.read_text(errors="replace")
 
 
-def start_live_service(tmp_dir: Path, env_extra: dict[str, str] | None = None) -> LiveService:
+def start_live_service(tmp_dir: Path, env_extra: dict[str, str] | None = None, workers: int = 1) -> LiveService:
     port = free_port()
     log_path = tmp_dir / f"service-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSCC_ALERT_")}
@@ -83,7 +83,8 @@ def start_live_service(tmp_dir: Path, env_extra: dict[str, str] | None = None) -
     env.update(env_extra or {})
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cds_hooks", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "cds_hooks", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers)],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     base_url = f"http://127.0.0.1:{port}"

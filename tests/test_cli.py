@@ -204,7 +204,7 @@ def test_every_option_of_every_command_says_what_it_does_and_its_default() -> No
 
     parser = _parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(commands.choices) == {"serve", "evaluate", "feedback-report"}
+    assert set(commands.choices) == {"serve", "evaluate", "sweep", "feedback-report"}
     for name, command in commands.choices.items():
         for action in command._actions:
             if isinstance(action, argparse._HelpAction) or not action.option_strings:

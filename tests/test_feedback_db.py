@@ -84,7 +84,8 @@ def test_migrations_create_the_schema(store: SqlFeedbackStore, inspector_engine:
     head = ScriptDirectory.from_config(config).get_current_head()
     with inspector_engine.connect() as connection:
         schema = inspect(connection)
-        assert set(schema.get_table_names()) == {"alembic_version", "issued_cards", "feedback", "seen_tokens"}
+        assert set(schema.get_table_names()) == {
+            "alembic_version", "issued_cards", "feedback", "seen_tokens", "suppressed_cards"}
         assert MigrationContext.configure(connection).get_current_revision() == head
         # The tables the store queries with are exactly what the migrations built.
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
@@ -98,7 +99,7 @@ def test_migrations_create_the_schema(store: SqlFeedbackStore, inspector_engine:
 def test_reopening_a_migrated_database_keeps_it(database_url: str, inspector_engine: Engine) -> None:
     SqlFeedbackStore(database_url).close()
     SqlFeedbackStore(database_url).close()
-    assert all_rows(inspector_engine)["alembic_version"] == [("0002",)]
+    assert all_rows(inspector_engine)["alembic_version"] == [("0003",)]
 
 
 def test_concurrent_first_starts_migrate_once(database_url: str, inspector_engine: Engine) -> None:
@@ -121,7 +122,7 @@ def test_concurrent_first_starts_migrate_once(database_url: str, inspector_engin
     for store in stores:
         store.close()
     assert errors == []
-    assert all_rows(inspector_engine)["alembic_version"] == [("0002",)]
+    assert all_rows(inspector_engine)["alembic_version"] == [("0003",)]
 
 
 def test_sql_store_is_a_feedback_store(store: SqlFeedbackStore) -> None:

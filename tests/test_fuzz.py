@@ -775,13 +775,18 @@ def test_many_undeclared_prefetch_keys(client: TestClient) -> None:
 
 
 def test_many_feedback_items(client: TestClient) -> None:
+    """Up to MSCC_ALERT_FEEDBACK_MAX_ITEMS (100) items are taken; more are a 413 naming `feedback`."""
     item = valid_feedback()["feedback"][0]
-    body = {"feedback": [{**item, "card": f"card-{n}"} for n in range(5_000)]}
-    assert post_checked(client, FEEDBACK_PATH, body).status_code == 200
+    at_limit = {"feedback": [{**item, "card": f"card-{n}"} for n in range(100)]}
+    assert post_checked(client, FEEDBACK_PATH, at_limit).status_code == 200
+    over = post(client, FEEDBACK_PATH, json.dumps({"feedback": [*at_limit["feedback"], item]}).encode())
+    assert over.status_code == 413
+    assert_operation_outcome(over.json())
+    assert over.json()["issue"][0]["expression"] == ["feedback"]
 
 
 def test_body_over_the_limit_is_a_413() -> None:
-    app = create_app(Settings(database_url="memory://", max_body_bytes=10_000))
+    app = create_app(Settings(database_url="memory://", max_body_bytes=10_000, feedback_max_body_bytes=10_000))
     with TestClient(app, raise_server_exceptions=False) as small:
         for path in POST_PATHS:
             response = post(small, path, b'{"feedback": [' + b" " * 20_000 + b"]}")

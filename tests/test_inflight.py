@@ -102,6 +102,43 @@ def test_a_cancelled_waiter_gives_back_nothing_it_did_not_hold() -> None:
     asyncio.run(main())
 
 
+def test_a_share_holds_only_what_has_arrived() -> None:
+    async def main() -> None:
+        budget = InflightBudget(100)
+        async with budget.share() as trickler, budget.share() as other:
+            await trickler.take(1)
+            assert budget.used == 1
+            assert await other.take(99) == 0.0  # no wait: the trickler holds one byte, not a declared size
+            assert budget.used == 100 and trickler.held == 1 and other.held == 99
+        assert budget.used == 0
+
+    asyncio.run(main())
+
+
+def test_partly_received_bodies_that_fill_the_budget_still_all_finish() -> None:
+    """Three bodies of 60 in a budget of 100, arriving in chunks of 10, interleaved: without the oldest's right
+    to go on, all three would stop at ~33 each, waiting for room that only their own completion can free."""
+    async def main() -> None:
+        budget = InflightBudget(100)
+        peak = 0
+        done: list[str] = []
+
+        async def body(name: str) -> None:
+            nonlocal peak
+            async with budget.share() as share:
+                for _ in range(6):
+                    await share.take(10)
+                    peak = max(peak, budget.used)
+                    await asyncio.sleep(0)
+                done.append(name)
+
+        await asyncio.wait_for(asyncio.gather(*(body(n) for n in "abc")), timeout=5)
+        assert sorted(done) == ["a", "b", "c"] and budget.used == 0
+        assert peak <= 100 + 60, "past the budget by at most one body"
+
+    asyncio.run(main())
+
+
 @pytest.mark.e2e
 def test_a_burst_beyond_the_budget_is_queued_and_every_request_answered(tmp_path: Path) -> None:
     """Against `mscc-alert serve` with room for one ~0.6 MB body: six at once all get their warning card."""

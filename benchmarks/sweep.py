@@ -1,0 +1,272 @@
+"""`python -m benchmarks.sweep`: the population sweep on a generated Bulk export of at least 1 GB.
+
+The export (written to a temporary folder, deleted afterwards unless --keep): the Synthea patients of
+tests/data/synthea copied again and again with new ids (every resource id made unique with the copy's patient
+id), one resource type per file and each type split over several files, plus every clinical scenario of the
+suite as a patient of its own, buried among them. Then, side by side in one run, each as its own process on the
+same (page-cached) files:
+- `orjson.loads` of every line (the naive floor: what any sweep that parses everything pays), one process;
+- `mscc-alert sweep --engine local` with 1 worker, then 2 workers;
+- `mscc-alert sweep --engine spark --spark-master local[2]` (skipped with a message if PySpark or Java is missing).
+Wall time and CPU time of each process (with the worker processes it waited for; the JVM Spark starts may
+not be among them), resources/s per core, MB/s, peak memory (the process tree's RSS, sampled every
+0.1 s), the machine's load average; then the targets. The worklist of every engine must name each scenario
+patient with the tier the hook gives it: a fast wrong answer is not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource as rusage
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cds_hooks.fhir_client import FetchLimits
+from cds_hooks.hook_request import decode_hook_request
+from cds_hooks.patient_view import HOOK, PatientViewService
+from cds_hooks.settings import Settings
+from fhir_mapping.terminology import load_terminology
+from tests.scenarios import bulk_export as bulk
+from tests.scenarios.fhir_builders import OTHER_PATIENT_ID, PATIENT_ID
+from tests.scenarios.test_clinical_scenarios import SCENARIOS
+
+ROOT = Path(__file__).resolve().parents[1]
+PLACEHOLDER = "@@PATIENT@@"
+FILES_PER_TYPE = 4
+
+
+# --- the export ------------------------------------------------------------------------------------------
+def _templates() -> list[dict[str, bytes]]:
+    """Per Synthea patient: per resource type, its NDJSON lines with PLACEHOLDER where the new patient id goes
+    (the Patient id, every reference to it, and a suffix on every other resource id)."""
+    templates = []
+    for path in bulk.synthea_bundles():
+        lines: dict[str, list[bytes]] = defaultdict(list)
+        for resource in bulk.synthea_patient(path, PLACEHOLDER):
+            lines[resource["resourceType"]].append(orjson.dumps(resource))
+        templates.append({kind: b"".join(line + b"\n" for line in group) for kind, group in lines.items()})
+    return templates
+
+
+def _scenarios() -> tuple[list[dict[str, Any]], dict[str, str | None]]:
+    """Every clinical scenario's resources (ids renamed) and the tier the hook gives each scenario patient."""
+    service = PatientViewService(load_terminology(), Settings().policy(), FetchLimits())
+    resources: list[dict[str, Any]] = []
+    for index, param in enumerate(SCENARIOS):
+        names = {PATIENT_ID: f"bench-scn-{index:03d}", OTHER_PATIENT_ID: f"bench-scn-{index:03d}-other"}
+        resources += bulk.request_resources(bulk.renamed(param.values[0], names))
+    expected: dict[str, str | None] = {}
+    for patient_id, theirs in bulk.by_patient(resources).items():
+        request = orjson.dumps(bulk.hook_request_for(patient_id, theirs))
+        evaluation = service.evaluate(decode_hook_request(request, HOOK)).evaluation
+        expected[patient_id] = evaluation.decision.indicator if evaluation.cards else None
+    return resources, expected
+
+
+def generate(folder: Path, target_bytes: int) -> tuple[int, dict[str, str | None]]:
+    """Write the export; return (patients, the hook's tier for each scenario patient)."""
+    templates = _templates()
+    if not templates:
+        raise SystemExit("benchmarks.sweep: no Synthea data under tests/data/synthea; it copies those patients")
+    scenario_resources, expected = _scenarios()
+    folder.mkdir(parents=True)
+    streams: dict[tuple[str, int], Any] = {}
+
+    def stream(kind: str, part: int) -> Any:
+        if (kind, part) not in streams:
+            # Names that say nothing of the type: the sweep reads resourceType.
+            streams[kind, part] = open(folder / f"output-{len(streams):03d}.ndjson", "wb")  # noqa: SIM115
+        return streams[kind, part]
+
+    written, patients, copy = 0, 0, 0
+    # The scenario patients go in a third of the way through, so they are buried, not first or last.
+    scenario_lines: dict[str, list[bytes]] = defaultdict(list)
+    for resource in scenario_resources:
+        scenario_lines[resource["resourceType"]].append(orjson.dumps(resource))
+    while written < target_bytes:
+        for template in templates:
+            new_id = f"bench-{copy:06d}".encode()
+            for kind, blob in template.items():
+                data = blob.replace(PLACEHOLDER.encode(), new_id)
+                stream(kind, copy % FILES_PER_TYPE).write(data)
+                written += len(data)
+            copy += 1
+            patients += 1
+        if scenario_lines and written >= target_bytes // 3:
+            for kind, lines in scenario_lines.items():
+                stream(kind, 0).write(b"".join(line + b"\n" for line in lines))
+            patients += sum(r["resourceType"] == "Patient" for r in scenario_resources)
+            scenario_lines = {}
+    for handle in streams.values():
+        handle.close()
+    return patients, expected
+
+
+# --- measuring -------------------------------------------------------------------------------------------
+def _tree_rss(root: int) -> int:
+    """RSS in bytes of a process and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        children[int(fields[1])].append(int(entry))
+        rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+@dataclass
+class Run:
+    name: str
+    cores: int
+    seconds: float = 0.0
+    cpu: float = 0.0  # user + system seconds of the process and the descendants it waited for
+    peak_rss: int = 0
+    load_before: float = 0.0
+    load_after: float = 0.0
+    ok: bool = True
+    note: str = ""
+
+
+def measure(name: str, cores: int, command: list[str], env: dict[str, str] | None = None) -> Run:
+    run = Run(name, cores, load_before=os.getloadavg()[0])
+    before = rusage.getrusage(rusage.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, **(env or {})})
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            run.peak_rss = max(run.peak_rss, _tree_rss(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = process.communicate()
+    run.seconds = time.monotonic() - started
+    after = rusage.getrusage(rusage.RUSAGE_CHILDREN)
+    run.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    done.set()
+    sampler.join()
+    run.load_after = os.getloadavg()[0]
+    if process.returncode != 0:
+        run.ok, run.note = False, (err.decode(errors="replace")[-800:] or out.decode(errors="replace")[-800:])
+    return run
+
+
+def _orjson_floor(folder: str) -> None:
+    """Child process: orjson.loads every line of every file (the sweep's own line reader hands them out)."""
+    from cds_hooks.sweep.reader import Chunk, LineCounts, export_files, read_lines
+
+    files, _ = export_files(Path(folder))
+    parsed = 0
+    for path in files:
+        for line in read_lines(Chunk(str(path)), 1 << 30, LineCounts()):
+            orjson.loads(line)
+            parsed += 1
+    print(parsed)
+
+
+def _check(out: Path, expected: dict[str, str | None]) -> str:
+    got = {row["patientId"]: row["indicator"]
+           for row in map(orjson.loads, (out / "worklist.ndjson").read_bytes().splitlines())}
+    wrong = [pid for pid, tier in expected.items() if got.get(pid) != tier]
+    return f"{len(wrong)} scenario patients with a tier other than the hook's" if wrong else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--gigabytes", type=float, default=1.05, help="export size (default 1.05 GB)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated export (its path is printed)")
+    parser.add_argument("--no-spark", action="store_true")
+    parser.add_argument("--orjson-floor", metavar="DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.orjson_floor:
+        _orjson_floor(args.orjson_floor)
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="mscc-sweep-bench-"))
+    export = work / "export"
+    try:
+        started = time.monotonic()
+        patients, expected = generate(export, int(args.gigabytes * 1e9))
+        size = sum(p.stat().st_size for p in export.iterdir())
+        lines = sum(data.count(b"\n") for data in (p.read_bytes() for p in export.iterdir()))  # also warms the cache
+        print(f"export: {size / 1e9:.2f} GB, {lines:,} resources, {patients:,} patients, "
+              f"{len(list(export.iterdir()))} files, generated in {time.monotonic() - started:.0f} s ({export})")
+        now = datetime.now(UTC).isoformat()
+        sweep = [sys.executable, "-m", "cds_hooks", "sweep", str(export), "--now", now]
+        runs = [measure("orjson.loads every line", 1,
+                        [sys.executable, "-m", "benchmarks.sweep", "--orjson-floor", str(export)])]
+        for workers in (1, 2):
+            out = work / f"local-{workers}"
+            run = measure(f"local engine, {workers} worker{'s' if workers > 1 else ''}", workers,
+                          [*sweep, "--out", str(out), "--workers", str(workers)])
+            run.note = run.note or _check(out, expected)
+            runs.append(run)
+        if not args.no_spark:
+            out = work / "spark"
+            run = measure("spark engine, local[2]", 2,
+                          [*sweep, "--out", str(out), "--engine", "spark", "--spark-master", "local[2]"])
+            run.note = run.note or _check(out, expected)
+            runs.append(run)
+        _report(runs, size, lines)
+    finally:
+        if args.keep:
+            print(f"kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _report(runs: list[Run], size: int, lines: int) -> None:
+    print(f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n")
+    print("| run | wall s | CPU s | resources/s/core | MB/s | peak RSS | load 1-min before/after | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        rate = lines / run.seconds / run.cores
+        print(f"| {run.name} | {run.seconds:.1f} | {run.cpu:.1f} | {rate:,.0f} | {size / 1e6 / run.seconds:.0f} | "
+              f"{run.peak_rss / 2**20:,.0f} MiB | {run.load_before:.1f} / {run.load_after:.1f} | "
+              f"{'FAILED ' if not run.ok else ''}{run.note.strip()[:200]} |")
+    by_name = {run.name: run for run in runs}
+    floor, one, two = (by_name.get(n) for n in ("orjson.loads every line", "local engine, 1 worker",
+                                                 "local engine, 2 workers"))
+    spark = by_name.get("spark engine, local[2]")
+    print()
+    if floor and one:
+        ratio = one.seconds / floor.seconds
+        print(f"local 1 worker / orjson floor: {ratio:.2f}x (target <= 0.3x): {'PASS' if ratio <= 0.3 else 'MISS'}"
+              f"; in CPU seconds {one.cpu / floor.cpu:.2f}x")
+    if one and two:
+        speedup = one.seconds / two.seconds
+        print(f"2 workers throughput / 1 worker: {speedup:.2f}x (target >= 1.7x): "
+              f"{'PASS' if speedup >= 1.7 else 'MISS'}")
+    if spark and one and spark.ok:
+        ratio = spark.seconds / one.seconds
+        print(f"spark local[2] / local 1 worker: {ratio:.2f}x (target <= 3x): {'PASS' if ratio <= 3 else 'MISS'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The embedded engine: this package and the standard library only.
+
+Pass 1 screens every chunk (byte ranges of plain files, whole gzip files) in `workers` processes and keeps
+the relevant lines by patient; pass 2 reads again the chunks that held Patients, for the candidates' Patient
+resources; then each candidate is evaluated, batches of patients spread over the same processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+
+from cards.policy import Policy
+from cds_hooks.sweep.patient import evaluate_patient
+from cds_hooks.sweep.progress import Progress
+from cds_hooks.sweep.reader import Chunk
+from cds_hooks.sweep.screen import Screening, screen_chunk
+from fhir_mapping.terminology import Terminology, load_terminology
+
+T = TypeVar("T")
+R = TypeVar("R")
+_BATCH_PATIENTS = 50  # small batches keep both workers busy to the end
+
+_terminology: Terminology | None = None  # one per worker process, loaded once
+
+
+def _worker_terminology() -> Terminology:
+    global _terminology
+    if _terminology is None:
+        _terminology = load_terminology()
+    return _terminology
+
+
+def _screen_task(task: tuple[Chunk, int]) -> tuple[Chunk, Screening]:
+    chunk, max_line = task
+    return chunk, screen_chunk(chunk, _worker_terminology(), max_line)
+
+
+def _patients_task(task: tuple[Chunk, int, frozenset[str]]) -> Screening:
+    chunk, max_line, candidates = task
+    return screen_chunk(chunk, _worker_terminology(), max_line, patients=candidates)
+
+
+def _evaluate_task(task: tuple[list[tuple[str, list[bytes]]], datetime, Policy]) -> tuple[int, list[dict[str, Any]]]:
+    batch, now, policy = task
+    terminology = _worker_terminology()
+    rows = [evaluate_patient(pid, lines, now=now, policy=policy, terminology=terminology) for pid, lines in batch]
+    return len(batch), [row for row in rows if row is not None]
+
+
+def sweep_local(chunks: list[Chunk], *, now: datetime, policy: Policy, workers: int, max_line_bytes: int,
+                progress: Progress) -> tuple[Screening, int, list[dict[str, Any]]]:
+    """(what the export held, how many candidates, worklist rows in no particular order)."""
+    if workers <= 1:
+        return _sweep(chunks, now, policy, max_line_bytes, progress, _in_process)
+    # fork where there is one (Linux): workers inherit the loaded value sets and modules instead of importing
+    # them again (seconds each on a loaded machine); the CLI parent runs no threads, so nothing is held locked.
+    # Elsewhere spawn, and each worker loads them once.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        _worker_terminology()
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        def mapper(function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+            return pool.imap_unordered(function, tasks)
+
+        return _sweep(chunks, now, policy, max_line_bytes, progress, mapper)
+
+
+def _in_process(function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+    return map(function, tasks)
+
+
+Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+
+
+def _sweep(chunks: list[Chunk], now: datetime, policy: Policy, max_line: int, progress: Progress,
+           mapper: Mapper) -> tuple[Screening, int, list[dict[str, Any]]]:
+    total = Screening()
+    holding_patients: list[Chunk] = []
+    for chunk, screening in mapper(_screen_task, [(chunk, max_line) for chunk in chunks]):
+        if screening.patient_lines:
+            holding_patients.append(chunk)
+        total.merge(screening)
+        progress.advance(bytes_done=screening.size, lines=screening.lines, patients=screening.patient_lines)
+
+    # A candidate has a relevant resource other than its Patient: nobody else can get a card.
+    candidates = frozenset(total.relevant)
+    progress.advance(stage="patients")
+    for screening in mapper(_patients_task, [(chunk, max_line, candidates) for chunk in holding_patients]):
+        total.merge(screening)
+
+    progress.advance(stage="evaluating")
+    rows: list[dict[str, Any]] = []
+    batches = _batches(total, now, policy)
+    for _, found in mapper(_evaluate_task, batches):
+        rows.extend(found)
+    return total, len(candidates), rows
+
+
+def _batches(total: Screening, now: datetime,
+             policy: Policy) -> Iterator[tuple[list[tuple[str, list[bytes]]], datetime, Policy]]:
+    """Candidates in batches, each patient's lines handed over and dropped from `total` as it goes, so
+    the parent holds each line once."""
+    batch: list[tuple[str, list[bytes]]] = []
+    while total.relevant:
+        patient, lines = total.relevant.popitem()
+        batch.append((patient, lines + total.patients.pop(patient, [])))
+        if len(batch) == _BATCH_PATIENTS:
+            yield batch, now, policy
+            batch = []
+    if batch:
+        yield batch, now, policy

@@ -1,0 +1,110 @@
+"""Screen the lines of one chunk with the hook's relevance peek, keeping the relevant lines by patient.
+
+Two passes over an export (the local engine): the first keeps every relevant line except Patients and learns
+who the candidates are (a patient with a relevant resource other than the Patient itself: nobody else can get
+a card); the second reads again only the chunks that held Patient lines, keeping the candidates' Patients.
+So memory holds the relevant resources of candidate patients, never one line per patient of the export.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+from cds_hooks.sweep.reader import Chunk, LineCounts, read_batches
+from fhir_mapping.intake import Screen
+from fhir_mapping.terminology import Terminology
+
+NO_PATIENT = "relevant resource with no patient reference"
+
+
+@dataclass(slots=True)
+class Screening:
+    """What one chunk (or the whole export, once merged) held."""
+
+    lines: int = 0
+    size: int = 0  # NDJSON bytes
+    resources: Counter[str] = field(default_factory=Counter)  # readable resources by type
+    skipped: Counter[str] = field(default_factory=Counter)  # lines we could not use, by reason
+    relevant: dict[str, list[bytes]] = field(default_factory=dict)  # patient id -> relevant lines but its Patient
+    patients: dict[str, list[bytes]] = field(default_factory=dict)  # patient id -> its Patient line(s)
+    patient_lines: int = 0  # Patient resources seen (kept or not)
+
+    def merge(self, other: Screening) -> None:
+        self.lines += other.lines
+        self.size += other.size
+        self.resources.update(other.resources)
+        self.skipped.update(other.skipped)
+        self.patient_lines += other.patient_lines
+        for mine, theirs in ((self.relevant, other.relevant), (self.patients, other.patients)):
+            for patient, lines in theirs.items():
+                held = mine.get(patient)
+                if held is None:
+                    mine[patient] = lines
+                else:
+                    held.extend(lines)
+
+
+def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
+                 patients: Collection[str] | None = None, keep_patients: bool = False) -> None:
+    """Judge each line and keep the relevant ones by patient (kept in one loop with local names: it runs once
+    per line of the export).
+
+    First pass (`patients` None): count everything, keep relevant lines other than Patients, and Patients too
+    when `keep_patients` (an engine that groups everything at once). Second pass: keep only the Patient lines
+    of `patients`, counting nothing (the first pass did).
+    """
+    relevant = result.relevant
+    kept_patients = result.patients
+    resources = result.resources
+    skipped = result.skipped
+    second_pass = patients is not None
+    for line in lines:
+        got = screen(line)
+        if isinstance(got, str):
+            if not second_pass:
+                skipped[got] += 1
+            continue
+        kind, patient, keep = got
+        if kind == "Patient":
+            if patients is not None:
+                if patient is not None and patient in patients:
+                    kept_patients.setdefault(patient, []).append(line)
+                continue
+            resources[kind] += 1
+            result.patient_lines += 1
+            if keep_patients:
+                if patient is None:
+                    skipped["Patient with no id"] += 1
+                else:
+                    kept_patients.setdefault(patient, []).append(line)
+            continue
+        if second_pass:
+            continue
+        resources[kind] += 1
+        if keep:
+            if patient is None:
+                skipped[NO_PATIENT] += 1
+            elif (held := relevant.get(patient)) is None:
+                relevant[patient] = [line]
+            else:
+                held.append(line)
+
+
+def screen_chunk(chunk: Chunk, terminology: Terminology, max_line_bytes: int, *,
+                 patients: Collection[str] | None = None) -> Screening:
+    result = Screening()
+    counts = LineCounts()
+    screen = Screen(terminology)
+    for batch in read_batches(chunk, max_line_bytes, counts):
+        screen_lines(batch, screen, result, patients=patients)
+    if patients is None:
+        result.lines, result.size = counts.lines, counts.size
+        if counts.too_long:
+            result.skipped[too_long(max_line_bytes)] += counts.too_long
+    return result
+
+
+def too_long(max_line_bytes: int) -> str:
+    return f"line longer than {max_line_bytes} bytes"

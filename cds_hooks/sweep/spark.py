@@ -1,0 +1,138 @@
+"""The Spark engine: the same screen and the same per-patient rule, on Apache Spark (optional extra `spark`).
+
+Lines are screened where they are read (mapInPandas over the text lines, with the hook's peek), so only the
+relevant lines of the export are shuffled; they are grouped by patient and each group runs the very function
+the local engine runs (`evaluate_patient`, groupBy(...).applyInPandas). The DataFrame API only, so a Spark
+Connect URL (sc://) works as well as a classic master. Each screening task's counts travel through the same
+shuffle as one extra group, so the export is read once.
+
+The export folder must be readable at the same path by the driver and every executor (local mode, or a
+shared file system on a cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cards.policy import Policy
+from cds_hooks.sweep.patient import evaluate_patient
+from cds_hooks.sweep.screen import Screening, screen_lines, too_long
+from fhir_mapping.intake import Screen
+from fhir_mapping.terminology import load_terminology
+
+_STATS = "stats"  # the kind of the rows that carry a task's counts
+_SCREENED = "patient string, kind string, line string"
+_RESULT = "row string, stats string"
+
+
+class SparkUnavailable(RuntimeError):
+    pass
+
+
+def spark_session(master: str | None) -> Any:
+    # Executors' Python must be this one (the package and its value sets are installed here).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise SparkUnavailable("--engine spark needs PySpark: pip install 'mscc-alert[spark]' (and Java 17)") from exc
+    builder = SparkSession.builder.appName("mscc-alert-sweep")
+    if master and master.startswith("sc://"):
+        return builder.remote(master).getOrCreate()
+    builder = builder.master(master or "local[*]").config("spark.ui.enabled", "false")
+    if not master or master.startswith("local"):
+        # A few hundred shuffle partitions (the default) cost more than they spread on one machine.
+        builder = builder.config("spark.sql.shuffle.partitions", str(max(4, 2 * (os.cpu_count() or 1))))
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
+
+
+def _screen_partitions(max_line_bytes: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    def screen_batches(batches: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        screen = Screen(load_terminology())
+        totals = Screening()
+        for batch in batches:
+            part = Screening()
+            lines: list[bytes] = []
+            for text in batch["value"]:
+                if not text or text.isspace():
+                    continue
+                line = text.removeprefix("\ufeff").encode()  # a byte-order mark opening a file
+                part.size += len(line) + 1
+                if len(line) > max_line_bytes:
+                    part.skipped[too_long(max_line_bytes)] += 1
+                    continue
+                lines.append(line)
+            part.lines = len(lines)
+            screen_lines(lines, screen, part, keep_patients=True)
+            rows = [(p, "other", line.decode()) for p, held in part.relevant.items() for line in held]
+            rows += [(p, "Patient", line.decode()) for p, held in part.patients.items() for line in held]
+            part.relevant, part.patients = {}, {}
+            totals.merge(part)
+            if rows:
+                yield pd.DataFrame(rows, columns=["patient", "kind", "line"], dtype=object)
+        stats = {"lines": totals.lines, "size": totals.size, "resources": totals.resources,
+                 "skipped": totals.skipped, "patient_lines": totals.patient_lines}
+        yield pd.DataFrame([(f"\0{_STATS}-{uuid.uuid4()}", _STATS, orjson.dumps(stats).decode())],
+                           columns=["patient", "kind", "line"], dtype=object)
+
+    return screen_batches
+
+
+def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]:
+    def evaluate_group(key: Any, group: Any) -> Any:
+        import pandas as pd
+
+        # dtype=object throughout: pandas 3 would make these Arrow-backed strings, which PySpark's
+        # pandas-to-Arrow conversion cannot take.
+        kinds = set(group["kind"])
+        if _STATS in kinds:
+            return pd.DataFrame({"row": [None] * len(group), "stats": list(group["line"])}, dtype=object)
+        if kinds == {"Patient"}:  # not a candidate: nothing but the Patient is relevant
+            return pd.DataFrame({"row": [], "stats": []}, dtype=object)
+        lines = [text.encode() for text in group["line"]]
+        row = evaluate_patient(key[0], lines, now=now, policy=policy, terminology=load_terminology())
+        # One row per candidate (row None: no card), so the driver can count them.
+        return pd.DataFrame({"row": [orjson.dumps(row).decode() if row else None], "stats": [None]}, dtype=object)
+
+    return evaluate_group
+
+
+def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str | None,
+                max_line_bytes: int) -> tuple[Screening, int, list[dict[str, Any]]]:
+    session = spark_session(master)
+    try:
+        lines = session.read.text([str(path.resolve()) for path in files])
+        screened = lines.mapInPandas(_screen_partitions(max_line_bytes), schema=_SCREENED)
+        grouped = screened.groupBy("patient").applyInPandas(_evaluate_groups(now, policy), schema=_RESULT)
+        results = grouped.collect()  # one row per candidate and per screening task: small
+    finally:
+        session.stop()
+    total = Screening()
+    rows: list[dict[str, Any]] = []
+    candidates = 0
+    for result in results:
+        if result["stats"] is not None:
+            stats = orjson.loads(result["stats"])
+            total.lines += stats["lines"]
+            total.size += stats["size"]
+            total.resources.update(stats["resources"])
+            total.skipped.update(stats["skipped"])
+            total.patient_lines += stats["patient_lines"]
+        else:
+            candidates += 1
+            if result["row"] is not None:
+                rows.append(orjson.loads(result["row"]))
+    return total, candidates, rows

@@ -1,0 +1,242 @@
+"""`mscc-alert sweep` gives every patient of a Bulk export the answer the hook gives that patient.
+
+Every clinical scenario of the suite becomes a patient (ids renamed per scenario, "someone else's" resources
+going to a patient of their own), buried among Synthea patients copied with new ids, written as a Bulk
+export: several shuffled files per type, some gzipped, file names that lie. Each patient is also sent to the
+hook as a patient-view request holding exactly that patient's resources. The worklist must hold exactly the
+patients the hook gives a card, with the same indicator, kind and card, on both engines.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cds_hooks.fhir_client import FetchLimits
+from cds_hooks.hook_request import decode_hook_request
+from cds_hooks.patient_view import HOOK, PatientViewService
+from cds_hooks.settings import Settings
+from cds_hooks.sweep.run import SweepOptions, run_sweep
+from fhir_mapping.terminology import load_terminology
+from tests.scenarios import bulk_export as bulk
+from tests.scenarios.fhir_builders import JSON, OTHER_PATIENT_ID, PATIENT_ID
+from tests.scenarios.test_clinical_scenarios import SCENARIOS, assert_valid_cds_response, call_service
+
+SYNTHEA_COPIES = 3  # each Synthea patient appears this many times, each time with new ids
+MR = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}
+
+
+@dataclass
+class Population:
+    export: Path
+    now: datetime
+    resources: list[JSON]
+    expected: dict[str, tuple[str, str, JSON]]  # patient id -> (indicator, kind, card) the hook gives
+    scenario_ids: list[str]
+
+
+def _named(resources: list[JSON], index: int) -> None:
+    """Give a scenario's Patient an MRN and a name (worklist columns; the rules never read them)."""
+    for resource in resources:
+        if resource["resourceType"] == "Patient":
+            resource["identifier"] = [{"type": {"coding": [MR]}, "value": f"MRN-{index:05d}"}]
+            resource["name"] = [{"use": "official", "family": f"O'Test <{index}>", "given": ["Ann"]}]
+
+
+def _hook_answer(service_client: Any, service: PatientViewService, request: JSON) -> tuple[str, str, JSON] | None:
+    body = call_service(service_client, request)  # over the real ASGI app, with the CDS Hooks card rules
+    evaluation = service.evaluate(decode_hook_request(orjson.dumps(request), HOOK)).evaluation
+    if not body["cards"]:
+        assert not evaluation.cards
+        return None
+    assert len(body["cards"]) == 1 and evaluation.decision.kind is not None
+    card = body["cards"][0]
+    assert (card["indicator"], card["summary"]) == (evaluation.cards[0]["indicator"], evaluation.cards[0]["summary"])
+    return card["indicator"], evaluation.decision.kind, card
+
+
+@pytest.fixture(scope="module")
+def population(service_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Population:
+    synthea = bulk.synthea_bundles()
+    if not synthea:
+        pytest.skip("Synthea test data not found under tests/data/synthea: the parity export buries the scenario "
+                    "patients among copies of those patients")
+    service = PatientViewService(load_terminology(), Settings().policy(), FetchLimits())
+    resources: list[JSON] = []
+    scenario_ids = []
+    for index, param in enumerate(SCENARIOS):
+        request = param.values[0]
+        names = {PATIENT_ID: f"scn-{index:03d}", OTHER_PATIENT_ID: f"scn-{index:03d}-other"}
+        renamed = bulk.request_resources(bulk.renamed(request, names))
+        _named(renamed, index)
+        resources += renamed
+        scenario_ids.append(names[PATIENT_ID])
+        # The scenario as the suite sends it and as this patient's own resources say the same thing.
+        original = _hook_answer(service_client, service, bulk.renamed(request, names))
+        regrouped = _hook_answer(service_client, service, bulk.hook_request_for(
+            names[PATIENT_ID], bulk.by_patient(renamed).get(names[PATIENT_ID], [])))
+        assert (original or ("",))[:2] == (regrouped or ("",))[:2], param.id
+    for copy in range(SYNTHEA_COPIES):
+        for index, path in enumerate(synthea):
+            resources += bulk.synthea_patient(path, f"syn-{copy}-{index:02d}-{path.stem[-12:]}")
+    expected = {}
+    for patient_id, theirs in bulk.by_patient(resources).items():
+        answer = _hook_answer(service_client, service, bulk.hook_request_for(patient_id, theirs))
+        if answer is not None:
+            expected[patient_id] = answer
+    export = tmp_path_factory.mktemp("bulk") / "export"
+    bulk.write_export(export, resources, files_per_type=3)
+    return Population(export, datetime.now(UTC), resources, expected, scenario_ids)
+
+
+def _worklist(out: Path) -> list[JSON]:
+    return [orjson.loads(line) for line in (out / "worklist.ndjson").read_bytes().splitlines()]
+
+
+def _comparable(card: JSON) -> JSON:
+    """A card without what differs by design between two runs: uuids, the order's clock-based period, the
+    requester (the hook has a user, the sweep none), and the order in which evidence is listed."""
+    card = orjson.loads(orjson.dumps(card))
+    card.pop("uuid")
+    card["detail"] = sorted(card["detail"].splitlines())
+    for suggestion in card.get("suggestions", []):
+        suggestion.pop("uuid")
+        for action in suggestion["actions"]:
+            resource = action["resource"]
+            resource.pop("occurrencePeriod")
+            resource.pop("requester", None)
+            resource["reasonReference"] = sorted(r["reference"] for r in resource.get("reasonReference", []))
+    return card
+
+
+def _assert_same_as_hook(rows: list[JSON], population: Population) -> None:
+    got = {row["patientId"]: (row["indicator"], row["kind"]) for row in rows}
+    want = {pid: (indicator, kind) for pid, (indicator, kind, _) in population.expected.items()}
+    assert got == want
+    for row in rows:
+        assert len(row["cards"]) == 1 and row["summary"] == row["cards"][0]["summary"]
+        assert_valid_cds_response({"cards": row["cards"]}, patient_id=row["patientId"])
+        assert _comparable(row["cards"][0]) == _comparable(population.expected[row["patientId"]][2])
+
+
+def test_parity_covers_every_tier_and_buries_the_scenarios(population: Population) -> None:
+    kinds = {kind for _, kind, _ in population.expected.values()}
+    assert kinds >= {"mscc", "spinal-metastases"}
+    assert {i for i, _, _ in population.expected.values()} >= {"critical", "warning", "info"}
+    synthea_patients = {pid for pid in bulk.by_patient(population.resources) if pid.startswith("syn-")}
+    assert len(synthea_patients) >= 3 * len(bulk.synthea_bundles()) > 0
+    assert len(list(population.export.iterdir())) > 20
+
+
+def test_local_sweep_gives_every_patient_the_hooks_answer(population: Population, tmp_path: Path) -> None:
+    summary = run_sweep(SweepOptions(population.export, tmp_path, population.now), Settings())
+    rows = _worklist(tmp_path)
+    _assert_same_as_hook(rows, population)
+    assert summary["resources"] == len(population.resources)
+    assert summary["patients"] == sum(r["resourceType"] == "Patient" for r in population.resources)
+    assert summary["worklist"] == len(rows)
+    assert sum(summary["patientsByIndicator"].values()) == len(rows)
+
+
+def test_worklist_files_sorted_critical_first_then_most_recent_pain(population: Population, tmp_path: Path) -> None:
+    run_sweep(SweepOptions(population.export, tmp_path, population.now), Settings())
+    rows = _worklist(tmp_path)
+    tiers = [row["indicator"] for row in rows]
+    assert tiers == sorted(tiers, key=["critical", "warning", "info"].index)
+    for tier in ("critical", "warning"):
+        pains = [row["painLatest"] for row in rows if row["indicator"] == tier and "painLatest" in row]
+        assert pains == sorted(pains, reverse=True)
+    with open(tmp_path / "worklist.csv", newline="", encoding="utf-8") as stream:
+        table = list(csv.DictReader(stream))
+    assert [r["patientId"] for r in table] == [row["patientId"] for row in rows]
+    first = table[0]
+    index = population.scenario_ids.index(first["patientId"])
+    assert (first["mrn"], first["name"]) == (f"MRN-{index:05d}", f"Ann O'Test <{index}>")
+    assert first["tier"] == "critical" and first["reason"] == rows[0]["summary"] and first["action"]
+    assert first["painOnset"] or first["neurologicalDate"]
+    page = (tmp_path / "worklist.html").read_text()
+    assert f"Ann O&#x27;Test &lt;{index}&gt;" in page and f"<{index}>" not in page  # escaped, not markup
+    assert "<script" not in page and "http" not in page  # nothing fetched: a plain, self-contained file
+    assert page.count("<tr class=") == len(rows)
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cds_hooks", "sweep", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, check=False)
+
+
+@pytest.mark.e2e
+def test_cli_two_workers_same_worklist_and_phi_free_logs(population: Population, tmp_path: Path) -> None:
+    result = _cli(str(population.export), "--out", str(tmp_path), "--workers", "2", "--now",
+                  population.now.isoformat(), env={"MSCC_ALERT_SWEEP_CHUNK_BYTES": str(1024 * 1024),
+                                                   "MSCC_ALERT_LOG_LEVEL": "DEBUG"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_same_as_hook(_worklist(tmp_path), population)
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert summary["workers"] == 2 and summary["linesSkipped"] == 0
+    logs = result.stdout + result.stderr
+    assert "scn-" not in logs and "syn-" not in logs and "MRN-" not in logs and "O'Test" not in logs
+    assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal
+
+
+@pytest.mark.e2e
+def test_cli_counts_broken_lines_and_goes_on(population: Population, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(population.export, export)
+    with open(next(p for p in export.iterdir() if p.suffix == ".ndjson"), "ab") as stream:
+        stream.write(b'{"resourceType": "Condition", "subject": \n[1,2]\n{"resourceType":"OperationOutcome"}\n')
+    result = _cli(str(export), "--out", str(tmp_path / "out"), "--now", population.now.isoformat())
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["skippedReasons"] == {"unreadable JSON": 2, "OperationOutcome (an error report, not data)": 1}
+    _assert_same_as_hook(_worklist(tmp_path / "out"), population)
+
+
+@pytest.mark.e2e
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    assert _cli(str(tmp_path / "nope"), "--out", str(tmp_path / "o")).returncode == 2
+    assert _cli(str(tmp_path), "--out", str(tmp_path / "o"), "--since", "2026-01-01").returncode == 2
+    assert _cli(str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0").returncode == 2
+
+
+def _spark_missing() -> str | None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        return "PySpark is not installed (pip install -e '.[test]' installs it)"
+    if shutil.which("java") is None:
+        return "no Java runtime (Debian: apt-get install openjdk-17-jre-headless; .ci/run does)"
+    return None
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_spark_engine_same_worklist_as_local(population: Population, tmp_path: Path) -> None:
+    missing = _spark_missing()
+    if missing:
+        pytest.skip(missing)
+    local = run_sweep(SweepOptions(population.export, tmp_path / "local", population.now), Settings())
+    result = _cli(str(population.export), "--out", str(tmp_path / "spark"), "--engine", "spark",
+                  "--spark-master", "local[2]", "--now", population.now.isoformat(), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    spark_rows, local_rows = _worklist(tmp_path / "spark"), _worklist(tmp_path / "local")
+    _assert_same_as_hook(spark_rows, population)
+    assert [_comparable_row(r) for r in spark_rows] == [_comparable_row(r) for r in local_rows]
+    spark = orjson.loads((tmp_path / "spark" / "summary.json").read_bytes())
+    for key in ("patients", "candidates", "resources", "resourcesByType", "lines", "bytes", "skippedReasons",
+                "patientsByIndicator"):
+        assert spark[key] == local[key], key
+
+
+def _comparable_row(row: JSON) -> JSON:
+    return {**{k: v for k, v in row.items() if k != "cards"}, "cards": [_comparable(c) for c in row["cards"]]}

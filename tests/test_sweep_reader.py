@@ -1,0 +1,162 @@
+"""The sweep's reader and screen: gzip, a type split over files, byte ranges, broken lines, lying file names."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cds_hooks.settings import Settings
+from cds_hooks.sweep.reader import Chunk, LineCounts, export_files, plan_chunks, read_lines
+from cds_hooks.sweep.run import SweepError, SweepOptions, run_sweep
+from cds_hooks.sweep.screen import NO_PATIENT, screen_chunk, too_long
+from fhir_mapping.intake import Screen
+from fhir_mapping.terminology import load_terminology
+from tests.scenarios.fhir_builders import back_pain, breast_cancer, heart_rate, patient
+
+TERMINOLOGY = load_terminology()
+
+
+def _lines(count: int) -> list[bytes]:
+    # Lines of varied length, so chunk edges fall inside lines and on their ends.
+    return [orjson.dumps({"resourceType": "Basic", "id": f"b{i}", "pad": "x" * (i * 37 % 301)}) for i in range(count)]
+
+
+def _all_lines(chunks: list[Chunk], max_line: int = 1 << 20) -> list[bytes]:
+    found: list[bytes] = []
+    for chunk in chunks:
+        found += read_lines(chunk, max_line, LineCounts())
+    return found
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 100, 1000, 4096, 10**9])
+def test_byte_ranges_hand_out_every_line_exactly_once(tmp_path: Path, chunk_bytes: int) -> None:
+    lines = _lines(300)
+    path = tmp_path / "x.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    chunks = plan_chunks([path], chunk_bytes)
+    assert len(chunks) == (1 if chunk_bytes >= path.stat().st_size else -(-path.stat().st_size // chunk_bytes))
+    assert _all_lines(chunks) == lines
+
+
+def test_range_starting_exactly_at_a_line_start_keeps_that_line(tmp_path: Path) -> None:
+    lines = [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+    path = tmp_path / "x.ndjson"
+    path.write_bytes(b"\n".join(lines))  # no final newline
+    first = len(lines[0]) + 1
+    assert _all_lines([Chunk(str(path), 0, first), Chunk(str(path), first, path.stat().st_size)]) == lines
+
+
+def test_gzip_and_plain_give_the_same_lines_and_sizes(tmp_path: Path) -> None:
+    lines = _lines(500)
+    body = b"\r\n".join(lines) + b"\n\n   \n"  # CRLF endings and blank lines at the end
+    (tmp_path / "a.ndjson").write_bytes(body)
+    (tmp_path / "b.ndjson.gz").write_bytes(gzip.compress(body))
+    plain, counts_plain = list(read_lines(Chunk(str(tmp_path / "a.ndjson")), 1 << 20, c1 := LineCounts())), c1
+    packed = list(read_lines(Chunk(str(tmp_path / "b.ndjson.gz")), 1 << 20, c2 := LineCounts()))
+    assert plain == packed == lines
+    assert counts_plain.lines == c2.lines == 500
+    assert counts_plain.size == c2.size == len(body)
+
+
+def test_a_byte_order_mark_opening_a_file_is_not_part_of_the_first_line(tmp_path: Path) -> None:
+    lines = _lines(3)
+    (tmp_path / "a.ndjson").write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines))
+    (tmp_path / "b.ndjson.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + b"\n".join(lines)))
+    for name in ("a.ndjson", "b.ndjson.gz"):
+        assert list(read_lines(Chunk(str(tmp_path / name)), 1 << 20, LineCounts())) == lines
+
+
+def test_gzip_file_is_one_chunk_and_other_files_are_not_ndjson(tmp_path: Path) -> None:
+    (tmp_path / "big.ndjson.gz").write_bytes(gzip.compress(b"\n".join(_lines(2000))))
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.ndjson").write_bytes(b"\n".join(_lines(3)))
+    files, others = export_files(tmp_path)
+    assert [p.name for p in files] == ["big.ndjson.gz", "c.ndjson"]
+    assert [p.name for p in others] == ["manifest.json"]
+    assert plan_chunks(files, 16)[0].end is None
+
+
+def test_a_line_longer_than_the_limit_is_skipped_not_read_whole(tmp_path: Path) -> None:
+    long_line = b'{"resourceType":"Basic","pad":"' + b"y" * 10_000_000 + b'"}'
+    path = tmp_path / "x.ndjson"
+    path.write_bytes(b'{"a":1}\n' + long_line + b'\n{"b":2}\n')
+    counts = LineCounts()
+    assert list(read_lines(Chunk(str(path)), 1000, counts)) == [b'{"a":1}', b'{"b":2}']
+    assert counts.too_long == 1
+    assert counts.size == path.stat().st_size
+
+
+def test_screen_reads_patient_from_subject_patient_or_own_id() -> None:
+    screen = Screen(TERMINOLOGY)
+    assert screen(orjson.dumps(breast_cancer(patient_id="p1"))) == ("Condition", "p1", True)
+    assert screen(orjson.dumps(patient(patient_id="p2"))) == ("Patient", "p2", True)
+    statement = {"resourceType": "MedicationStatement", "status": "active", "subject": {"reference": "Patient/p3"},
+                 "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                           "code": "282357", "display": "fulvestrant"}]}}
+    assert screen(orjson.dumps(statement))[:2] == ("MedicationStatement", "p3")
+    # `patient` instead of `subject` (e.g. AllergyIntolerance, Immunization): not relevant, still read
+    assert screen(b'{"resourceType":"Immunization","patient":{"reference":"Patient/p4"}}') == (
+        "Immunization", None, False)
+    assert screen(orjson.dumps(heart_rate(60, effective_days_ago=2))) == ("Observation", None, False)
+
+
+def test_screen_keeps_a_broken_resource_of_a_type_the_rules_read_for_its_patient() -> None:
+    screen = Screen(TERMINOLOGY)
+    broken = {"resourceType": "Condition", "code": "back pain", "subject": {"reference": "Patient/p9"}}
+    assert screen(orjson.dumps(broken)) == ("Condition", "p9", True)
+    # A type the rules never read, written resourceType first as Bulk servers do: settled unread, as the hook
+    # drops it unread; written otherwise, it is decoded, and a broken one is a broken line.
+    assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == ("Claim", None, False)
+    unread = screen(b'{"id":7,"resourceType":"Claim","patient":3}')
+    assert unread == "unreadable resource of a type the rules do not read"
+    assert screen(b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/q"}}') == (
+        "Condition", "q", True)
+    assert screen(b"{not json") == "unreadable JSON"
+    assert screen(b'{"id":"x"}') == "not a FHIR resource (no resourceType)"
+    assert screen(b'[1,2]') == "unreadable JSON"
+    assert screen(b'{"resourceType":"OperationOutcome","issue":[]}') == "OperationOutcome (an error report, not data)"
+
+
+def test_screen_chunk_counts_each_reason_and_keeps_relevant_lines(tmp_path: Path) -> None:
+    cancer = orjson.dumps(breast_cancer(patient_id="p1"))
+    pain = orjson.dumps(back_pain(patient_id="p1"))
+    orphan = orjson.dumps({k: v for k, v in back_pain(patient_id="p1").items() if k != "subject"})
+    body = b"\n".join([cancer, b"{broken", pain, orphan, b'{"resourceType":"OperationOutcome"}', b"[]",
+                       orjson.dumps(heart_rate(70, effective_days_ago=1)), orjson.dumps(patient(patient_id="p1")),
+                       b"y" * 5000])
+    path = tmp_path / "mixed.ndjson"
+    path.write_bytes(body)
+    screening = screen_chunk(Chunk(str(path)), TERMINOLOGY, 4096)
+    assert screening.relevant == {"p1": [cancer, pain]}
+    assert screening.patients == {}  # first pass: Patients counted, not kept
+    assert screening.patient_lines == 1
+    assert screening.skipped == {"unreadable JSON": 2, "OperationOutcome (an error report, not data)": 1,
+                                 NO_PATIENT: 1, too_long(4096): 1}
+    assert screening.resources == {"Condition": 3, "Observation": 1, "Patient": 1}
+    second = screen_chunk(Chunk(str(path)), TERMINOLOGY, 4096, patients={"p1"})
+    assert second.relevant == {} and list(second.patients) == ["p1"]
+
+
+def test_sweep_reads_resource_type_not_file_names(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    # Conditions in a file named for Patients, the Patient in one named for Observations, split and gzipped.
+    (export / "Patient.ndjson").write_bytes(orjson.dumps(breast_cancer(patient_id="p1")) + b"\n")
+    (export / "Observation.1.ndjson.gz").write_bytes(gzip.compress(orjson.dumps(patient(patient_id="p1"))))
+    (export / "Observation.2.ndjson").write_bytes(orjson.dumps(back_pain(patient_id="p1")) + b"\n{oops\n")
+    summary = run_sweep(SweepOptions(export, tmp_path / "out", datetime.now(UTC)), Settings())
+    assert summary["resourcesByType"] == {"Condition": 2, "Patient": 1}
+    assert summary["skippedReasons"] == {"unreadable JSON": 1}
+    assert summary["patientsByIndicator"] == {"warning": 1}
+    row = orjson.loads((tmp_path / "out" / "worklist.ndjson").read_bytes())
+    assert (row["patientId"], row["indicator"], row["kind"]) == ("p1", "warning", "spinal-metastases")
+
+
+def test_sweep_refuses_a_folder_without_ndjson(tmp_path: Path) -> None:
+    with pytest.raises(SweepError, match=r"no \.ndjson"):
+        run_sweep(SweepOptions(tmp_path, tmp_path / "out", datetime.now(UTC)), Settings())
