@@ -26,7 +26,16 @@ from cds_hooks.bulk.download import (
     is_complete,
     write_manifest,
 )
-from cds_hooks.bulk.export import ExportGone, cancel, check_since, export_query, fhir_base, kick_off, poll
+from cds_hooks.bulk.export import (
+    ExportGone,
+    ExportTimedOut,
+    cancel,
+    check_since,
+    export_query,
+    fhir_base,
+    kick_off,
+    poll,
+)
 from cds_hooks.bulk.http import BulkExportError, Transport
 from cds_hooks.settings import Settings, https_or_loopback
 
@@ -85,10 +94,9 @@ def _export(transport: Transport, kickoff_url: str, state: ExportState, dest: Pa
                                         deadline=deadline)
             state.save(dest)
             raw = poll(transport, state.status_url, settings=settings, deadline=deadline, progress=progress)
-    except (KeyboardInterrupt, BulkExportError) as exc:
+    except (KeyboardInterrupt, ExportTimedOut):
         progress.end()
-        timed_out = isinstance(exc, BulkExportError) and time.monotonic() >= deadline
-        if state.status_url and (isinstance(exc, KeyboardInterrupt) or timed_out):
+        if state.status_url:
             cancelled = cancel(transport, state.status_url)
             _log.warning("bulk export stopped before completion", extra={"cancelled_on_server": cancelled})
             _say(f"{'cancelled' if cancelled else 'could not cancel'} the export on the server")

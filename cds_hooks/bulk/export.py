@@ -24,7 +24,7 @@ from cds_hooks.prefetch import build_templates
 from cds_hooks.settings import Settings
 from fhir_mapping.terminology import Terminology
 
-__all__ = ["ExportGone", "ExportQuery", "cancel", "export_query", "fhir_base", "kick_off", "poll"]
+__all__ = ["ExportGone", "ExportQuery", "ExportTimedOut", "cancel", "export_query", "fhir_base", "kick_off", "poll"]
 
 _log = logging.getLogger("mscc_alert.bulk")
 
@@ -41,6 +41,10 @@ _TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 
 class ExportGone(BulkExportError):
     """The status URL is no longer known to the server (404/410: cancelled, expired or never there)."""
+
+
+class ExportTimedOut(BulkExportError):
+    """No manifest within MSCC_ALERT_BULK_EXPORT_SECONDS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,7 @@ def poll(transport: Transport, status_url: str, *, settings: Settings, deadline:
     failures = 0
     while True:
         if time.monotonic() >= deadline:
-            raise BulkExportError(f"the export was not complete within MSCC_ALERT_BULK_EXPORT_SECONDS "
+            raise ExportTimedOut(f"the export was not complete within MSCC_ALERT_BULK_EXPORT_SECONDS "
                                   f"({settings.bulk_export_seconds:g} s); it was cancelled")
         what = "status request"
         try:
