@@ -22,8 +22,8 @@ from urllib.parse import urljoin, urlsplit
 import orjson
 import requests
 import urllib3.exceptions
-from requests.auth import AuthBase
 
+from cds_hooks.fhir_client import BearerAuth  # also keeps .netrc credentials out
 from cds_hooks.settings import Settings, https_or_loopback
 
 __all__ = [
@@ -79,23 +79,6 @@ class TokenSource:
         raise NotImplementedError
 
 
-class _Bearer(AuthBase):
-    """Exactly our Authorization header, or none; an auth object also keeps `.netrc` credentials out."""
-
-    def __init__(self, token: str | None) -> None:
-        self._header = None if token is None else f"Bearer {token}"
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        if self._header is None:
-            r.headers.pop("Authorization", None)
-        else:
-            r.headers["Authorization"] = self._header
-        return r
-
-    def __repr__(self) -> str:
-        return "<_Bearer>"
-
-
 class Transport:
     """One `requests.Session` for the whole export (keep-alive to the export and file servers)."""
 
@@ -135,7 +118,7 @@ class Transport:
                 token = self._token_source.access_token()
             try:
                 response = self.session.request(
-                    method, url, params=params, headers=dict(headers or {}), auth=_Bearer(token),
+                    method, url, params=params, headers=dict(headers or {}), auth=BearerAuth(token),
                     timeout=self._timeout, stream=stream, allow_redirects=False,
                 )
             except requests.Timeout:
