@@ -393,6 +393,15 @@ def test_backend_services_token_on_every_request(secured: FakeBulkServer, tmp_pa
 
 
 @pytest.mark.e2e
+def test_files_get_no_token_when_the_manifest_says_none_is_needed(server: FakeBulkServer, tmp_path: Path) -> None:
+    key_file, server.public_key = ec_key(tmp_path)  # the FHIR endpoints need a token; the files do not
+    server.requires_token = False
+    download_export(server.base + "/$export", tmp_path / "x", settings=settings(**credentials(key_file)))
+    assert all(s.authorization for s in server.requests_to("/jobs/"))
+    assert server.requests_to("/files/") and not any(s.authorization for s in server.requests_to("/files/"))
+
+
+@pytest.mark.e2e
 def test_scope_and_token_url_from_settings(secured: FakeBulkServer, tmp_path: Path) -> None:
     key_file, secured.public_key = ec_key(tmp_path)
     download_export(secured.base + "/$export", tmp_path / "x", settings=settings(

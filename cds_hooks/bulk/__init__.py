@@ -98,7 +98,7 @@ def _export(transport: Transport, kickoff_url: str, state: ExportState, dest: Pa
         progress.end()
         if state.status_url:
             cancelled = cancel(transport, state.status_url)
-            _log.warning("bulk export stopped before completion", extra={"cancelled_on_server": cancelled})
+            _log.warning("bulk export stopped before completion; cancelled on the server: %s", cancelled)
             _say(f"{'cancelled' if cancelled else 'could not cancel'} the export on the server")
             state.status_url = None
             state.save(dest)
@@ -140,8 +140,8 @@ def _download(transport: Transport, state: ExportState, dest: Path, *, settings:
         raise
     progress.end()
     outputs = sum(1 for r in state.files if r.kind == "output")
-    _log.info("bulk export downloaded", extra={"files": outputs, "error_files": len(state.files) - outputs,
-                                               "bytes": budget.used, "fetched": len(todo)})
+    _log.info("bulk export downloaded: %d files (%d fetched by this run), %d error files, %d bytes", outputs,
+              len(todo), len(state.files) - outputs, budget.used)
     if outputs < len(state.files):
         _say(f"the server reported problems in {len(state.files) - outputs} error file(s), kept in "
              f"{dest / 'errors'}")

@@ -128,7 +128,7 @@ class BackendServicesAuth(TokenSource):
                 self._token, lifetime = self._request_token()
                 # Renew a little before the server's expiry so a request never leaves with a dying token.
                 self._renew_at = time.monotonic() + lifetime - min(30.0, lifetime * 0.2)
-                _log.info("bulk access token obtained", extra={"expires_in": lifetime})
+                _log.info("bulk access token obtained, valid for %.0f s", lifetime)
             return self._token
 
     def _request_token(self) -> tuple[str, float]:

@@ -249,7 +249,7 @@ def _retry(failures: int, settings: Settings, error: TransientError) -> int:
     failures += 1
     if failures > settings.bulk_retries:
         raise BulkExportError(f"{error} (gave up after {failures} attempts, MSCC_ALERT_BULK_RETRIES)")
-    _log.warning("bulk download: transient failure, retrying", extra={"attempt": failures})
+    _log.warning("bulk download: transient failure, retry %d of %d", failures, settings.bulk_retries)
     delay = min(settings.bulk_poll_min_seconds * 2 ** (failures - 1), settings.bulk_poll_max_seconds)
     sleep_until(delay, float("inf"))
     return failures

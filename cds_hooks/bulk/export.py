@@ -118,7 +118,7 @@ def kick_off(transport: Transport, url: str, query: ExportQuery, *, since: str |
                     location = response.headers.get("Content-Location")
                     if not location:
                         raise BulkExportError("the server accepted the export but sent no Content-Location")
-                    _log.info("bulk export kicked off", extra={"type_filter": bool(filters)})
+                    _log.info("bulk export kicked off (with _typeFilter: %s)", bool(filters))
                     return urljoin(url, location)
                 body = read_bounded(response, _MAX_OUTCOME_BYTES, "kick-off response")
         except TransientError as exc:
@@ -126,8 +126,7 @@ def kick_off(transport: Transport, url: str, query: ExportQuery, *, since: str |
             continue
         if filters and _rejects_type_filter(status, body):
             # Optional for servers and experimental in the IG; the sweep filters what comes anyway.
-            _log.warning("the export server refused _typeFilter; kicking off again without it",
-                         extra={"status": status})
+            _log.warning("the export server refused _typeFilter (HTTP %d); kicking off again without it", status)
             filters = []
             continue
         if status == 429 or (status in _TRANSIENT_STATUSES and _transient_outcome(body)):
@@ -208,7 +207,7 @@ def _failed(failures: int, settings: Settings, error: TransientError, deadline: 
     if failures > settings.bulk_retries:
         raise BulkExportError(f"{error} (gave up after {failures} attempts, MSCC_ALERT_BULK_RETRIES)")
     backoff = settings.bulk_poll_min_seconds * 2 ** (failures - 1)
-    _log.warning("bulk export: transient failure, retrying", extra={"attempt": failures})
+    _log.warning("bulk export: transient failure, retry %d of %d", failures, settings.bulk_retries)
     sleep_until(_clamp(backoff if retry_after is None else retry_after, settings), deadline)
     return failures
 
