@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     bulk_retries: int = Field(8, ge=0, le=100)  # consecutive transient failures (429, 5xx, network) tolerated
     bulk_connect_timeout: float = Field(10.0, gt=0)
     bulk_read_timeout: float = Field(120.0, gt=0)  # seconds without a byte arriving
+    bulk_parallel_downloads: int = Field(2, ge=1, le=16)  # files fetched at once
     bulk_max_file_bytes: int = Field(8 * 1024**3, gt=0)  # as stored (compressed if the server gzipped it)
     bulk_max_total_bytes: int = Field(64 * 1024**3, gt=0)
 

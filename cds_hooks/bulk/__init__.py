@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +129,29 @@ def _download(transport: Transport, state: ExportState, dest: Path, *, settings:
     used += sum(p.stat().st_size for p in [*dest.glob("*.part"), *dest.glob("*/*.part")])
     budget = Budget(settings.bulk_max_total_bytes, used)
     todo = [r for r in state.files if not is_complete(r, dest)]
+    for record in todo:
+        record.complete = False
+    lock = threading.Lock()
+
+    def save() -> None:
+        with lock:
+            state.save(dest)
+
     progress = _Progress()
+    stop = threading.Event()
     try:
-        for done, record in enumerate(todo, 1):
-            record.complete = False
-            fetch_file(transport, record, dest, settings=settings, budget=budget, with_token=with_token,
-                       save=lambda: state.save(dest))
-            progress(f"downloaded {done}/{len(todo)} files, {budget.used / 1e6:,.0f} MB")
+        with ThreadPoolExecutor(settings.bulk_parallel_downloads, thread_name_prefix="bulk-download") as pool:
+            futures = [pool.submit(fetch_file, transport, record, dest, settings=settings, budget=budget,
+                                   with_token=with_token, save=save, stop=stop) for record in todo]
+            try:
+                for done, future in enumerate(as_completed(futures), 1):
+                    future.result()  # the first failure stops the rest
+                    progress(f"downloaded {done}/{len(todo)} files, {budget.used / 1e6:,.0f} MB")
+            except BaseException:
+                stop.set()  # running downloads stop at their next chunk, keeping their partial files
+                for future in futures:
+                    future.cancel()
+                raise
     except KeyboardInterrupt:
         progress.end()
         _say("download interrupted; run the same command again to resume it")

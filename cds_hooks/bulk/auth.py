@@ -118,9 +118,10 @@ class BackendServicesAuth(TokenSource):
                                     headers={"kid": self._key_id, "typ": "JWT"})
         return assertion
 
-    def invalidate(self) -> None:
+    def invalidate(self, token: str) -> None:
         with self._lock:
-            self._token = None
+            if self._token == token:
+                self._token = None
 
     def access_token(self) -> str:
         with self._lock:

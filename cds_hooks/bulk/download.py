@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from cds_hooks.bulk.http import (
 )
 from cds_hooks.settings import Settings
 
-__all__ = ["Budget", "ExportState", "FileRecord", "fetch_file"]
+__all__ = ["Budget", "ExportState", "FileRecord", "Stopped", "fetch_file"]
 
 _log = logging.getLogger("mscc_alert.bulk")
 
@@ -123,29 +124,40 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 class Budget:
-    """Bytes on disk for the whole export (MSCC_ALERT_BULK_MAX_TOTAL_BYTES), complete files included."""
+    """Bytes on disk for the whole export (MSCC_ALERT_BULK_MAX_TOTAL_BYTES), complete files included; shared by
+    the download threads."""
 
     def __init__(self, limit: int, used: int) -> None:
         self.limit = limit
         self.used = used
+        self._lock = threading.Lock()
 
     def take(self, size: int) -> None:
-        self.used += size
-        if self.used > self.limit:
-            raise BulkExportError(f"the export is larger than MSCC_ALERT_BULK_MAX_TOTAL_BYTES ({self.limit} bytes)")
+        with self._lock:
+            self.used += size
+            if self.used > self.limit:
+                raise BulkExportError(f"the export is larger than MSCC_ALERT_BULK_MAX_TOTAL_BYTES ({self.limit} "
+                                      "bytes)")
 
     def give_back(self, size: int) -> None:
-        self.used -= size
+        with self._lock:
+            self.used -= size
+
+
+class Stopped(BulkExportError):
+    """Another download failed, or Ctrl-C: this one stops at its next chunk (its partial file is kept)."""
 
 
 def fetch_file(transport: Transport, record: FileRecord, dest: Path, *, settings: Settings, budget: Budget,
-               with_token: bool, save: Callable[[], None]) -> None:
+               with_token: bool, save: Callable[[], None], stop: threading.Event) -> None:
     """Download one manifest file into `dest` (resuming its partial file), then mark it complete."""
     part = dest / f"{record.stem}.part"
     part.parent.mkdir(exist_ok=True)
     what = f"download of {record.stem}"
     failures = 0
     while True:
+        if stop.is_set():
+            raise Stopped(f"the {what} was stopped")
         offset = part.stat().st_size if part.exists() else 0
         headers = {"Accept": "application/fhir+ndjson", "Accept-Encoding": "gzip"}
         if offset:
@@ -190,7 +202,7 @@ def fetch_file(transport: Transport, record: FileRecord, dest: Path, *, settings
                 record.validator = _validator(response)
                 save()
             try:
-                _stream(response, part, mode, offset, settings=settings, budget=budget, what=what)
+                _stream(response, part, mode, offset, settings=settings, budget=budget, what=what, stop=stop)
             except TransientError as exc:
                 failures = _retry(failures, settings, exc)  # the next round resumes from what arrived
                 continue
@@ -199,7 +211,7 @@ def fetch_file(transport: Transport, record: FileRecord, dest: Path, *, settings
 
 
 def _stream(response: requests.Response, part: Path, mode: str, offset: int, *, settings: Settings,
-            budget: Budget, what: str) -> None:
+            budget: Budget, what: str, stop: threading.Event) -> None:
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and offset + int(declared) > settings.bulk_max_file_bytes:
         raise BulkExportError(f"the {what}: the file is larger than MSCC_ALERT_BULK_MAX_FILE_BYTES "
@@ -213,6 +225,8 @@ def _stream(response: requests.Response, part: Path, mode: str, offset: int, *, 
                 raise TransientError(f"the {what} was cut off after {size} bytes") from None
             if not chunk:
                 return
+            if stop.is_set():
+                raise Stopped(f"the {what} was stopped")
             size += len(chunk)
             if size > settings.bulk_max_file_bytes:
                 raise BulkExportError(f"the {what}: the file is larger than MSCC_ALERT_BULK_MAX_FILE_BYTES "

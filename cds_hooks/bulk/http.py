@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -75,24 +76,38 @@ class TokenSource:
     def access_token(self) -> str:
         raise NotImplementedError
 
-    def invalidate(self) -> None:
+    def invalidate(self, token: str) -> None:
+        """`token` was refused: drop it, unless another thread has replaced it already."""
         raise NotImplementedError
 
 
 class Transport:
-    """One `requests.Session` for the whole export (keep-alive to the export and file servers)."""
+    """Keep-alive sessions to the export and file servers for the whole export."""
 
     def __init__(self, settings: Settings, token_origins: Sequence[str]) -> None:
         self._timeout = (settings.bulk_connect_timeout, settings.bulk_read_timeout)
         self._token_source: TokenSource | None = None
         self._token_origins = frozenset(origin(o) for o in token_origins)
-        self.session = requests.Session()
+        self._local = threading.local()  # a session per thread: files download in parallel
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            with self._lock:
+                self._sessions.append(session)
+        return session
 
     def use_token_source(self, token_source: TokenSource | None) -> None:
         self._token_source = token_source
 
     def close(self) -> None:
-        self.session.close()
+        with self._lock:
+            for session in self._sessions:
+                session.close()
 
     def sends_token_to(self, url: str) -> bool:
         return self._token_source is not None and origin(url) in self._token_origins
@@ -129,7 +144,7 @@ class Transport:
             if response.status_code == 401 and token is not None and not retried_401 and self._token_source:
                 response.close()
                 retried_401 = True
-                self._token_source.invalidate()
+                self._token_source.invalidate(token)
                 continue
             location = response.headers.get("Location")
             if response.status_code in _REDIRECTS and location:
