@@ -495,14 +495,13 @@ def test_no_token_or_patient_id_in_logs(secured: FakeBulkServer, tmp_path: Path,
         assert secret not in logged
 
 
-@pytest.mark.e2e
-def test_ctrl_c_while_the_server_works_cancels_the_export(server: FakeBulkServer, tmp_path: Path) -> None:
-    server.polls_before_done = 10_000
+def _export_in_subprocess(server: FakeBulkServer, dest: Path) -> subprocess.Popen[bytes]:
+    """`download_export` in its own process, started once the server has answered two status polls."""
     script = textwrap.dedent(f"""
         from pathlib import Path
         from cds_hooks.bulk import download_export
         from cds_hooks.settings import Settings
-        download_export({server.base + "/$export"!r}, Path({str(tmp_path / "x")!r}),
+        download_export({server.base + "/$export"!r}, Path({str(dest)!r}),
                         settings=Settings(database_url="memory://", bulk_poll_min_seconds=0.05,
                                           bulk_poll_max_seconds=0.05))
     """)
@@ -512,6 +511,13 @@ def test_ctrl_c_while_the_server_works_cancels_the_export(server: FakeBulkServer
     deadline = time.monotonic() + 60
     while len(server.requests_to("/jobs/")) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
+    return process
+
+
+@pytest.mark.e2e
+def test_ctrl_c_while_the_server_works_cancels_the_export(server: FakeBulkServer, tmp_path: Path) -> None:
+    server.polls_before_done = 10_000
+    process = _export_in_subprocess(server, tmp_path / "x")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
@@ -519,3 +525,17 @@ def test_ctrl_c_while_the_server_works_cancels_the_export(server: FakeBulkServer
     assert len(server.requests_to("/jobs/", "DELETE")) == 1
     state = orjson.loads((tmp_path / "x" / ".bulk-export.json").read_bytes())
     assert state["status_url"] is None  # a rerun kicks off afresh
+
+
+@pytest.mark.e2e
+def test_a_run_killed_while_the_server_works_is_picked_up_by_the_next(server: FakeBulkServer,
+                                                                      tmp_path: Path) -> None:
+    server.polls_before_done = 10_000
+    process = _export_in_subprocess(server, tmp_path / "x")
+    process.kill()  # no chance to cancel: the export goes on on the server
+    process.communicate(timeout=60)
+    assert not server.requests_to("/jobs/", "DELETE")
+    server.polls_before_done = 0
+    download_export(server.base + "/$export", tmp_path / "x", settings=settings())
+    assert len(server.kickoffs()) == 1  # the same export, polled again rather than kicked off anew
+    assert stored(tmp_path / "x", "Patient.001") == server.files["Patient.1.ndjson"]

@@ -30,6 +30,7 @@ from cds_hooks.bulk.download import (
 )
 from cds_hooks.bulk.export import (
     ExportGone,
+    ExportQuery,
     ExportTimedOut,
     cancel,
     check_since,
@@ -81,7 +82,7 @@ def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: 
 
 
 def _export(transport: Transport, kickoff_url: str, state: ExportState, dest: Path, *, settings: Settings,
-            since: str | None, query: Any) -> bytes:
+            since: str | None, query: ExportQuery) -> bytes:
     deadline = time.monotonic() + settings.bulk_export_seconds
     progress = _Progress()
     try:
