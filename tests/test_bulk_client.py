@@ -142,6 +142,7 @@ def test_plain_http_only_to_loopback() -> None:
     assert not https_or_loopback("http://ehr.example.org/fhir")
     assert not https_or_loopback("http://localhost.example.org/fhir")
     assert not https_or_loopback("http://127.0.0.1.example.org/fhir")
+    assert not https_or_loopback("https://user:secret@ehr.example.org/fhir")  # would go out as Basic auth
 
 
 def test_http_kickoff_beyond_loopback_is_refused_before_any_connection(tmp_path: Path) -> None:
