@@ -540,3 +540,60 @@ def test_a_run_killed_while_the_server_works_is_picked_up_by_the_next(server: Fa
     download_export(server.base + "/$export", tmp_path / "x", settings=settings())
     assert len(server.kickoffs()) == 1  # the same export, polled again rather than kicked off anew
     assert stored(tmp_path / "x", "Patient.001") == server.files["Patient.1.ndjson"]
+
+
+# --- the sweep, end to end --------------------------------------------------------------------------------------
+def _sweep_env(key_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSCC_ALERT_")}
+    env.update({"MSCC_ALERT_BULK_CLIENT_ID": CLIENT_ID, "MSCC_ALERT_BULK_PRIVATE_KEY_FILE": str(key_file),
+                "MSCC_ALERT_BULK_KEY_ID": KEY_ID, "MSCC_ALERT_BULK_POLL_MIN_SECONDS": "0.05",
+                "MSCC_ALERT_BULK_POLL_MAX_SECONDS": "0.2"})
+    return env
+
+
+@pytest.mark.e2e
+def test_sweep_of_a_kickoff_url_end_to_end(tmp_path: Path) -> None:
+    """`mscc-alert sweep http://…/$export --out DIR`: the client downloads the export (authenticated), the
+    sweep's rules find the patient with breast cancer and new back pain, and nobody else."""
+    alice, bob, carol = "bulk-alice-1", "bulk-bob-2", "bulk-carol-3"  # cancer + new pain; pain only; cancer only
+    files = {
+        "Patient.1.ndjson": ndjson([fb.patient(patient_id=alice), fb.patient(patient_id=bob)]),
+        "Patient.2.ndjson.gz": gzip.compress(ndjson([fb.patient(patient_id=carol)])),
+        "Condition.1.ndjson": ndjson([fb.back_pain(patient_id=bob), fb.breast_cancer(patient_id=alice),
+                                      fb.breast_cancer(patient_id=carol)]),
+        "Condition.2.ndjson": ndjson([fb.back_pain(patient_id=alice)]),
+    }
+    types = {name: name.split(".")[0] for name in files}
+    key_file, public = ec_key(tmp_path)
+    out = tmp_path / "out"
+    with FakeBulkServer(files=files, types=types, requires_token=True, public_key=public,
+                        errors={"errors.1.ndjson": ndjson([outcome("Observation export was partial")])},
+                        gzip_transfer={"Condition.2.ndjson"}) as server:
+        result = subprocess.run([sys.executable, "-m", "cds_hooks", "sweep", server.base + "/$export", "--out",
+                                 str(out), "--since", "2026-01-01T00:00:00Z"],
+                                capture_output=True, env=_sweep_env(key_file), timeout=300,
+                                cwd=Path(__file__).resolve().parents[1])
+        assert result.returncode == 0, result.stderr.decode()
+        [kickoff] = server.kickoffs()
+        assert kickoff.query["_since"] == ["2026-01-01T00:00:00Z"] and kickoff.authorization
+        assert server.assertions and not server.token_errors
+    worklist = [orjson.loads(line) for line in (out / "worklist.ndjson").read_bytes().splitlines() if line]
+    assert [(w["patientId"], w["indicator"]) for w in worklist] == [(alice, "warning")]
+    assert (out / "export" / "manifest.json").exists()
+    assert (out / "export" / "errors" / "OperationOutcome.001.ndjson.txt").exists()  # not read as data
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["patients"] == 3
+    stderr = result.stderr.decode()
+    assert not any(p in stderr for p in (alice, bob, carol)) and not any(t in stderr for t in server.tokens)
+
+
+@pytest.mark.e2e
+def test_sweep_says_why_an_export_failed(tmp_path: Path) -> None:
+    key_file, public = ec_key(tmp_path)
+    with FakeBulkServer(kickoff_error=(403, outcome("client not authorised for Group 9")), public_key=public) as s:
+        result = subprocess.run([sys.executable, "-m", "cds_hooks", "sweep", s.base + "/Group/9/$export", "--out",
+                                 str(tmp_path / "out")], capture_output=True, env=_sweep_env(key_file), timeout=300,
+                                cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2
+    assert "kick-off request failed (HTTP 403): client not authorised for Group 9" in result.stderr.decode()
+    assert b"Traceback" not in result.stderr
