@@ -235,9 +235,15 @@ def _sweep(args: argparse.Namespace) -> int:
         return 2
     if args.source.startswith(("http://", "https://")):
         # A Bulk Data kick-off URL: download the export next to the worklist, then sweep the files.
-        from cds_hooks.bulk import download_export  # type: ignore[import-not-found, unused-ignore]
+        from cds_hooks.bulk import BulkExportError, download_export
 
-        source = download_export(args.source, Path(args.out) / "export", settings=settings, since=args.since)
+        try:
+            source = download_export(args.source, Path(args.out) / "export", settings=settings, since=args.since)
+        except BulkExportError as exc:  # its message is safe to show: no URL, token or resource
+            print(f"mscc-alert: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130  # what happened on the server has been said on stderr already
     options = SweepOptions(source=source, out=Path(args.out), now=now, engine=args.engine, workers=args.workers,
                            spark_master=args.spark_master)
     try:

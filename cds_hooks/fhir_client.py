@@ -36,7 +36,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from requests.utils import requote_uri
 
-__all__ = ["FetchBudget", "FetchFailure", "FetchLimits", "FhirClient", "FhirFetchError"]
+__all__ = ["BearerAuth", "FetchBudget", "FetchFailure", "FetchLimits", "FhirClient", "FhirFetchError"]
 
 FetchFailure = Literal[
     "unauthorized",
@@ -113,7 +113,7 @@ class FhirFetchError(Exception):
         super().__init__(message)
 
 
-class _BearerAuth(AuthBase):
+class BearerAuth(AuthBase):
     """Sets exactly our Authorization header, or none.
 
     Passing an auth object also stops requests from falling back to `.netrc` credentials, which would
@@ -131,7 +131,7 @@ class _BearerAuth(AuthBase):
         return r
 
     def __repr__(self) -> str:
-        return "<_BearerAuth>"
+        return "<BearerAuth>"
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -250,7 +250,7 @@ class FhirClient:
         # A trailing slash makes both string joining and urljoin keep the last path segment ("/fhir").
         self._base = base_url if base_url.endswith("/") else base_url + "/"
         self._origin = _origin(self._base)
-        self._auth = _BearerAuth(access_token)
+        self._auth = BearerAuth(access_token)
         self._limits = limits
         self._owns_session = session is None
         self._session = requests.Session() if session is None else session

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
 from cards.suppression import Windows
-from cds_hooks.fhir_servers import FhirServerPolicy, configured_server
+from cds_hooks.fhir_servers import FhirServerPolicy, configured_server, is_loopback_host
 from cds_hooks.security.jwks import check_jwks_url
 
 DEFAULT_CORS_ORIGINS = ("https://sandbox.cds-hooks.org",)
@@ -89,6 +91,27 @@ class Settings(BaseSettings):
     jwks_max_waiters: int = Field(4, ge=1, le=1000, description="Verifications waiting for one JWKS at once.")
     auth_threads: int = Field(16, ge=1, le=1000, description="Threads verifying JWTs (a pool of their own).")
 
+    # --- Bulk Data client (`mscc-alert sweep <kick-off URL>`; HL7 Bulk Data Access IG 2.0.0) ----------------
+    # SMART Backend Services credentials: all three or none (none: the export server must be open).
+    bulk_client_id: str | None = None
+    bulk_private_key_file: Path | None = Field(None, description="PEM private key (EC P-384 or RSA >= 2048).")
+    bulk_key_id: str | None = Field(None, description="`kid` of that key in the JWK Set registered with the server.")
+    bulk_scope: str = "system/*.read"  # SMART v1; `system/*.rs` on SMART v2 servers
+    bulk_token_url: str | None = Field(None, description="Default: [base]/.well-known/smart-configuration's.")
+    # Origins besides the export server's own that may receive the access token (a separate file server).
+    bulk_token_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # `_typeFilter` is optional for servers (IG: experimental); one that rejects it is asked again without it.
+    bulk_type_filter: bool = True
+    bulk_poll_min_seconds: float = Field(1.0, gt=0)
+    bulk_poll_max_seconds: float = Field(300.0, gt=0)  # a Retry-After above this is clamped to it
+    bulk_export_seconds: float = Field(12 * 3600.0, gt=0, description="Deadline from kick-off to manifest.")
+    bulk_retries: int = Field(8, ge=0, le=100)  # consecutive transient failures (429, 5xx, network) tolerated
+    bulk_connect_timeout: float = Field(10.0, gt=0)
+    bulk_read_timeout: float = Field(120.0, gt=0)  # seconds without a byte arriving
+    bulk_parallel_downloads: int = Field(2, ge=1, le=16)  # files fetched at once
+    bulk_max_file_bytes: int = Field(8 * 1024**3, gt=0)  # as stored (compressed if the server gzipped it)
+    bulk_max_total_bytes: int = Field(64 * 1024**3, gt=0)
+
     # --- Storage, logs -------------------------------------------------------------------------------
     database_url: str | None = Field(None, description="Feedback store; default: an SQLite file in the data dir.")
     ready_timeout_seconds: float = Field(2.0, gt=0, le=60, description="/readyz waits this long for the database.")
@@ -121,7 +144,7 @@ class Settings(BaseSettings):
     minimum_age_years: int = Field(18, ge=0, le=120)
     end_of_life_mode: Literal["keep", "downgrade"] = "keep"
 
-    @field_validator("cors_origins", "jwt_algorithms", "fhir_servers", mode="before")
+    @field_validator("cors_origins", "jwt_algorithms", "fhir_servers", "bulk_token_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -183,6 +206,33 @@ class Settings(BaseSettings):
             accepted_warning_days=self.suppress_accepted_warning_days,
         )
 
+    @field_validator("bulk_token_url")
+    @classmethod
+    def _bulk_token_url(cls, value: str | None) -> str | None:
+        if value is not None and not https_or_loopback(value):
+            raise ValueError("must be an https URL (http only on loopback)")
+        return value
+
+    @field_validator("bulk_token_origins")
+    @classmethod
+    def _bulk_token_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if not https_or_loopback(origin) or origin.rstrip("/").count("/") != 2:
+                raise ValueError(f"{origin!r} must be an origin: https://host[:port] (http only on loopback)")
+        return value
+
+    @model_validator(mode="after")
+    def _bulk_credentials(self) -> Self:
+        given = {"BULK_CLIENT_ID": self.bulk_client_id, "BULK_PRIVATE_KEY_FILE": self.bulk_private_key_file,
+                 "BULK_KEY_ID": self.bulk_key_id}
+        missing = [f"MSCC_ALERT_{name}" for name, value in given.items() if not value]
+        if 0 < len(missing) < len(given):
+            raise ValueError(f"SMART Backend Services needs all of client id, key file and key id; missing: "
+                             f"{', '.join(missing)}")
+        if self.bulk_poll_min_seconds > self.bulk_poll_max_seconds:
+            raise ValueError("MSCC_ALERT_BULK_POLL_MIN_SECONDS must not exceed MSCC_ALERT_BULK_POLL_MAX_SECONDS")
+        return self
+
     def policy(self) -> Policy:
         return Policy(
             new_pain_window_days=self.new_pain_window_days,
@@ -202,3 +252,16 @@ def _check_fhir_servers(urls: tuple[str, ...], owner: str) -> None:
             configured_server(url)
         except ValueError as exc:
             raise ValueError(f"FHIR server {url!r} of {owner} {exc}") from None
+
+
+def https_or_loopback(url: str) -> bool:
+    """https, or plain http to this machine only (tests, a local proxy): PHI and tokens never cross a network
+    unencrypted. The host is parsed, so `http://localhost.example.org` is not loopback."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a malformed port)
+    except ValueError:
+        return False
+    if not parts.hostname or "@" in parts.netloc:  # credentials in a URL would go out as Basic auth
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname))
