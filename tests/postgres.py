@@ -180,3 +180,13 @@ def postgres_server() -> Iterator[PostgresServer]:
         if (server.data_dir / "postmaster.pid").exists():
             server.stop()
         shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh feedback database for one test, on each store: an SQLite file in a directory that does not exist
+    yet (the service must create it), or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'not-yet' / 'feedback.sqlite3'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()

@@ -23,7 +23,7 @@ from tests.conftest import SERVICE_ID, LiveService, start_live_service, stop_liv
 from tests.scenarios import fhir_builders as fb
 
 if TYPE_CHECKING:
-    from tests.postgres import PostgresServer
+    pass
 
 pytest_plugins = ["tests.postgres"]
 pytestmark = pytest.mark.e2e
@@ -32,13 +32,6 @@ CLIENTS = 4
 MAX_CALLS_PER_CLIENT = 400  # bounds the run; the kill comes first
 KILL_AFTER_SECONDS = 4.0
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'durable.sqlite3'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database()
 
 
 class Acknowledged:

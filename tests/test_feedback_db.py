@@ -41,15 +41,6 @@ pytest_plugins = ["tests.postgres"]
 MIGRATIONS = Path(__file__).resolve().parents[1] / "cds_hooks" / "migrations"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database: an SQLite file in a directory that does not exist yet, or a new
-    database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'not-yet' / 'feedback.sqlite3'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database()
-
 
 @pytest.fixture
 def store(database_url: str) -> Iterator[SqlFeedbackStore]:

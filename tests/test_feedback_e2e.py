@@ -26,7 +26,7 @@ from tests.scenarios import fhir_builders as fb
 pytestmark = pytest.mark.e2e  # starts servers or subprocesses
 
 if TYPE_CHECKING:
-    from tests.postgres import PostgresServer
+    pass
 
 pytest_plugins = ["tests.postgres"]
 
@@ -37,13 +37,6 @@ HL7_REASON_SYSTEM = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-
 FAKE_PATIENT = "Hortensia Vandergriff-Oyelaran"
 USER_COMMENT = f"Spoke to {FAKE_PATIENT} (MRN 77-4410-93): MRI already booked at St Elsewhere"
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db' / 'feedback.sqlite3'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.scenarios import fhir_builders as fb
 from tests.test_feedback_e2e import database_dump, database_files
 
 if TYPE_CHECKING:
-    from tests.postgres import PostgresServer
+    pass
 
 pytest_plugins = ["tests.postgres"]
 pytestmark = pytest.mark.e2e
@@ -36,13 +36,6 @@ SECRET = "test-only pseudonym key, 32+ characters long"
 PATIENT = "pt-quokka-7731"
 CLINICIAN = "Practitioner/dr-numbat-5529"
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db' / 'feedback.sqlite3'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database()
 
 
 @pytest.fixture
