@@ -31,6 +31,9 @@ from werkzeug import Request, Response
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier
 from tests.slow_http import DripServer
 
+# Each test runs loopback key servers that drip or stall against real deadlines: seconds each.
+pytestmark = pytest.mark.e2e
+
 ISSUER_A = "https://ehr-a.example.org/fhir"
 ISSUER_B = "https://ehr-b.example.org/fhir"
 AUDIENCE = "https://cds.example.org/cds-services/breast-cancer-back-pain"
