@@ -2,7 +2,7 @@
 
 "Evaluation" is what the service does for one request from raw bytes to response bytes:
 `decode_hook_request` + `PatientViewService.evaluate` + `orjson.dumps` of the response, with the service built
-once the way cds_hooks/app.py builds it and, as its lifespan does, `gc.collect(); gc.freeze()` after start-up.
+once the way cds_hooks/protocol/app.py builds it and, as its lifespan does, `gc.collect(); gc.freeze()` after start-up.
 The cyclic GC stays on (the server runs with it on). `orjson.loads` is timed as the bare call (freeing its
 result is not counted), so the comparison is, if anything, strict for the service.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 
-from cds_hooks.allocator import keep_freed_memory
-from cds_hooks.fhir_client import FetchLimits
-from cds_hooks.hook_request import decode_hook_request
-from cds_hooks.patient_view import PatientViewService
+from cds_hooks.protocol.fhir_client import FetchLimits
+from cds_hooks.protocol.requests import decode_hook_request
+from cds_hooks.server.allocator import keep_freed_memory
+from cds_hooks.services.patient_view import PatientViewService
 from cds_hooks.settings import Settings
 from fhir_mapping.terminology import load_terminology
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from cds_hooks.metrics import MULTIPROC_ENV
+from cds_hooks.server.metrics import MULTIPROC_ENV
 from cds_hooks.settings import Settings
 
 _log = logging.getLogger("mscc_alert")
@@ -50,7 +50,7 @@ def shown_database(settings: Settings) -> str:
     """The database URL as it may be printed: never its password."""
     from sqlalchemy.engine import make_url
 
-    from cds_hooks.feedback_db import default_database_url
+    from cds_hooks.feedback.store import default_database_url
 
     url = settings.database_url or default_database_url()
     if url == "memory://":
@@ -62,9 +62,9 @@ def shown_database(settings: Settings) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cds_hooks.app import build_verifier, is_loopback, open_feedback_store
-    from cds_hooks.logs import configure_logging
-    from cds_hooks.server import listening_socket, serve
+    from cds_hooks.protocol.app import build_verifier, is_loopback, open_feedback_store
+    from cds_hooks.server.logs import configure_logging
+    from cds_hooks.server.serve import listening_socket, serve
 
     if args.workers < 1:
         print("mscc-alert: --workers must be at least 1", file=sys.stderr)
@@ -152,10 +152,10 @@ def _parse_now(value: str) -> datetime | None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cards.evaluate import Evaluation, evaluate_documents
-    from cds_hooks.errors import ServiceError
-    from cds_hooks.fhir_client import FetchLimits
-    from cds_hooks.hook_request import decode_hook_request
-    from cds_hooks.patient_view import HOOK, PatientViewService
+    from cds_hooks.protocol.errors import ServiceError
+    from cds_hooks.protocol.fhir_client import FetchLimits
+    from cds_hooks.protocol.requests import decode_hook_request
+    from cds_hooks.services.patient_view import HOOK, PatientViewService
     from fhir_mapping.terminology import load_terminology
 
     settings = _settings()
@@ -213,7 +213,7 @@ def _readable(evaluation: Any) -> str:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from cds_hooks.logs import configure_logging
+    from cds_hooks.server.logs import configure_logging
     from cds_hooks.sweep.run import SweepError, SweepOptions, run_sweep
 
     settings = _settings()
@@ -259,9 +259,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _feedback_report(args: argparse.Namespace) -> int:
-    from cds_hooks.app import open_feedback_store
-    from cds_hooks.feedback_report import render_report
-    from cds_hooks.feedback_report_html import render_html
+    from cds_hooks.feedback.report import render_report
+    from cds_hooks.feedback.report_html import render_html
+    from cds_hooks.protocol.app import open_feedback_store
 
     _use_database(args)
     settings = _settings()

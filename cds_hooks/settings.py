@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
 from cards.suppression import Windows
-from cds_hooks.fhir_servers import FhirServerPolicy, configured_server, is_loopback_host
+from cds_hooks.protocol.fhir_servers import FhirServerPolicy, configured_server, is_loopback_host
 from cds_hooks.security.jwks import check_jwks_url
 
 DEFAULT_CORS_ORIGINS = ("https://sandbox.cds-hooks.org",)
@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # run larger: 128 MiB leaves room for such a chart. A request holds about twice its body at peak
     # (docs/performance-budget.md).
     max_body_bytes: int = Field(128 * 1024 * 1024, gt=0, description="Hook request bodies above this get 413.")
-    # Bodies one worker holds at once (cds_hooks/inflight.py): beyond this, hook requests queue, never fail.
+    # Bodies one worker holds at once (cds_hooks/server/inflight.py): beyond this, hook requests queue, never fail.
     max_inflight_body_bytes: int = Field(512 * 1024 * 1024, gt=0)
     # Every request body (hook, feedback, any route) must arrive whole within this of its head (408), not
     # counting time spent queued for the budget above.
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     feedback_max_body_bytes: int = Field(1024 * 1024, gt=0)
     feedback_max_items: int = Field(100, gt=0)
 
-    # --- Connections (cds_hooks/connections.py) -------------------------------------------------------
+    # --- Connections (cds_hooks/server/connections.py) -------------------------------------------------------
     # Request line and headers: over this, 431 and the connection closes. EHR calls send a few KiB (a JWT).
     max_head_bytes: int = Field(32 * 1024, ge=1024)
     head_read_seconds: float = Field(10.0, gt=0, description="The head must arrive within this of its first byte.")

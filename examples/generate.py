@@ -117,9 +117,9 @@ def examples() -> dict[str, dict[str, Any]]:
 
 def _answer(body: dict[str, Any]) -> str:
     """What the service answers, evaluated in-process exactly as `mscc-alert evaluate` does."""
-    from cds_hooks.fhir_client import FetchLimits
-    from cds_hooks.hook_request import decode_hook_request
-    from cds_hooks.patient_view import HOOK, PatientViewService
+    from cds_hooks.protocol.fhir_client import FetchLimits
+    from cds_hooks.protocol.requests import decode_hook_request
+    from cds_hooks.services.patient_view import HOOK, PatientViewService
     from cds_hooks.settings import Settings
     from fhir_mapping.terminology import load_terminology
 

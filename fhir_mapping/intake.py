@@ -159,7 +159,7 @@ _type_decoder = msgspec.json.Decoder(_TypeOnly)
 Buffer = bytes | bytearray | msgspec.Raw
 
 
-# --- prefetch values, split by the hook request's own decode (cds_hooks.hook_request) ----------------------
+# --- prefetch values, split by the hook request's own decode (cds_hooks.protocol.requests) ----------------------
 # Decoding the request with its prefetch values left raw, and then each Bundle with its entries left raw, walks
 # the bytes twice. These types let the request's decode split a Bundle into raw entries at once. They hold every
 # Bundle, every OperationOutcome and any Patient whose keys are all R4 Patient elements; for anything else (a

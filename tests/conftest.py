@@ -53,7 +53,7 @@ def data_dir() -> Path:
 def service_client() -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from cds_hooks.app import create_app
+    from cds_hooks.protocol.app import create_app
     from cds_hooks.settings import Settings
 
     app = create_app(Settings(database_url="memory://"))

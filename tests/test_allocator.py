@@ -1,4 +1,4 @@
-"""cds_hooks.allocator: after keep_freed_memory(), a multi-megabyte block comes from the heap (reusable without
+"""cds_hooks.server.allocator: after keep_freed_memory(), a multi-megabyte block comes from the heap (reusable without
 page faults) instead of a fresh mmap. Checked in a fresh interpreter, whose allocator has default settings."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e  # starts servers or subprocesses
 
 PROBE = """
 import ctypes, ctypes.util
-from cds_hooks.allocator import keep_freed_memory
+from cds_hooks.server.allocator import keep_freed_memory
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]

@@ -18,7 +18,7 @@ import requests
 from fastapi.testclient import TestClient
 
 import cards.evaluate
-from cds_hooks.app import create_app
+from cds_hooks.protocol.app import create_app
 from cds_hooks.settings import Settings
 from tests.conftest import SERVICE_ID, TEST_DATA, LiveService, start_live_service, stop_live_service
 from tests.scenarios.fhir_builders import back_pain, breast_cancer, hook_request, patient

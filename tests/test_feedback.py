@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from cds_hooks.feedback import (
+from cds_hooks.feedback.models import (
     FeedbackError,
     FeedbackItem,
     FeedbackRequest,
@@ -21,7 +21,7 @@ from cds_hooks.feedback import (
     feedback_outcome,
     parse_feedback,
 )
-from cds_hooks.feedback_report import NO_CODED_REASON, FeedbackFact, build_report, render_report
+from cds_hooks.feedback.report import NO_CODED_REASON, FeedbackFact, build_report, render_report
 from tests.conftest import TEST_DATA
 
 SPEC_EXAMPLES = TEST_DATA / "cds-hooks-examples/spec-2.x"

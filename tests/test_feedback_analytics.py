@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cds_hooks.acknowledgements import SuppressedCard
-from cds_hooks.feedback import IssuedCard, MemoryFeedbackStore, parse_feedback
-from cds_hooks.feedback_db import SqlFeedbackStore
-from cds_hooks.feedback_report import (
+from cds_hooks.feedback.acknowledgements import SuppressedCard
+from cds_hooks.feedback.models import IssuedCard, MemoryFeedbackStore, parse_feedback
+from cds_hooks.feedback.report import (
     NO_CODED_REASON,
     UNRECORDED,
     FeedbackFact,
@@ -20,6 +19,7 @@ from cds_hooks.feedback_report import (
     build_report,
     render_report,
 )
+from cds_hooks.feedback.store import SqlFeedbackStore
 
 S = "breast-cancer-back-pain"
 HL7 = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
@@ -166,7 +166,7 @@ def test_stores_pass_pseudonyms_versions_and_suppressions_to_the_report(kind: st
 
 
 def test_html_report_is_self_contained_and_carries_the_figures() -> None:
-    from cds_hooks.feedback_report_html import render_html
+    from cds_hooks.feedback.report_html import render_html
 
     page = render_html(analytics(), generated=datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
     assert page.startswith("<!DOCTYPE html>") and page.endswith("</html>")
@@ -181,7 +181,7 @@ def test_html_report_is_self_contained_and_carries_the_figures() -> None:
 
 
 def test_html_report_of_nothing() -> None:
-    from cds_hooks.feedback_report_html import render_html
+    from cds_hooks.feedback.report_html import render_html
 
     page = render_html(MemoryFeedbackStore().report())
     assert "No cards issued." in page and "<svg" not in page

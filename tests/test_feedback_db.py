@@ -18,9 +18,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
-from cds_hooks.feedback import FeedbackResult, FeedbackStore, IssuedCard, parse_feedback
-from cds_hooks.feedback_db import SqlFeedbackStore, default_database_url, feedback, metadata
-from cds_hooks.feedback_report import render_report
+from cds_hooks.feedback.models import FeedbackResult, FeedbackStore, IssuedCard, parse_feedback
+from cds_hooks.feedback.report import render_report
+from cds_hooks.feedback.store import SqlFeedbackStore, default_database_url, feedback, metadata
 from tests.test_feedback import (
     REASON_SYSTEM,
     SERVICE,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # Registered as a plugin rather than imported, so pytest can rewrite its asserts and owns its fixture.
 pytest_plugins = ["tests.postgres"]
 
-MIGRATIONS = Path(__file__).resolve().parents[1] / "cds_hooks" / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[1] / "cds_hooks" / "feedback" / "migrations"
 
 
 

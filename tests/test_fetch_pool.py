@@ -1,4 +1,4 @@
-"""The fetch pool's admission (cds_hooks/fetch_pool.py): a bound per FHIR origin and one per worker, so a slow
+"""The fetch pool's admission (cds_hooks/protocol/fetch_pool.py): a bound per FHIR origin and one per worker, so a slow
 server holds only its share, and calls to other servers still get in."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from cds_hooks.fetch_pool import FetchPool
+from cds_hooks.protocol.fetch_pool import FetchPool
 
 SLOW = ("https", "slow.example", 443)
 OTHER = ("https", "other.example", 443)

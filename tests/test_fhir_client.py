@@ -17,7 +17,7 @@ import requests
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from cds_hooks.fhir_client import FetchBudget, FetchLimits, FhirClient, FhirFetchError
+from cds_hooks.protocol.fhir_client import FetchBudget, FetchLimits, FhirClient, FhirFetchError
 
 TOKEN = "tok-9f8e7d6c5b4a"
 PATIENT = "pat-7f3e9"

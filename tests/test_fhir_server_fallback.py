@@ -340,7 +340,7 @@ def test_open_mode_list_replaces_the_loopback_default(httpserver: HTTPServer) ->
     """With MSCC_ALERT_FHIR_SERVERS set, a loopback server outside it is not contacted either."""
     from fastapi.testclient import TestClient
 
-    from cds_hooks.app import create_app
+    from cds_hooks.protocol.app import create_app
     from cds_hooks.settings import Settings
 
     server = FhirTestServer(httpserver, charts(), token=TOKEN)

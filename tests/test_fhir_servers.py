@@ -8,7 +8,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from cds_hooks.fhir_servers import FhirServerPolicy, configured_server, parse_server_url
+from cds_hooks.protocol.fhir_servers import FhirServerPolicy, configured_server, parse_server_url
 from cds_hooks.settings import IssuerConfig, Settings
 
 ISSUER = "https://ehr.example.org"

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 
-from cds_hooks.app import create_app
+from cds_hooks.protocol.app import create_app
 from cds_hooks.settings import Settings
 from tests.conftest import SERVICE_ID, LiveService, start_live_service, stop_live_service
 from tests.scenarios import fhir_builders as fb

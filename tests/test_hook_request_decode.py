@@ -12,11 +12,11 @@ import msgspec
 import orjson
 import pytest
 
-from cds_hooks import hook_request
-from cds_hooks.errors import BadRequest
-from cds_hooks.fhir_client import FetchLimits
-from cds_hooks.hook_request import decode_hook_request
-from cds_hooks.patient_view import PatientViewService
+from cds_hooks.protocol import requests as hook_request
+from cds_hooks.protocol.errors import BadRequest
+from cds_hooks.protocol.fhir_client import FetchLimits
+from cds_hooks.protocol.requests import decode_hook_request
+from cds_hooks.services.patient_view import PatientViewService
 from cds_hooks.settings import Settings
 from fhir_mapping.intake import PrefetchBundle, PrefetchPatient, _patient_json
 from fhir_mapping.terminology import load_terminology

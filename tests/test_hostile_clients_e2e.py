@@ -334,7 +334,7 @@ def test_more_idle_connections_than_the_cap_do_not_starve_a_valid_call(tmp_path:
 
 
 def test_the_cap_stays_below_the_file_limit() -> None:
-    from cds_hooks.connections import FD_RESERVE, connection_cap
+    from cds_hooks.server.connections import FD_RESERVE, connection_cap
 
     assert connection_cap(1000, 1_048_576) == 1000
     assert connection_cap(1000, 1024) == 1024 - FD_RESERVE

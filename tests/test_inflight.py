@@ -1,4 +1,4 @@
-"""The in-flight body budget (cds_hooks/inflight.py): requests beyond it queue in arrival order and all get their
+"""The in-flight body budget (cds_hooks/server/inflight.py): requests beyond it queue in arrival order and all get their
 answer; none is refused, none overtakes a large one that waits, and a cancelled waiter gives back nothing it
 did not hold."""
 
@@ -15,7 +15,7 @@ import orjson
 import pytest
 import requests
 
-from cds_hooks.inflight import InflightBudget
+from cds_hooks.server.inflight import InflightBudget
 from tests.conftest import start_live_service, stop_live_service
 from tests.scenarios import fhir_builders as fb
 

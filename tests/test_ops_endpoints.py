@@ -69,7 +69,7 @@ def test_readyz_is_503_when_the_database_is_gone(postgres_server: PostgresServer
     import psycopg
     from fastapi.testclient import TestClient
 
-    from cds_hooks.app import create_app
+    from cds_hooks.protocol.app import create_app
     from cds_hooks.settings import Settings
 
     url = postgres_server.create_database()

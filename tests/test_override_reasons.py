@@ -17,7 +17,7 @@ from cards.content import (
     OVERRIDE_REASONS,
     RETIRED_OVERRIDE_REASONS,
 )
-from cds_hooks.feedback import parse_feedback
+from cds_hooks.feedback.models import parse_feedback
 from tests.conftest import SERVICE_ID
 from tests.scenarios import fhir_builders as fb
 

@@ -27,10 +27,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 
 def test_wheel_holds_the_value_sets_and_the_migrations(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
-    for folder in ("fhir_mapping/valuesets", "cds_hooks/migrations", "cds_hooks/migrations/versions"):
+    for folder in ("fhir_mapping/valuesets", "cds_hooks/feedback/migrations", "cds_hooks/feedback/migrations/versions"):
         source = {f"{folder}/{p.name}" for p in (ROOT / folder).iterdir() if p.is_file() and p.suffix != ".pyc"}
         assert source and source <= names, sorted(source - names)
-    assert "cds_hooks/alembic.ini" in names
+    assert "cds_hooks/feedback/alembic.ini" in names
     assert {"cds_hooks/cli.py", "cards/decision.py", "fhir_mapping/intake.py"} <= names
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)
 

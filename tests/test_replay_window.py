@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import text
 
-from cds_hooks.feedback_db import SqlFeedbackStore
+from cds_hooks.feedback.store import SqlFeedbackStore
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier
 from cds_hooks.security.jwt_auth import ReplayCache
 

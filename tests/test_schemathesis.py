@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cds_hooks.app import create_app
+from cds_hooks.protocol.app import create_app
 from cds_hooks.settings import Settings
 from tests.conftest import SERVICE_ID
 from tests.scenarios import fhir_builders as fb

@@ -55,5 +55,5 @@ def test_two_workers_on_a_fresh_database(tmp_path: Path) -> None:
     hook_lines = [r for r in records if r.get("route") == "/cds-services/{service_id}"]
     assert len(hook_lines) == 6, text  # every worker's requests are logged
     assert all(r["cards"] == 1 and r["status"] == 200 for r in hook_lines)
-    # Each worker process tunes its own allocator (cds_hooks/allocator.py): settings do not cross a spawn.
+    # Each worker process tunes its own allocator (cds_hooks/server/allocator.py): settings do not cross a spawn.
     assert sum("freed memory is kept for reuse" in r.get("message", "") for r in records) == 2, text

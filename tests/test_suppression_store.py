@@ -14,9 +14,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from cds_hooks.acknowledgements import SuppressedCard
-from cds_hooks.feedback import FeedbackStore, IssuedCard, MemoryFeedbackStore, parse_feedback
-from cds_hooks.feedback_db import SqlFeedbackStore
+from cds_hooks.feedback.acknowledgements import SuppressedCard
+from cds_hooks.feedback.models import FeedbackStore, IssuedCard, MemoryFeedbackStore, parse_feedback
+from cds_hooks.feedback.store import SqlFeedbackStore
 
 if TYPE_CHECKING:
     from tests.postgres import PostgresServer
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.postgres"]
 
 SERVICE = "breast-cancer-back-pain"
-MIGRATIONS = Path(__file__).resolve().parents[1] / "cds_hooks" / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[1] / "cds_hooks" / "feedback" / "migrations"
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -99,7 +99,7 @@ def test_pseudonyms_are_keyed_per_issuer_and_role() -> None:
     import hashlib
     import hmac
 
-    from cds_hooks.pseudonym import Pseudonyms
+    from cds_hooks.security.pseudonym import Pseudonyms
 
     key = "k" * 32
     one = Pseudonyms(key)
@@ -130,7 +130,7 @@ def test_a_short_secret_is_refused_without_echoing_it(monkeypatch: pytest.Monkey
 def test_a_store_that_cannot_be_read_never_hides_a_card(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from fastapi.testclient import TestClient
 
-    from cds_hooks.app import create_app
+    from cds_hooks.protocol.app import create_app
     from cds_hooks.settings import Settings
     from tests.scenarios import fhir_builders as fb
 

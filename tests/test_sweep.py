@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import pytest
 
-from cds_hooks.fhir_client import FetchLimits
-from cds_hooks.hook_request import decode_hook_request
-from cds_hooks.patient_view import HOOK, PatientViewService
+from cds_hooks.protocol.fhir_client import FetchLimits
+from cds_hooks.protocol.requests import decode_hook_request
+from cds_hooks.services.patient_view import HOOK, PatientViewService
 from cds_hooks.settings import Settings
 from cds_hooks.sweep.run import SweepOptions, run_sweep
 from fhir_mapping.terminology import load_terminology

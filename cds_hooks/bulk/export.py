@@ -20,7 +20,7 @@ from cds_hooks.bulk.http import (
     retry_after_seconds,
     sleep_until,
 )
-from cds_hooks.prefetch import build_templates
+from cds_hooks.protocol.prefetch import build_templates
 from cds_hooks.settings import Settings
 from fhir_mapping.terminology import Terminology
 

@@ -24,7 +24,7 @@ import orjson
 import requests
 import urllib3.exceptions
 
-from cds_hooks.fhir_client import BearerAuth  # also keeps .netrc credentials out
+from cds_hooks.protocol.fhir_client import BearerAuth  # also keeps .netrc credentials out
 from cds_hooks.settings import Settings, https_or_loopback
 
 __all__ = [

@@ -13,7 +13,7 @@ file limit and then every new connection waits. This subclass of uvicorn's httpt
 - a connection with nothing in progress (before its first request too) is closed after `idle_seconds`;
 - a body the application did not read must still arrive within `body_seconds` of its head, else the connection
   closes (bodies the application reads are timed by the application, which can answer 408 with an
-  OperationOutcome and does not count time a request spends queued for memory, cds_hooks/inflight.py);
+  OperationOutcome and does not count time a request spends queued for memory, cds_hooks/server/inflight.py);
 - at most `max_connections` per worker. A new connection beyond it first evicts the connection idle the longest,
   then the oldest one stuck in a partial head; if every connection has a request in progress, the new one is
   closed at once. So idle or half-open sockets cannot starve valid clients, and the file limit is never reached.
@@ -33,7 +33,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from cds_hooks.errors import FHIR_JSON_MEDIA_TYPE, operation_outcome
+from cds_hooks.protocol.errors import FHIR_JSON_MEDIA_TYPE, operation_outcome
 
 _log = logging.getLogger("mscc_alert.connections")
 

@@ -10,11 +10,10 @@ from typing import Any
 
 from cards.evaluate import Evaluation, evaluate_documents
 from cards.policy import Policy
-from cds_hooks.errors import PreconditionFailed
-from cds_hooks.fhir_client import FetchBudget, FetchLimits
-from cds_hooks.fhir_servers import FhirServerPolicy
-from cds_hooks.hook_request import HookRequest
-from cds_hooks.prefetch import (
+from cds_hooks.protocol.errors import PreconditionFailed
+from cds_hooks.protocol.fhir_client import FetchBudget, FetchLimits
+from cds_hooks.protocol.fhir_servers import FhirServerPolicy
+from cds_hooks.protocol.prefetch import (
     FetchPlan,
     Gathered,
     build_templates,
@@ -24,6 +23,7 @@ from cds_hooks.prefetch import (
     plan_fetch,
     read_prefetch,
 )
+from cds_hooks.protocol.requests import HookRequest
 from fhir_mapping.terminology import Terminology
 
 SERVICE_ID = "breast-cancer-back-pain"
@@ -79,7 +79,7 @@ class PatientViewService:
         gathered = gather(request, self.templates, self.limits, self.terminology, self.servers, issuer)
         return self.decide(request, gathered, now)
 
-    # --- the steps, for the HTTP route: it runs fetches in their own pool (cds_hooks.fetch_pool) ----------
+    # --- the steps, for the HTTP route: it runs fetches in their own pool (cds_hooks.protocol.fetch_pool) ----------
     def evaluate_prefetched(self, request: HookRequest[Any]) -> Outcome | Gathered:
         """The outcome if the prefetch holds everything, else what was read so far (`to_fetch` says the rest)."""
         gathered = read_prefetch(request, self.templates, self.terminology)

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cards.suppression import CardFacts, Windows, verdict
-from cds_hooks.acknowledgements import Acknowledgements, SuppressedCard
-from cds_hooks.pseudonym import Pseudonyms
+from cds_hooks.feedback.acknowledgements import Acknowledgements, SuppressedCard
+from cds_hooks.security.pseudonym import Pseudonyms
 
 log = logging.getLogger("mscc_alert.suppression")
 

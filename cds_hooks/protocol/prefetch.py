@@ -10,7 +10,7 @@
 
 If data the rules need can be neither read nor fetched, the answer is 412 naming the keys and why:
 never 200 with no cards for data we did not see. The service fetches only from a `fhirServer` this client
-may name (cds_hooks.fhir_servers); why a fetch failed (status, timeout, refused connection) goes to the log,
+may name (cds_hooks.protocol.fhir_servers); why a fetch failed (status, timeout, refused connection) goes to the log,
 never to the client, so the 412 cannot be used to probe a network.
 """
 
@@ -24,10 +24,10 @@ from urllib.parse import quote
 
 import msgspec
 
-from cds_hooks.errors import PreconditionFailed
-from cds_hooks.fhir_client import FetchBudget, FetchLimits, FhirClient, FhirFetchError
-from cds_hooks.fhir_servers import FhirServerPolicy, parse_server_url
-from cds_hooks.hook_request import HookRequest
+from cds_hooks.protocol.errors import PreconditionFailed
+from cds_hooks.protocol.fhir_client import FetchBudget, FetchLimits, FhirClient, FhirFetchError
+from cds_hooks.protocol.fhir_servers import FhirServerPolicy, parse_server_url
+from cds_hooks.protocol.requests import HookRequest
 from fhir_mapping.intake import Document, read_document
 from fhir_mapping.terminology import ICD10CM, LOINC, SNOMED, Terminology
 

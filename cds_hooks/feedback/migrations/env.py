@@ -2,7 +2,7 @@
 
 The service runs it through `SqlFeedbackStore`, which passes an open connection (already holding the
 migration lock) in ``config.attributes["connection"]``: no alembic.ini is needed at run time. The
-`alembic -c cds_hooks/alembic.ini ...` command line, for writing new revisions, connects from
+`alembic -c cds_hooks/feedback/alembic.ini ...` command line, for writing new revisions, connects from
 ``sqlalchemy.url`` instead.
 """
 

@@ -9,9 +9,9 @@ import msgspec
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from cds_hooks.errors import FHIR_JSON_MEDIA_TYPE
-from cds_hooks.feedback import FeedbackRequest
-from cds_hooks.hook_request import HookRequest
+from cds_hooks.feedback.models import FeedbackRequest
+from cds_hooks.protocol.errors import FHIR_JSON_MEDIA_TYPE
+from cds_hooks.protocol.requests import HookRequest
 
 _OPERATION_OUTCOME_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["resourceType", "issue"],

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-05-20
 
-Only analytics columns: no userComment, no extensions, no patient data (cds_hooks/feedback.py).
+Only analytics columns: no userComment, no extensions, no patient data (cds_hooks/feedback/models.py).
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from cards.suppression import Outcome, PriorAction
-from cds_hooks.acknowledgements import Acknowledgements, SuppressedCard, latest_per_card
-from cds_hooks.errors import operation_outcome
-from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
+from cds_hooks.feedback.acknowledgements import Acknowledgements, SuppressedCard, latest_per_card
+from cds_hooks.feedback.report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
+from cds_hooks.protocol.errors import operation_outcome
 from cds_hooks.security.jwt_auth import ReplayCache
 
 __all__ = [

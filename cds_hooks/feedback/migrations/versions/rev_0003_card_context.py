@@ -5,7 +5,7 @@ Revises: 0002
 Create Date: 2026-12-01
 
 issued_cards gains the card's kind, the date of the newest evidence it rests on, the rules version that made
-it, and keyed pseudonyms of the patient and the clinician (HMAC-SHA-256, cds_hooks/pseudonym.py): never
+it, and keyed pseudonyms of the patient and the clinician (HMAC-SHA-256, cds_hooks/security/pseudonym.py): never
 the ids themselves. All nullable: cards issued before this revision, or without a pseudonym secret, have none.
 suppressed_cards counts the cards not shown because a clinician had already acted on them (no patient, no
 clinician: the count by tier and rules version is all the report needs).

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from html import escape
 
-from cds_hooks.feedback_report import (
+from cds_hooks.feedback.report import (
     REPEAT_DAYS,
     UNRECORDED,
     FeedbackReport,

@@ -14,7 +14,7 @@ import socket
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from cds_hooks.connections import (
+from cds_hooks.server.connections import (
     ConnectionLimits,
     LimitedConfig,
     LimitedHttpToolsProtocol,
@@ -37,7 +37,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
-    """The limits of cds_hooks/connections.py, with the cap kept below the (raised) file limit."""
+    """The limits of cds_hooks/server/connections.py, with the cap kept below the (raised) file limit."""
     file_limit = raise_file_limit()
     cap = connection_cap(settings.max_connections, file_limit)
     if cap < settings.max_connections:
@@ -54,7 +54,7 @@ def serve(host: str, port: int, workers: int, settings: Settings, sock: socket.s
     # ws="none": a WebSocket upgrade would hand the connection to a protocol outside these limits, and the
     # service has no WebSocket route.
     config = LimitedConfig(
-        "cds_hooks.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+        "cds_hooks.protocol.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
         log_config=None, access_log=False, server_header=False, http=LimitedHttpToolsProtocol, ws="none",
         timeout_keep_alive=max(1, round(settings.keep_alive_seconds)), limits=connection_limits(settings),
     )

@@ -1,7 +1,7 @@
 """What clinicians already did with earlier cards for a patient, read from the feedback store (SQL or memory).
 
 The feedback route stores feedback by card uuid only; the issued-card record says whose card it was (a keyed
-pseudonym, cds_hooks/pseudonym.py). Joining the two gives each earlier card's actions; `cards/suppression.py`
+pseudonym, cds_hooks/security/pseudonym.py). Joining the two gives each earlier card's actions; `cards/suppression.py`
 decides what they mean.
 """
 
@@ -53,7 +53,7 @@ def latest_per_card(rows: Iterable[tuple[str, PriorAction]]) -> list[PriorAction
 
 class SqlAcknowledgements:
     def __init__(self, engine: Engine) -> None:
-        from cds_hooks.feedback_db import feedback, issued_cards, suppressed_cards
+        from cds_hooks.feedback.store import feedback, issued_cards, suppressed_cards
 
         self._engine = engine
         self._feedback = feedback

@@ -24,7 +24,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cards.suppression import card_facts
 from cards.version import rules_version
-from cds_hooks.errors import (
+from cds_hooks.feedback.models import (
+    FeedbackError,
+    FeedbackStore,
+    FeedbackTooLarge,
+    IssuedCard,
+    MemoryFeedbackStore,
+    feedback_outcome,
+    parse_feedback,
+)
+from cds_hooks.feedback.suppression import Suppression
+from cds_hooks.protocol.errors import (
     FHIR_JSON_MEDIA_TYPE,
     BadRequest,
     NotFound,
@@ -37,30 +47,20 @@ from cds_hooks.errors import (
     error_body,
     operation_outcome,
 )
-from cds_hooks.feedback import (
-    FeedbackError,
-    FeedbackStore,
-    FeedbackTooLarge,
-    IssuedCard,
-    MemoryFeedbackStore,
-    feedback_outcome,
-    parse_feedback,
-)
-from cds_hooks.fetch_pool import FetchPool
-from cds_hooks.fhir_client import FetchBudget, FetchLimits
-from cds_hooks.hook_request import HookRequest, decode_hook_request
-from cds_hooks.inflight import InflightBudget, Share
-from cds_hooks.metrics import Metrics
-from cds_hooks.middleware import AccessLog, InternalErrors, LoopbackHostOnly
-from cds_hooks.openapi import openapi_document
-from cds_hooks.patient_view import Outcome, PatientViewService
-from cds_hooks.prefetch import Gathered
-from cds_hooks.pseudonym import Pseudonyms
+from cds_hooks.protocol.fetch_pool import FetchPool
+from cds_hooks.protocol.fhir_client import FetchBudget, FetchLimits
+from cds_hooks.protocol.openapi import openapi_document
+from cds_hooks.protocol.prefetch import Gathered
+from cds_hooks.protocol.requests import HookRequest, decode_hook_request
 from cds_hooks.security import AuthenticationError, JwksCache, JwtVerifier, VerifiedClient
 from cds_hooks.security.jwks import SANDBOX_ISSUER, SANDBOX_JWKS_URL, sandbox_jwks
 from cds_hooks.security.jwt_auth import ReplayCache
+from cds_hooks.security.pseudonym import Pseudonyms
+from cds_hooks.server.inflight import InflightBudget, Share
+from cds_hooks.server.metrics import Metrics
+from cds_hooks.server.middleware import AccessLog, InternalErrors, LoopbackHostOnly
+from cds_hooks.services.patient_view import Outcome, PatientViewService
 from cds_hooks.settings import Settings
-from cds_hooks.suppression import Suppression
 from fhir_mapping.terminology import load_terminology
 
 # The value sets every rule reads: /readyz says not ready unless each has codes.
@@ -110,7 +110,7 @@ def build_verifier(settings: Settings, replay_cache: ReplayCache | None = None) 
 def open_feedback_store(settings: Settings) -> FeedbackStore:
     if settings.database_url == "memory://":
         return MemoryFeedbackStore()
-    from cds_hooks.feedback_db import SqlFeedbackStore, default_database_url
+    from cds_hooks.feedback.store import SqlFeedbackStore, default_database_url
 
     return SqlFeedbackStore(settings.database_url or default_database_url())
 
@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
         # Memory is taken as the body arrives, never at the declared size up front: a client that declares
         # 128 MiB and sends nothing must hold nothing. Small bodies grow a bytearray (by realloc, in the heap
-        # pages cds_hooks/allocator.py keeps); a large declared body is filled into an anonymous map of its size,
+        # pages cds_hooks/server/allocator.py keeps); a large declared body is filled into an anonymous map of its size,
         # whose pages become resident only as they are written, so it is never copied as it grows, and several
         # growing side by side do not fragment the heap.
         mapped = expected if expected is not None and expected > MAPPED_BODY_BYTES else None
@@ -433,8 +433,8 @@ def create_app_from_env() -> FastAPI:
     """Factory for uvicorn workers (each worker builds its own app from the environment).
 
     Workers are spawned processes: they inherit neither the parent's logging set-up nor its app."""
-    from cds_hooks.allocator import keep_freed_memory
-    from cds_hooks.logs import configure_logging
+    from cds_hooks.server.allocator import keep_freed_memory
+    from cds_hooks.server.logs import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)

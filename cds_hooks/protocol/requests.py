@@ -15,8 +15,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
-from cds_hooks.errors import BadRequest
-from cds_hooks.fhir_servers import parse_server_url
+from cds_hooks.protocol.errors import BadRequest
+from cds_hooks.protocol.fhir_servers import parse_server_url
 from fhir_mapping.intake import PREFETCH_VALUE_TYPES
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]

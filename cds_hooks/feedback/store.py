@@ -1,6 +1,6 @@
 """Durable feedback store on SQLAlchemy 2: an SQLite file by default, PostgreSQL when configured.
 
-The schema belongs to the Alembic revisions in `cds_hooks/migrations`, applied (``upgrade head``) when a
+The schema belongs to the Alembic revisions in `cds_hooks/feedback/migrations`, applied (``upgrade head``) when a
 store is constructed. The tables below mirror them for queries; a test checks that the two agree.
 
 Issued cards are recorded on the hook path before the response goes (one short transaction), so a card a
@@ -68,9 +68,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
-from cds_hooks.acknowledgements import SqlAcknowledgements
-from cds_hooks.feedback import FeedbackRequest, FeedbackResult, IssuedCard, stored_rows
-from cds_hooks.feedback_report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
+from cds_hooks.feedback.acknowledgements import SqlAcknowledgements
+from cds_hooks.feedback.models import FeedbackRequest, FeedbackResult, IssuedCard, stored_rows
+from cds_hooks.feedback.report import FeedbackFact, FeedbackReport, IssuedFact, SuppressedFact, build_report
 
 __all__ = ["SqlFeedbackStore", "default_database_url", "metadata"]
 
@@ -128,7 +128,7 @@ issued_cards = Table(
     Column("issued_at", _UtcDateTime(), nullable=False),
     Column("issuer", Text()),
     Column("tenant", Text()),
-    # Revision 0003: what suppression and the report need (cards/suppression.py, cds_hooks/pseudonym.py).
+    # Revision 0003: what suppression and the report need (cards/suppression.py, cds_hooks/security/pseudonym.py).
     Column("kind", String(32)),
     Column("evidence_at", _UtcDateTime()),
     Column("rules_version", String(128)),

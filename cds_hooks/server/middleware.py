@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from cds_hooks.errors import FHIR_JSON_MEDIA_TYPE, operation_outcome
-from cds_hooks.metrics import Metrics
+from cds_hooks.protocol.errors import FHIR_JSON_MEDIA_TYPE, operation_outcome
+from cds_hooks.server.metrics import Metrics
 
 _log = logging.getLogger("mscc_alert.http")
 ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]

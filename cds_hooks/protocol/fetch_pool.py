@@ -14,7 +14,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from cds_hooks.prefetch import KEYS_AT_ONCE
+from cds_hooks.protocol.prefetch import KEYS_AT_ONCE
 
 T = TypeVar("T")
 
