@@ -19,8 +19,6 @@ from typing import Any
 
 import orjson
 
-from cds_hooks.protocol.fhir_client import FetchLimits
-from cds_hooks.protocol.requests import decode_hook_request
 from cds_hooks.server.allocator import keep_freed_memory
 from cds_hooks.services.patient_view import PatientViewService
 from cds_hooks.settings import Settings
@@ -31,19 +29,12 @@ def build_service() -> PatientViewService:
     """As create_app_from_env() does (allocator tuned, settings from the environment, value sets loaded once)."""
     keep_freed_memory()
     settings = Settings()
-    return PatientViewService(
-        load_terminology(),
-        settings.policy(),
-        FetchLimits(connect_timeout=settings.fhir_connect_timeout, read_timeout=settings.fhir_read_timeout,
-                    max_pages=settings.fhir_max_pages, total_seconds=settings.fhir_total_seconds,
-                    max_bytes=settings.fhir_max_bytes),
-    )
+    return PatientViewService(load_terminology(), settings.policy(), settings.fetch_limits())
 
 
 def evaluator(service: PatientViewService) -> Callable[[bytes], bytes]:
     def evaluate(body: bytes) -> bytes:
-        request = decode_hook_request(body, service.hook)
-        cards = service.evaluate(request).evaluation.cards
+        cards = service.evaluate(service.decode(body)).cards
         return orjson.dumps({"cards": cards})
 
     return evaluate
@@ -51,7 +42,7 @@ def evaluator(service: PatientViewService) -> Callable[[bytes], bytes]:
 
 def check_warning(service: PatientViewService, body: bytes) -> dict[str, int]:
     """The request must take the real path: one warning card, every resource seen, none skipped."""
-    evaluation = service.evaluate(decode_hook_request(body, service.hook)).evaluation
+    evaluation = service.evaluate(service.decode(body)).evaluation
     indicators = [card["indicator"] for card in evaluation.cards]
     if indicators != ["warning"]:
         raise SystemExit(f"benchmarks: expected one warning card, got {indicators}: the chart is wrong")

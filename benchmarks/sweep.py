@@ -34,8 +34,7 @@ from typing import Any
 import orjson
 
 from cds_hooks.protocol.fhir_client import FetchLimits
-from cds_hooks.protocol.requests import decode_hook_request
-from cds_hooks.services.patient_view import HOOK, PatientViewService
+from cds_hooks.services.patient_view import PatientViewService
 from cds_hooks.settings import Settings
 from fhir_mapping.terminology import load_terminology
 from tests.scenarios import bulk_export as bulk
@@ -70,7 +69,7 @@ def _scenarios() -> tuple[list[dict[str, Any]], dict[str, str | None]]:
     expected: dict[str, str | None] = {}
     for patient_id, theirs in bulk.by_patient(resources).items():
         request = orjson.dumps(bulk.hook_request_for(patient_id, theirs))
-        evaluation = service.evaluate(decode_hook_request(request, HOOK)).evaluation
+        evaluation = service.evaluate(service.decode(request)).evaluation
         expected[patient_id] = evaluation.decision.indicator if evaluation.cards else None
     return resources, expected
 

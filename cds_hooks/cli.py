@@ -62,7 +62,8 @@ def shown_database(settings: Settings) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cds_hooks.protocol.app import build_verifier, is_loopback, open_feedback_store
+    from cds_hooks.protocol.fhir_servers import is_loopback_host as is_loopback
+    from cds_hooks.protocol.runtime import build_verifier, open_feedback_store
     from cds_hooks.server.logs import configure_logging
     from cds_hooks.server.serve import listening_socket, serve
 
@@ -153,9 +154,7 @@ def _parse_now(value: str) -> datetime | None:
 def _evaluate(args: argparse.Namespace) -> int:
     from cards.evaluate import Evaluation, evaluate_documents
     from cds_hooks.protocol.errors import ServiceError
-    from cds_hooks.protocol.fhir_client import FetchLimits
-    from cds_hooks.protocol.requests import decode_hook_request
-    from cds_hooks.services.patient_view import HOOK, PatientViewService
+    from cds_hooks.services.registry import registry_from_settings
     from fhir_mapping.terminology import load_terminology
 
     settings = _settings()
@@ -176,35 +175,43 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"mscc-alert: {args.file} is not JSON: {exc}", file=sys.stderr)
         return 2
     evaluation: Evaluation
+    cards: list[dict[str, Any]]
     if isinstance(head, dict) and "hook" in head:
         # Run by an operator, as in open mode: MSCC_ALERT_FHIR_SERVERS, else loopback FHIR servers only.
-        service = PatientViewService(terminology, settings.policy(), FetchLimits(),
-                                     settings.fhir_server_policy(open_mode=True))
+        services = registry_from_settings(settings, terminology, open_mode=True)
+        service = services.for_hook(str(head["hook"]))
+        if service is None:
+            hooks = ", ".join(sorted({s.hook for s in services.values()}))
+            print(f"mscc-alert: no service here answers the {head['hook']!r} hook (hooks served: {hooks})",
+                  file=sys.stderr)
+            return 2
         try:
-            evaluation = service.evaluate(decode_hook_request(raw, HOOK), now).evaluation
+            outcome = service.evaluate(service.decode(raw), now)
         except ServiceError as exc:
             print(f"mscc-alert: HTTP {exc.status} would be returned: {exc.message}", file=sys.stderr)
             return 1
+        evaluation, cards = outcome.evaluation, outcome.cards
     elif isinstance(head, dict) and "resourceType" in head:
         evaluation = evaluate_documents([raw], patient_id=None, user_id=None, now=now,
                                         policy=settings.policy(), terminology=terminology)
+        cards = evaluation.cards
     else:
         print(f"mscc-alert: {args.file} is neither a CDS Hooks request nor a FHIR resource/Bundle",
               file=sys.stderr)
         return 2
     if args.json:
-        sys.stdout.write(orjson.dumps({"cards": evaluation.cards}, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps({"cards": cards}, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(_readable(evaluation))
+        print(_readable(evaluation, cards))
     return 0
 
 
-def _readable(evaluation: Any) -> str:
-    if not evaluation.cards:
+def _readable(evaluation: Any, cards: list[dict[str, Any]]) -> str:
+    if not cards:
         why = evaluation.decision.why_not or "no rule fired"
         return f"No card ({why}). Resources read: {evaluation.resources_seen}, used: {evaluation.resources_used}."
     blocks = []
-    for card in evaluation.cards:
+    for card in cards:
         lines = [f"[{card['indicator'].upper()}] {card['summary']}", "", card.get("detail", "")]
         for suggestion in card.get("suggestions", []):
             lines += ["", f"Suggestion: {suggestion['label']}"]
@@ -261,7 +268,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _feedback_report(args: argparse.Namespace) -> int:
     from cds_hooks.feedback.report import render_report
     from cds_hooks.feedback.report_html import render_html
-    from cds_hooks.protocol.app import open_feedback_store
+    from cds_hooks.protocol.runtime import open_feedback_store
 
     _use_database(args)
     settings = _settings()

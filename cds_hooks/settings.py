@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
 from cards.suppression import Windows
+from cds_hooks.protocol.fhir_client import FetchLimits
 from cds_hooks.protocol.fhir_servers import FhirServerPolicy, configured_server, is_loopback_host
 from cds_hooks.security.jwks import check_jwks_url
 
@@ -198,6 +199,11 @@ class Settings(BaseSettings):
             return FhirServerPolicy({issuer: [configured_server(url) for url in config.fhir_servers]
                                      for issuer, config in self.trusted_issuers.items()}, ())
         return FhirServerPolicy({}, [configured_server(url) for url in self.fhir_servers] or None)
+
+    def fetch_limits(self) -> FetchLimits:
+        return FetchLimits(connect_timeout=self.fhir_connect_timeout, read_timeout=self.fhir_read_timeout,
+                           max_pages=self.fhir_max_pages, total_seconds=self.fhir_total_seconds,
+                           max_bytes=self.fhir_max_bytes)
 
     def suppression_windows(self) -> Windows:
         return Windows(

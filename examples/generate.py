@@ -117,14 +117,14 @@ def examples() -> dict[str, dict[str, Any]]:
 
 def _answer(body: dict[str, Any]) -> str:
     """What the service answers, evaluated in-process exactly as `mscc-alert evaluate` does."""
-    from cds_hooks.protocol.fhir_client import FetchLimits
-    from cds_hooks.protocol.requests import decode_hook_request
-    from cds_hooks.services.patient_view import HOOK, PatientViewService
+    from cds_hooks.services.registry import registry_from_settings
     from cds_hooks.settings import Settings
     from fhir_mapping.terminology import load_terminology
 
-    service = PatientViewService(load_terminology(), Settings(database_url="memory://").policy(), FetchLimits())
-    cards = service.evaluate(decode_hook_request(orjson.dumps(body), HOOK), datetime.now(UTC)).evaluation.cards
+    services = registry_from_settings(Settings(database_url="memory://"), load_terminology(), open_mode=True)
+    service = services.for_hook(body["hook"])
+    assert service is not None, body["hook"]
+    cards = service.evaluate(service.decode(orjson.dumps(body)), datetime.now(UTC)).cards
     return ", ".join(f"a {card['indicator']} card" for card in cards) or "no card"
 
 

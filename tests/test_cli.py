@@ -133,6 +133,7 @@ def test_evaluate_request_without_data_says_412(tmp_path: Path) -> None:
         ("[1, 2, 3]", "neither"),
         ('"patient-view"', "neither"),
         ('{"hook": "patient-view"}', "400"),
+        ('{"hook": "medication-prescribe", "hookInstance": "x", "context": {}}', "no service here answers"),
     ],
 )
 def test_evaluate_garbage_fails_with_a_message(tmp_path: Path, content: str, said: str) -> None:

@@ -15,8 +15,8 @@ import pytest
 from cds_hooks.protocol import requests as hook_request
 from cds_hooks.protocol.errors import BadRequest
 from cds_hooks.protocol.fhir_client import FetchLimits
-from cds_hooks.protocol.requests import decode_hook_request
-from cds_hooks.services.patient_view import PatientViewService
+from cds_hooks.protocol.requests import RequestDecoder
+from cds_hooks.services.patient_view import PatientViewContext, PatientViewService
 from cds_hooks.settings import Settings
 from fhir_mapping.intake import PrefetchBundle, PrefetchPatient, _patient_json
 from fhir_mapping.terminology import load_terminology
@@ -37,17 +37,20 @@ RICH_PATIENT: dict[str, Any] = {
 }
 
 
-def _split(body: bytes) -> hook_request.HookRequest[Any]:
-    return decode_hook_request(body, "patient-view")
+DECODER = RequestDecoder("patient-view", PatientViewContext)
 
 
-def _raw(body: bytes) -> hook_request.HookRequest[Any]:
-    request = hook_request._raw_decoder.decode(body)
+def _split(body: bytes) -> hook_request.HookRequest[Any, Any]:
+    return DECODER.decode(body)
+
+
+def _raw(body: bytes) -> hook_request.HookRequest[Any, Any]:
+    request = DECODER.decode_raw(body)
     hook_request._check(request, "patient-view")
     return request
 
 
-def _outcome(body: bytes, decode: Callable[[bytes], hook_request.HookRequest[Any]]) -> Any:
+def _outcome(body: bytes, decode: Callable[[bytes], hook_request.HookRequest[Any, Any]]) -> Any:
     """Cards without their random uuids, and what was skipped; or the error a client would get."""
     try:
         evaluation = SERVICE.evaluate(decode(body), now=NOW).evaluation
@@ -111,6 +114,6 @@ def test_the_rebuilt_patient_is_the_patient_sent() -> None:
 def test_malformed_requests_get_the_raw_decoders_message() -> None:
     body = orjson.dumps({**fb.hook_request(fb.patient()), "context": {"patientId": 7}})
     with pytest.raises(BadRequest) as raised:
-        decode_hook_request(body, "patient-view")
+        DECODER.decode(body)
     assert raised.value.message == "Invalid hook request: Expected `str`, got `int`"
     assert raised.value.expression == ["context.patientId"]

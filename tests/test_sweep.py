@@ -23,8 +23,7 @@ import orjson
 import pytest
 
 from cds_hooks.protocol.fhir_client import FetchLimits
-from cds_hooks.protocol.requests import decode_hook_request
-from cds_hooks.services.patient_view import HOOK, PatientViewService
+from cds_hooks.services.patient_view import PatientViewService
 from cds_hooks.settings import Settings
 from cds_hooks.sweep.run import SweepOptions, run_sweep
 from fhir_mapping.terminology import load_terminology
@@ -55,7 +54,7 @@ def _named(resources: list[JSON], index: int) -> None:
 
 def _hook_answer(service_client: Any, service: PatientViewService, request: JSON) -> tuple[str, str, JSON] | None:
     body = call_service(service_client, request)  # over the real ASGI app, with the CDS Hooks card rules
-    evaluation = service.evaluate(decode_hook_request(orjson.dumps(request), HOOK)).evaluation
+    evaluation = service.evaluate(service.decode(orjson.dumps(request))).evaluation
     if not body["cards"]:
         assert not evaluation.cards
         return None

@@ -91,10 +91,11 @@ def _host(netloc: str, hostname: str | None) -> str:
 
 
 def is_loopback_host(host: str) -> bool:
+    """`localhost`, or a loopback address (IPv6 with or without its URL brackets)."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 

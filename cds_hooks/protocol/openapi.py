@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from cds_hooks.feedback.models import FeedbackRequest
 from cds_hooks.protocol.errors import FHIR_JSON_MEDIA_TYPE
 from cds_hooks.protocol.requests import HookRequest
+from cds_hooks.services.registry import Registry
 
 _OPERATION_OUTCOME_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["resourceType", "issue"],
@@ -52,7 +53,7 @@ def _json_answer(description: str, schema: dict[str, Any], media_type: str = "ap
     return {"description": description, "content": {media_type: {"schema": schema}}}
 
 
-def openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
+def openapi_document(app: FastAPI, services: Registry) -> Callable[[], dict[str, Any]]:
     """The document says what the service really takes and answers. The hook and feedback routes read raw
     bytes (the fast path), so their bodies are described from the models that decode them; every error is
     an OperationOutcome (application/fhir+json); FastAPI's 422 is never sent."""
@@ -64,7 +65,16 @@ def openapi_document(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         template = "#/components/schemas/{name}"
-        (hook_ref,), components = msgspec.json.schema_components([HookRequest], ref_template=template)
+        # One request model per hook: the context differs (discovery says which service takes which hook).
+        contexts = list(dict.fromkeys(service.context_model for service in services.values()))
+        refs, components = msgspec.json.schema_components(
+            [HookRequest[context, Any] for context in contexts], ref_template=template)  # type: ignore[valid-type]
+        # msgspec names a generic's component after its parameters; name each by its hook's context instead.
+        for ref, context in zip(refs, contexts, strict=True):
+            name = context.__name__.removesuffix("Context") + "Request"
+            components[name] = components.pop(ref["$ref"].rsplit("/", 1)[1])
+            ref["$ref"] = template.format(name=name)
+        hook_ref = refs[0] if len(refs) == 1 else {"oneOf": list(refs)}
         feedback = FeedbackRequest.model_json_schema(ref_template=template.replace("{name}", "{model}"))
         components.update(feedback.pop("$defs", {}))
         components["FeedbackRequest"] = feedback

@@ -103,7 +103,7 @@ class FetchPlan:
 
 
 def gather(
-    request: HookRequest[Any], templates: Mapping[str, str], limits: FetchLimits, terminology: Terminology,
+    request: HookRequest[Any, Any], templates: Mapping[str, str], limits: FetchLimits, terminology: Terminology,
     servers: FhirServerPolicy, issuer: str | None = None,
 ) -> Gathered:
     """Read the prefetch and fetch what is missing, all in this thread (the CLI; the service uses the steps)."""
@@ -114,7 +114,7 @@ def gather(
     return gathered
 
 
-def read_prefetch(request: HookRequest[Any], templates: Mapping[str, str], terminology: Terminology) -> Gathered:
+def read_prefetch(request: HookRequest[Any, Any], templates: Mapping[str, str], terminology: Terminology) -> Gathered:
     gathered = Gathered()
     prefetch = request.prefetch or {}
     for key in templates:
@@ -135,7 +135,7 @@ def read_prefetch(request: HookRequest[Any], templates: Mapping[str, str], termi
     return gathered
 
 
-def _ignored_note(request: HookRequest[Any], templates: Mapping[str, str]) -> str:
+def _ignored_note(request: HookRequest[Any, Any], templates: Mapping[str, str]) -> str:
     undeclared = sorted(k for k in request.prefetch or {} if k not in templates)
     if not undeclared:
         return ""
@@ -148,7 +148,7 @@ def _missing(to_fetch: Mapping[str, str]) -> str:
     return "".join(f"\n- prefetch key '{k}': {why}" for k, why in to_fetch.items())
 
 
-def plan_fetch(request: HookRequest[Any], templates: Mapping[str, str], gathered: Gathered,
+def plan_fetch(request: HookRequest[Any, Any], templates: Mapping[str, str], gathered: Gathered,
                servers: FhirServerPolicy, issuer: str | None) -> FetchPlan:
     """The fetch plan, or a 412 when there is nothing this client may fetch from (nothing is contacted)."""
     expression = [f"prefetch.{k}" for k in gathered.to_fetch]
@@ -170,7 +170,7 @@ def plan_fetch(request: HookRequest[Any], templates: Mapping[str, str], gathered
     return FetchPlan(request.fhirServer, server.origin, token)
 
 
-def not_fetched(request: HookRequest[Any], templates: Mapping[str, str], keys: Mapping[str, str],
+def not_fetched(request: HookRequest[Any, Any], templates: Mapping[str, str], keys: Mapping[str, str],
                 log_detail: str) -> PreconditionFailed:
     """The 412 for keys that could not be fetched: the same words whatever went wrong (detail: the log)."""
     return PreconditionFailed(
@@ -215,7 +215,7 @@ def _map_bounded(executor: Executor, work: Callable[[str], KeyOutcome], items: I
     return results
 
 
-def fetch_missing(request: HookRequest[Any], templates: Mapping[str, str], gathered: Gathered, plan: FetchPlan,
+def fetch_missing(request: HookRequest[Any, Any], templates: Mapping[str, str], gathered: Gathered, plan: FetchPlan,
                   limits: FetchLimits, budget: FetchBudget, terminology: Terminology,
                   executor: Executor | None = None) -> None:
     """Fetch `gathered.to_fetch` in parallel (in `executor`, default a small pool of its own) within one budget.

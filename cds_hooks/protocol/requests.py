@@ -33,21 +33,24 @@ class FhirAuthorization(msgspec.Struct, frozen=True):
     patient: str | None = None
 
 
-class PatientViewContext(msgspec.Struct, frozen=True):
+class HookContext(msgspec.Struct, frozen=True):
+    """What every hook's context has; each service's context model (next to the service) extends it."""
+
     patientId: FhirId
     userId: str | None = None
     encounterId: str | None = None
 
 
+Context = TypeVar("Context", bound=HookContext)
 Value = TypeVar("Value")
 
 
-class HookRequest(msgspec.Struct, Generic[Value], frozen=True):
+class HookRequest(msgspec.Struct, Generic[Context, Value], frozen=True):
     """`prefetch` values: fhir_mapping.intake.PrefetchValue or None (sent as null); or each msgspec.Raw."""
 
     hook: NonEmpty
     hookInstance: NonEmpty
-    context: PatientViewContext
+    context: Context
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
     prefetch: dict[str, Value] | None = None
@@ -56,37 +59,44 @@ class HookRequest(msgspec.Struct, Generic[Value], frozen=True):
 # RFC 6750 b64token is narrower; visible ASCII is what an HTTP header can carry without being re-encoded or split.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
-_split_decoder: msgspec.json.Decoder[HookRequest[Any]] = msgspec.json.Decoder(HookRequest[PREFETCH_VALUE_TYPES | None])
-_raw_decoder = msgspec.json.Decoder(HookRequest[msgspec.Raw])  # msgspec.Raw cannot sit in a union with None
+class RequestDecoder:
+    """Decodes the requests of one hook, with its context model, and checks what the spec requires of them."""
+
+    def __init__(self, hook: str, context: type[HookContext]) -> None:
+        self.hook = hook
+        self._split: msgspec.json.Decoder[HookRequest[Any, Any]] = msgspec.json.Decoder(
+            HookRequest[context, PREFETCH_VALUE_TYPES | None])  # type: ignore[valid-type]
+        # msgspec.Raw cannot sit in a union with None
+        self._raw: msgspec.json.Decoder[HookRequest[Any, Any]] = msgspec.json.Decoder(
+            HookRequest[context, msgspec.Raw])  # type: ignore[valid-type]
+
+    def decode(self, body: bytes | bytearray | memoryview) -> HookRequest[Any, Any]:
+        """Raises BadRequest with a message that says exactly what is wrong and where."""
+        request: HookRequest[Any, Any]
+        try:
+            request = self._split.decode(body)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            request = self.decode_raw(body)
+        _check(request, self.hook)
+        return request
+
+    def decode_raw(self, body: bytes | bytearray | memoryview) -> HookRequest[Any, Any]:
+        """Every prefetch value kept as raw JSON: the decode whose errors a client sees."""
+        try:
+            return self._raw.decode(body)
+        except msgspec.ValidationError as exc:
+            message, _, path = str(exc).partition(" - at ")
+            expression = [path.strip("`").replace("$.", "", 1)] if path else None
+            raise BadRequest(f"Invalid hook request: {message}", expression=expression) from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("Request body is nested too deeply to be a CDS Hooks request") from None
+        except UnicodeDecodeError:
+            raise BadRequest("Request body is not valid UTF-8 JSON") from None
 
 
-def decode_hook_request(body: bytes | bytearray | memoryview, expected_hook: str) -> HookRequest[Any]:
-    """Raises BadRequest with a message that says exactly what is wrong and where."""
-    request: HookRequest[Any]
-    try:
-        request = _split_decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        request = _decode_raw(body)
-    _check(request, expected_hook)
-    return request
-
-
-def _decode_raw(body: bytes | bytearray | memoryview) -> HookRequest[Any]:
-    try:
-        return _raw_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at ")
-        expression = [path.strip("`").replace("$.", "", 1)] if path else None
-        raise BadRequest(f"Invalid hook request: {message}", expression=expression) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("Request body is nested too deeply to be a CDS Hooks request") from None
-    except UnicodeDecodeError:
-        raise BadRequest("Request body is not valid UTF-8 JSON") from None
-
-
-def _check(request: HookRequest[Any], expected_hook: str) -> None:
+def _check(request: HookRequest[Any, Any], expected_hook: str) -> None:
     if request.hook != expected_hook:
         raise BadRequest(
             f"This service answers the '{expected_hook}' hook, not '{request.hook}'", expression=["hook"]
