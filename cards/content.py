@@ -100,3 +100,26 @@ END_OF_LIFE_ACTION: Final = (
 # Drugs and treatment effects that can cause back pain are differentials, never a reason to skip the work-up
 # (the pain an aromatase inhibitor causes does not explain away new spinal pain in breast cancer).
 DIFFERENTIAL_LINE: Final = "**Differential:** {items}: not a reason to skip the MRI."
+
+# Order-time advice (order-select / order-sign; docs/clinical-rules.md §1.6). NICE NG234: MRI of the whole spine
+# (within 1 week for suspected spinal metastases, within 24 hours for suspected MSCC), CT of the whole spine if MRI
+# is contraindicated, and no plain X-ray to diagnose or rule out spinal metastases or MSCC; ACR Appropriateness
+# Criteria, low back pain (variant 7, suspected cancer): MRI usually appropriate, radiography only "may be
+# appropriate". Bone scan and PET do not replace the MRI (docs/clinical-rules.md §1.5).
+ORDER_TIMING: Final = {"critical": "within 24 hours (stat)", "warning": "within 1 week (urgent)"}
+# The priorities that meet each tier's time frame (FHIR R4 RequestPriority, from least to most urgent: routine,
+# urgent, asap, stat). An order with no priority is routine.
+ORDER_PRIORITY_ENOUGH: Final = {"critical": ("asap", "stat"), "warning": ("urgent", "asap", "stat")}
+ORDER_LEAD: Final = {"critical": "Suspected MSCC", "warning": "Suspected spinal metastases"}
+ORDER_MRI: Final = {"critical": "order MRI of the whole spine within 24 h",
+                    "warning": "order MRI of the whole spine within 1 week"}
+ORDER_WHY: Final = {
+    "xray": "Plain X-ray cannot diagnose or rule out spinal metastases or MSCC: NICE NG234 asks for MRI of the "
+            "**whole spine** {timing}.",
+    "partial": "{what} images only part of the spine: NICE NG234 asks for MRI of the **whole spine** {timing}, "
+               "as metastases are often at more than one level.",
+    "context": "{what} does not replace MRI of the **whole spine**, which NICE NG234 asks for {timing}.",
+    "duplicate": "MRI of the whole spine is already drafted, so {what} adds nothing: NICE NG234 asks for the MRI "
+                 "{timing}.",
+    "priority": "The whole-spine MRI is drafted as {priority}: NICE NG234 asks for it {timing}.",
+}

@@ -486,3 +486,27 @@ def _unreadable_card(decision: Decision) -> dict[str, Any]:
         "source": {"label": source_label(), "url": SOURCE_URL},
         "extension": _extension(decision),
     }
+
+
+# --- for other cards that rest on the same decision (cards/order_advice.py) ------------------------------------
+def evidence_line(decision: Decision, now: datetime, limit: int) -> str:
+    """The findings of the card's why line (history, metastases, the new pain, neurological features), worded and
+    dated as on the patient-view card, joined by " · " and at most `limit` characters."""
+    pain, pain_shown = _pain(decision, now)
+    parts = _history(decision, now) + _metastases(decision, now) + pain + _neuro(decision, now, pain_shown)
+    while len(parts) > 1 and len(" · ".join(p.text for p in parts)) > limit:
+        del parts[max(range(len(parts)), key=lambda i: (parts[i].drop, i))]
+    text = " · ".join(p.text for p in parts)
+    if len(text) > limit:
+        text = text[: limit - 1].rsplit(" ", 1)[0] + "…"
+    return text[:1].upper() + text[1:]
+
+
+def reason_references(decision: Decision) -> list[str]:
+    """The references a suggested order's reasonReference may carry (history, neurological features, pain)."""
+    return _reason_references(decision)
+
+
+def card_extension(decision: Decision) -> dict[str, Any]:
+    """The card extension (rules version, evidence and unreadable records) every clinical card carries."""
+    return _extension(decision)

@@ -512,3 +512,71 @@ def hook_request_from_bundle(bundle: Mapping[str, Any]) -> JSON:
     if len(patients) != 1:
         raise ValueError(f"expected one Patient in the Bundle, found {len(patients)}")
     return hook_request(patients[0], **by_key)  # type: ignore[arg-type]
+
+
+# --- order-select / order-sign: draft orders (CDS Hooks 2.0) -----------------------------------------------
+CPT = "http://www.ama-assn.org/go/cpt"
+# The CPT codes and displays as the CDS Hooks sandbox's imaging view sends them (docs/clinical-rules.md §2.10).
+MRI_LUMBAR_CPT = coding(CPT, "72148", "Magnetic resonance (eg, proton) imaging, spinal canal and contents, lumbar; "
+                        "without contrast material")
+MRI_THORACIC_CPT = coding(CPT, "72146", "Magnetic resonance (eg, proton) imaging, spinal canal and contents, "
+                          "thoracic; without contrast material")
+MRI_CERVICAL_CPT = coding(CPT, "72141", "Magnetic resonance (eg, proton) imaging, spinal canal and contents, "
+                          "cervical; without contrast material")
+CT_THORACIC_CPT = coding(CPT, "72128", "Computed tomography, thoracic spine; without contrast material")
+BONE_SCAN_CPT = coding(CPT, "78306", "Bone and/or joint imaging; whole body")
+PET_CT_WHOLE_BODY_CPT = coding(CPT, "78816", "Positron emission tomography (PET) with concurrently acquired "
+                               "computed tomography (CT) for attenuation correction and anatomical localization "
+                               "imaging; whole body")
+XRAY_LUMBAR_CPT = coding(CPT, "72100", "Radiologic examination, spine, lumbosacral; 2 or 3 views")
+MRI_WHOLE_SPINE_WO_LOINC = loinc("30854-4", "MR Cervical and thoracic and lumbar spine WO contrast")
+# A lab order, not imaging: LOINC 2000-8 Calcium [Moles/volume] in Serum or Plasma.
+CALCIUM_LAB_LOINC = loinc("2000-8", "Calcium [Moles/volume] in Serum or Plasma")
+
+
+def draft_order(
+    code: JSON, *, priority: str | None = None, order_id: str | None = None, patient_id: str = PATIENT_ID,
+    intent: str = "order", reason: JSON | None = None,
+) -> JSON:
+    """A draft ServiceRequest as an EHR holds it while the order is written (status draft)."""
+    result: JSON = {
+        "resourceType": "ServiceRequest",
+        "id": order_id or _id("draft-order"),
+        "status": "draft",
+        "intent": intent,
+        "code": concept(code, text=code.get("display")),
+        "subject": reference(patient_id),
+        "requester": {"reference": "Practitioner/scenario-clinician"},
+    }
+    if priority is not None:
+        result["priority"] = priority
+    if reason is not None:
+        result["reasonCode"] = [concept(reason, text=reason.get("display"))]
+    return result
+
+
+def draft_medication(medication: JSON, *, patient_id: str = PATIENT_ID) -> JSON:
+    """A draft MedicationRequest: part of the order session, never judged."""
+    result = medication_request(medication, patient_id=patient_id, authored_days_ago=0)
+    result["status"] = "draft"
+    return result
+
+
+def draft_orders(*resources: JSON) -> JSON:
+    """context.draftOrders: a Bundle of the draft orders (CDS Hooks 2.0 uses a collection-like Bundle)."""
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+
+def order_hook_request(
+    hook: str, patient_resource: JSON | None, drafts: Iterable[JSON], *, selections: Iterable[str] | None = None,
+    **resources_by_key: list[JSON] | JSON | None,
+) -> JSON:
+    """An order-select or order-sign request: the patient-view prefetch, plus draftOrders (and selections)."""
+    request = hook_request(patient_resource, **resources_by_key)
+    orders = list(drafts)
+    request["hook"] = hook
+    request["context"]["draftOrders"] = draft_orders(*orders)
+    if hook == "order-select":
+        chosen = list(selections) if selections is not None else [f"ServiceRequest/{orders[0]['id']}"]
+        request["context"]["selections"] = chosen
+    return request

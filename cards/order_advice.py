@@ -1,0 +1,212 @@
+"""Order-time advice: a drafted spine-imaging order judged against the patient-view decision.
+
+The picture (breast-cancer history, new spinal pain, neurological features, imaging already done) is the
+`Decision` that `cards.decision.decide` made for the patient: nothing here re-derives it. Only a `warning` or
+`critical` decision ever gives an order card, and its tier is the card's indicator (docs/clinical-rules.md §1.6):
+
+- inadequate: a plain X-ray of the spine; an MRI or CT that, with the other drafts of the same modality in the
+  Bundle, covers less than the cervical, thoracic and lumbar spine (CPT has no whole-spine MRI code: the three
+  regions drafted together are one); a bone scan, PET or whole-body study with no whole-spine MRI or CT drafted
+  beside it. The suggestion turns the first inadequate judged draft into the whole-spine MRI patient-view
+  suggests (an `update` of the same id) and deletes the other inadequate judged drafts. When a whole-spine MRI
+  is already drafted, an X-ray is only deleted: replacing it would order the MRI twice.
+- adequate but too slow: critical needs `stat` or `asap`, warning `urgent`, `asap` or `stat` (no priority is
+  routine). The suggestion updates the priority and nothing else.
+- otherwise, or when no judged draft is spine imaging, no card.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Collection, Mapping
+from typing import Any, Final
+
+from cards.content import (
+    LINKS,
+    MRI_WHOLE_SPINE_TEXT,
+    ORDER_LEAD,
+    ORDER_MRI,
+    ORDER_PRIORITY_ENOUGH,
+    ORDER_TIMING,
+    ORDER_WHY,
+    OVERRIDE_REASONS,
+    PRIORITY,
+    SOURCE_URL,
+)
+from cards.decision import Decision
+from cards.render import MAX_SUMMARY, CardContext, card_extension, evidence_line, reason_references
+from cards.service_request import mri_whole_spine_request
+from cards.version import source_label
+from fhir_mapping.draft_orders import DraftOrders, SpineImagingOrder
+
+# MRI and CT are judged by the regions they cover; CT myelography is a CT of the spine.
+_SECTIONAL: Final = {"mri": "mri", "ct": "ct", "ct-myelography": "ct"}
+# NICE NG234's whole spine; the sacrum is imaged with the lumbar spine, and CPT's three regional codes have none.
+_WHOLE_SPINE: Final = frozenset({"cervical", "thoracic", "lumbar"})
+# The draft's fields a replacement keeps: who and why it is ordered, and the draft's own identity and state.
+_KEPT: Final = ("id", "status", "intent", "subject", "encounter", "requester", "reasonCode", "reasonReference")
+_KIND_WORDS: Final = {
+    "xray": "X-ray", "mri": "MRI", "ct": "CT", "ct-myelography": "CT myelogram", "bone-scan": "a bone scan",
+    "pet": "PET", "whole-body-mri": "whole-body MRI", "whole-body-ct": "whole-body CT",
+}
+_COVERAGE_WORDS: Final = {
+    "spine-unspecified": "the spine (levels not given)", "whole-spine": "the whole spine",
+    "cervicothoracic": "the cervical and thoracic spine", "thoracolumbar": "the thoracic and lumbar spine",
+    "lumbosacral": "the lumbosacral spine",
+}
+_DETAIL_LIMIT: Final = 600
+
+
+def order_cards(decision: Decision, drafts: DraftOrders, judged: Collection[str],
+                context: CardContext) -> list[dict[str, Any]]:
+    """The cards for the drafts named in `judged` (order-select: the selections; order-sign: every draft)."""
+    tier = decision.indicator
+    if tier not in ("warning", "critical") or decision.kind not in ("mscc", "spinal-metastases"):
+        return []
+    spine = drafts.spine_imaging
+    to_judge = [d for d in spine if d.reference in judged]
+    if not to_judge:
+        return []
+    whole = _whole_spine_modalities(spine)
+    inadequate = [d for d in to_judge if _inadequate(d, whole)]
+    slow = [d for d in to_judge if _SECTIONAL.get(d.kind) in whole and not _fast_enough(d, tier)]
+    if inadequate:
+        return [_inadequate_card(decision, tier, inadequate, slow, "mri" in whole, context)]
+    if slow:
+        return [_priority_card(decision, tier, slow, context)]
+    return []
+
+
+# --- the judgement -----------------------------------------------------------------------------------------
+def _whole_spine_modalities(spine: tuple[SpineImagingOrder, ...]) -> set[str]:
+    """"mri" / "ct" when that modality's drafts together image the whole spine."""
+    covered: dict[str, set[str]] = {}
+    for draft in spine:
+        modality = _SECTIONAL.get(draft.kind)
+        if modality is not None:
+            covered.setdefault(modality, set()).update(draft.regions)
+    return {modality for modality, regions in covered.items() if regions >= _WHOLE_SPINE}
+
+
+def _inadequate(draft: SpineImagingOrder, whole: set[str]) -> bool:
+    if draft.kind == "xray":
+        return True
+    modality = _SECTIONAL.get(draft.kind)
+    if modality is not None:
+        return modality not in whole
+    return not whole  # bone scan, PET, whole-body imaging: fine only beside a whole-spine MRI or CT
+
+
+def _fast_enough(draft: SpineImagingOrder, tier: str) -> bool:
+    return (draft.priority or "routine") in ORDER_PRIORITY_ENOUGH[tier]
+
+
+# --- words ---------------------------------------------------------------------------------------------------
+def _name(draft: SpineImagingOrder) -> str:
+    """"X-ray of the lumbosacral spine", "MRI of the lumbar spine", "a bone scan"."""
+    kind = _KIND_WORDS.get(draft.kind, "imaging")
+    if draft.kind not in ("xray", "mri", "ct", "ct-myelography"):
+        return kind
+    where = _COVERAGE_WORDS.get(draft.coverage, f"the {draft.coverage} spine")
+    return f"{kind} of {where}"
+
+
+def _reason(draft: SpineImagingOrder) -> str:
+    if draft.kind == "xray":
+        return "xray"
+    return "partial" if draft.kind in _SECTIONAL else "context"
+
+
+def _detail(decision: Decision, sentence: str, context: CardContext) -> str:
+    return f"{sentence}\n\n**Why:** {evidence_line(decision, context.now, _DETAIL_LIMIT - len(sentence))}"
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+# --- cards ---------------------------------------------------------------------------------------------------
+def _card(decision: Decision, tier: str, summary: str, detail: str, suggestion: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary[:MAX_SUMMARY],
+        "detail": detail,
+        "indicator": tier,
+        "source": {"label": source_label(), "url": SOURCE_URL},
+        "suggestions": [suggestion],
+        "selectionBehavior": "at-most-one",
+        "overrideReasons": [{"system": s, "code": c, "display": d} for s, c, d in OVERRIDE_REASONS],
+        "links": [{"label": label, "url": url, "type": "absolute"} for label, url in LINKS],
+        "extension": card_extension(decision),
+    }
+
+
+def _suggestion(label: str, actions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"label": label, "uuid": str(uuid.uuid4()), "isRecommended": True, "actions": actions}
+
+
+def _inadequate_card(decision: Decision, tier: str, inadequate: list[SpineImagingOrder],
+                     slow: list[SpineImagingOrder], mri_drafted: bool, context: CardContext) -> dict[str, Any]:
+    first, timing = inadequate[0], ORDER_TIMING[tier]
+    if mri_drafted:
+        # A whole-spine MRI is already in the session: what falls short is removed, never turned into a
+        # second MRI; the MRI's own priority is put right in the same suggestion.
+        summary = f"{ORDER_LEAD[tier]}: {_name(first)} not needed – MRI of the whole spine is drafted"
+        sentence = ORDER_WHY["duplicate"].format(what=_name(first), timing=timing)
+        actions = [_delete_action(d) for d in inadequate] + [_priority_action(d, tier) for d in slow]
+        label = f"Remove the {_name(first)} order" if len(inadequate) == 1 else (
+            f"Remove the {len(inadequate)} orders the whole-spine MRI makes unnecessary")
+    else:
+        reason = _reason(first)
+        what = f"{_name(first)} {'alone ' if reason == 'context' else ''}is not enough"
+        summary = f"{ORDER_LEAD[tier]}: {what} – {ORDER_MRI[tier]}"
+        sentence = ORDER_WHY[reason].format(timing=timing, what=_capital(_name(first)))
+        replacement = _replacement(first, decision, tier, summary[:MAX_SUMMARY], context)
+        actions = [{
+            "type": "update",
+            "description": f"Change the draft order to {MRI_WHOLE_SPINE_TEXT}, priority {replacement['priority']}",
+            "resource": replacement,
+        }]
+        actions += [_delete_action(d) for d in inadequate[1:]]
+        label = f"Order {MRI_WHOLE_SPINE_TEXT} {timing} instead"
+    return _card(decision, tier, summary, _detail(decision, sentence, context), _suggestion(label, actions))
+
+
+def _priority_card(decision: Decision, tier: str, slow: list[SpineImagingOrder],
+                   context: CardContext) -> dict[str, Any]:
+    drafted, timing = slow[0].priority or "routine", ORDER_TIMING[tier]
+    summary = f"{ORDER_LEAD[tier]}: the whole-spine MRI is drafted as {drafted} – make it {PRIORITY[tier]}, {timing}"
+    sentence = ORDER_WHY["priority"].format(priority=drafted, timing=timing)
+    label = f"Make the whole-spine imaging order {PRIORITY[tier]} ({timing})"
+    actions = [_priority_action(d, tier) for d in slow]
+    return _card(decision, tier, summary, _detail(decision, sentence, context), _suggestion(label, actions))
+
+
+# --- the actions and the resources they carry ---------------------------------------------------------------
+def _delete_action(draft: SpineImagingOrder) -> dict[str, Any]:
+    # CDS Hooks 2.0: a delete names its resource by relative reference in resourceId (not in resource).
+    return {"type": "delete", "description": f"Remove the draft order: {_name(draft)}", "resourceId": draft.reference}
+
+
+def _priority_action(draft: SpineImagingOrder, tier: str) -> dict[str, Any]:
+    resource = copy.deepcopy(dict(draft.resource))
+    resource["priority"] = PRIORITY[tier]
+    return {"type": "update", "description": f"Set the priority of the draft order to {PRIORITY[tier]}",
+            "resource": resource}
+
+
+def _replacement(draft: SpineImagingOrder, decision: Decision, tier: str, why: str,
+                 context: CardContext) -> dict[str, Any]:
+    """The whole-spine MRI patient-view would suggest, in place of the draft: same id, state, patient, encounter,
+    requester and reasons; the code, priority and time frame of the suggestion."""
+    resource = mri_whole_spine_request(
+        patient_id=context.patient_id, indicator=tier, now=context.now, reasons=reason_references(decision),
+        user_id=context.user_id, why=why,
+    )
+    kept: Mapping[str, Any] = draft.resource
+    for key in _KEPT:
+        if key in kept:
+            resource[key] = copy.deepcopy(kept[key])
+    head = {"resourceType": "ServiceRequest", "id": resource["id"]}
+    return head | {k: v for k, v in resource.items() if k not in head}
