@@ -26,6 +26,7 @@ class Evaluation:
     record: ClinicalRecord
     resources_seen: int
     resources_used: int
+    now: datetime  # the instant evaluated at: cards rendered later (the order services') date from it too
 
 
 def evaluate_documents(
@@ -43,7 +44,7 @@ def evaluate_documents(
     decision = decide(record, policy, now)
     subject = patient_id or _patient_id_of(intake.resources) or "unknown"
     cards = render_cards(decision, CardContext(patient_id=subject, user_id=user_id, now=now))
-    return Evaluation(cards, decision, record, intake.seen, len(intake.resources))
+    return Evaluation(cards, decision, record, intake.seen, len(intake.resources), now)
 
 
 def _patient_id_of(resources: list[Any]) -> str | None:
