@@ -108,8 +108,18 @@ DIFFERENTIAL_LINE: Final = "**Differential:** {items}: not a reason to skip the 
 # appropriate". Bone scan and PET do not replace the MRI (docs/clinical-rules.md §1.5).
 ORDER_TIMING: Final = {"critical": "within 24 hours (stat)", "warning": "within 1 week (urgent)"}
 # The priorities that meet each tier's time frame (FHIR R4 RequestPriority, from least to most urgent: routine,
-# urgent, asap, stat). An order with no priority is routine.
+# urgent, asap, stat). An order with no priority is left alone: the EHR has not set one yet, and the CDS Hooks
+# sandbox drops the priority of a draft it has just updated, so asking again would loop.
 ORDER_PRIORITY_ENOUGH: Final = {"critical": ("asap", "stat"), "warning": ("urgent", "asap", "stat")}
+# The appropriateness rating an imaging order carries for clients that follow the Argonaut Project's CDS Hooks for
+# PAMA guidance (codes appropriate | not-appropriate | no-criteria-apply), as the CDS Hooks sandbox's imaging view
+# does: it applies an `update` suggestion only when the updated ServiceRequest carries this extension. The
+# whole-spine MRI we suggest is the appropriate order (NICE NG234; ACR low back pain variant 7).
+PAMA_RATING_EXTENSION: Final = {
+    "url": "http://fhir.org/argonaut/Extension/pama-rating",
+    "valueCodeableConcept": {"coding": [{"system": "http://fhir.org/argonaut/CodeSystem/pama-rating",
+                                         "code": "appropriate"}]},
+}
 ORDER_LEAD: Final = {"critical": "Suspected MSCC", "warning": "Suspected spinal metastases"}
 ORDER_MRI: Final = {"critical": "order MRI of the whole spine within 24 h",
                     "warning": "order MRI of the whole spine within 1 week"}

@@ -10,8 +10,12 @@ The picture (breast-cancer history, new spinal pain, neurological features, imag
   beside it. The suggestion turns the first inadequate judged draft into the whole-spine MRI patient-view
   suggests (an `update` of the same id) and deletes the other inadequate judged drafts. When a whole-spine MRI
   is already drafted, an X-ray is only deleted: replacing it would order the MRI twice.
-- adequate but too slow: critical needs `stat` or `asap`, warning `urgent`, `asap` or `stat` (no priority is
-  routine). The suggestion updates the priority and nothing else.
+- adequate but too slow: critical needs `stat` or `asap`, warning `urgent`, `asap` or `stat` (a draft with no
+  priority yet is left alone). The suggestion updates the priority and nothing else.
+
+Every resource an `update` carries is a whole R4 ServiceRequest with a `reasonCode` (the draft's, else the coded
+spinal pain) and the Argonaut PAMA rating `appropriate`: a client following the Argonaut CDS Hooks for PAMA
+guidance (the CDS Hooks sandbox's imaging view) applies an update only with both.
 - otherwise, or when no judged draft is spine imaging, no card.
 """
 
@@ -31,6 +35,7 @@ from cards.content import (
     ORDER_TIMING,
     ORDER_WHY,
     OVERRIDE_REASONS,
+    PAMA_RATING_EXTENSION,
     PRIORITY,
     SOURCE_URL,
 )
@@ -99,7 +104,8 @@ def _inadequate(draft: SpineImagingOrder, whole: set[str]) -> bool:
 
 
 def _fast_enough(draft: SpineImagingOrder, tier: str) -> bool:
-    return (draft.priority or "routine") in ORDER_PRIORITY_ENOUGH[tier]
+    # No priority yet is not "too slow" (cards/content.py ORDER_PRIORITY_ENOUGH says why).
+    return draft.priority is None or draft.priority in ORDER_PRIORITY_ENOUGH[tier]
 
 
 # --- words ---------------------------------------------------------------------------------------------------
@@ -154,7 +160,7 @@ def _inadequate_card(decision: Decision, tier: str, inadequate: list[SpineImagin
         # second MRI; the MRI's own priority is put right in the same suggestion.
         summary = f"{ORDER_LEAD[tier]}: {_name(first)} not needed – MRI of the whole spine is drafted"
         sentence = ORDER_WHY["duplicate"].format(what=_name(first), timing=timing)
-        actions = [_delete_action(d) for d in inadequate] + [_priority_action(d, tier) for d in slow]
+        actions = [_delete_action(d) for d in inadequate] + [_priority_action(d, decision, tier) for d in slow]
         label = f"Remove the {_name(first)} order" if len(inadequate) == 1 else (
             f"Remove the {len(inadequate)} orders the whole-spine MRI makes unnecessary")
     else:
@@ -175,11 +181,11 @@ def _inadequate_card(decision: Decision, tier: str, inadequate: list[SpineImagin
 
 def _priority_card(decision: Decision, tier: str, slow: list[SpineImagingOrder],
                    context: CardContext) -> dict[str, Any]:
-    drafted, timing = slow[0].priority or "routine", ORDER_TIMING[tier]
+    drafted, timing = slow[0].priority, ORDER_TIMING[tier]
     summary = f"{ORDER_LEAD[tier]}: the whole-spine MRI is drafted as {drafted} – make it {PRIORITY[tier]}, {timing}"
     sentence = ORDER_WHY["priority"].format(priority=drafted, timing=timing)
     label = f"Make the whole-spine imaging order {PRIORITY[tier]} ({timing})"
-    actions = [_priority_action(d, tier) for d in slow]
+    actions = [_priority_action(d, decision, tier) for d in slow]
     return _card(decision, tier, summary, _detail(decision, sentence, context), _suggestion(label, actions))
 
 
@@ -189,11 +195,35 @@ def _delete_action(draft: SpineImagingOrder) -> dict[str, Any]:
     return {"type": "delete", "description": f"Remove the draft order: {_name(draft)}", "resourceId": draft.reference}
 
 
-def _priority_action(draft: SpineImagingOrder, tier: str) -> dict[str, Any]:
+def _priority_action(draft: SpineImagingOrder, decision: Decision, tier: str) -> dict[str, Any]:
     resource = copy.deepcopy(dict(draft.resource))
     resource["priority"] = PRIORITY[tier]
     return {"type": "update", "description": f"Set the priority of the draft order to {PRIORITY[tier]}",
-            "resource": resource}
+            "resource": _for_clients(resource, decision)}
+
+
+def _for_clients(resource: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """The PAMA rating, and a reasonCode when the draft has none: what a PAMA client needs to apply an update."""
+    others = [e for e in resource.get("extension", []) if e.get("url") != PAMA_RATING_EXTENSION["url"]]
+    resource["extension"] = [*others, copy.deepcopy(PAMA_RATING_EXTENSION)]
+    if not resource.get("reasonCode"):
+        reasons = _reason_codes(decision)
+        if reasons:
+            resource["reasonCode"] = reasons
+    return resource
+
+
+def _reason_codes(decision: Decision) -> list[dict[str, Any]]:
+    """The coded spinal pain (else the neurological feature) the card rests on, as CodeableConcepts."""
+    pain = list(decision.episode.findings) if decision.episode else list(decision.current_pain)
+    for findings in (pain, list(decision.neuro)):
+        for finding in findings:
+            evidence = finding.evidence
+            if evidence.code and "|" in evidence.code:
+                system, code = evidence.code.split("|", 1)
+                return [{"coding": [{"system": system, "code": code, "display": evidence.display}],
+                         "text": evidence.display}]
+    return []
 
 
 def _replacement(draft: SpineImagingOrder, decision: Decision, tier: str, why: str,
@@ -209,4 +239,4 @@ def _replacement(draft: SpineImagingOrder, decision: Decision, tier: str, why: s
         if key in kept:
             resource[key] = copy.deepcopy(kept[key])
     head = {"resourceType": "ServiceRequest", "id": resource["id"]}
-    return head | {k: v for k, v in resource.items() if k not in head}
+    return _for_clients(head | {k: v for k, v in resource.items() if k not in head}, decision)

@@ -77,7 +77,9 @@ class SpineImagingOrder:
     regions: frozenset[str]  # the spine regions it images (all four for whole-spine)
     priority: str | None  # R4 RequestPriority as drafted; None when absent
     display: str  # the matched concept's display
-    resource: Mapping[str, Any] = field(compare=False, hash=False, repr=False)  # the draft JSON as sent
+    # The draft JSON as sent, less its empty values: the CDS Hooks sandbox sends `"reasonCode": []`, which a
+    # suggestion that hands the draft back must not repeat (CDS Hooks: no empty arrays or objects).
+    resource: Mapping[str, Any] = field(compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +170,19 @@ def classify(resource: Mapping[str, Any], terminology: Terminology) -> SpineImag
             regions=_COVERAGE_REGIONS.get(coverage, frozenset()),
             priority=resource.get("priority"),
             display=concept.display,
-            resource=resource,
+            resource=_pruned(resource),
         )
     return None
+
+
+def _pruned(value: Any) -> Any:
+    """The JSON without null, "", [] or {} anywhere (dropped bottom-up)."""
+    if isinstance(value, dict):
+        kept = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [v for v in (_pruned(item) for item in value) if v not in (None, "", [], {})]
+    return value
 
 
 def _check_patient(resource: Mapping[str, Any], patient_id: str, where: str) -> None:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from cards.content import MRI_WHOLE_SPINE_CODING
+from cards.content import MRI_WHOLE_SPINE_CODING, PAMA_RATING_EXTENSION
 from cards.decision import Decision
 from cards.evaluate import evaluate_documents
 from cards.order_advice import order_cards
@@ -92,8 +92,9 @@ DRAFTS: dict[str, tuple[Callable[[], list[JSON]], dict[str, str | None]]] = {
                               {"warning": "replace", "critical": "replace"}),
     "PET-CT (CPT 78816)": (lambda: [fb.draft_order(fb.PET_CT_WHOLE_BODY_CPT)],
                            {"warning": "replace", "critical": "replace"}),
+    # No priority yet is left alone (the sandbox drops the priority of a draft it has just updated).
     "whole-spine MRI (LOINC 30854-4), no priority": (
-        lambda: [fb.draft_order(fb.MRI_WHOLE_SPINE_WO_LOINC)], {"warning": "priority", "critical": "priority"}),
+        lambda: [fb.draft_order(fb.MRI_WHOLE_SPINE_WO_LOINC)], {"warning": None, "critical": None}),
     "whole-spine MRI, routine": (lambda: [fb.draft_order(fb.MRI_WHOLE_SPINE_WO_LOINC, priority="routine")],
                                  {"warning": "priority", "critical": "priority"}),
     "whole-spine MRI, urgent": (lambda: [fb.draft_order(fb.MRI_WHOLE_SPINE_WO_LOINC, priority="urgent")],
@@ -150,7 +151,16 @@ def _assert_acts_on_drafts(card: JSON, drafts: list[JSON]) -> list[JSON]:
         assert resource["id"] in by_id, "an update must keep the draft's own id"
         validated = ServiceRequest.model_validate(resource).model_dump(mode="json", exclude_none=True)
         assert validated == resource
+        # What a client following the Argonaut CDS Hooks for PAMA guidance (the sandbox) needs to apply it.
+        assert PAMA_RATING_EXTENSION in resource["extension"]
+        assert resource["reasonCode"] and resource["code"]["coding"][0]["display"]
     return list(suggestion["actions"])
+
+
+def _unrated(resource: JSON, draft: JSON) -> JSON:
+    """The update's resource without what every update adds (the rating; a reasonCode the draft lacked)."""
+    added = {"extension"} | ({"reasonCode"} if "reasonCode" not in draft else set())
+    return {k: v for k, v in resource.items() if k not in added}
 
 
 CASES = [(p, d) for p in PATIENTS for d in DRAFTS]
@@ -191,7 +201,8 @@ def test_indicator_and_suggestion(patient_name: str, draft_name: str) -> None:
         assert all(a["type"] == "update" for a in actions)
         for action in actions:
             original = next(d for d in drafts if d["id"] == action["resource"]["id"])
-            assert action["resource"] == {**original, "priority": wanted_priority}, "only the priority changes"
+            assert _unrated(action["resource"], original) == {**original, "priority": wanted_priority}, (
+                "only the priority changes")
         assert len(actions) == len(drafts)
 
 
@@ -217,7 +228,7 @@ def test_an_xray_beside_a_whole_spine_mri_is_removed_not_turned_into_a_second_mr
     actions = _assert_acts_on_drafts(card, [mri, xray])
     assert [(a["type"], a.get("resourceId")) for a in actions] == [
         ("delete", f"ServiceRequest/{xray['id']}"), ("update", None)]
-    assert actions[1]["resource"] == {**mri, "priority": "stat"}
+    assert _unrated(actions[1]["resource"], mri) == {**mri, "priority": "stat"}
     assert card["indicator"] == "critical"
 
 
@@ -239,6 +250,7 @@ def test_the_sandbox_shaped_draft_keeps_its_intent_and_reasons() -> None:
     resource = update["resource"]
     assert (resource["id"], resource["intent"], resource["status"]) == ("example-request-id", "plan", "draft")
     assert resource["reasonCode"] == draft["reasonCode"]
+    assert resource["extension"] == [PAMA_RATING_EXTENSION]
     assert resource["requester"] == {"reference": USER}  # from context.userId, as patient-view's order does
     assert resource["code"]["coding"][0]["code"] == "42698-1"
     assert "lumbar spine is not enough" in card["summary"]
@@ -348,3 +360,21 @@ def test_classification_of_the_vocabulary() -> None:
                     ("mri", ["cervical", "lumbar", "sacral", "thoracic"]), None]
     assert all(o.spine_imaging is None or o.spine_imaging.priority == "urgent" for o in drafts.orders)
     assert drafts.spine_imaging[0].reference == drafts.orders[0].reference
+
+
+def test_an_update_gives_a_draft_without_reasons_the_coded_pain_as_its_reason() -> None:
+    draft = fb.draft_order(fb.MRI_LUMBAR_CPT)
+    draft["reasonCode"] = []  # as the sandbox sends an empty draft: never handed back empty
+    (card,) = _advise(_warning(), [draft])[0]
+    (update,) = _assert_acts_on_drafts(card, [draft])
+    assert update["resource"]["reasonCode"][0]["coding"][0]["code"] == "279039007"  # low back pain
+
+
+def test_the_sandbox_empty_draft_is_not_spine_imaging() -> None:
+    """The imaging view's page-load call: an empty coding, an empty reasonCode. Read without complaint."""
+    empty = {"resourceType": "ServiceRequest", "id": "example-request-id", "status": "draft", "intent": "plan",
+             "code": {"coding": [{}]}, "subject": {"reference": f"Patient/{fb.PATIENT_ID}"}, "reasonCode": []}
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": empty}]}  # no type, as the sandbox sends it
+    drafts = read_draft_orders(bundle, fb.PATIENT_ID, TERMINOLOGY)
+    assert drafts.references == ("ServiceRequest/example-request-id",) and drafts.spine_imaging == ()
+    assert _advise(_critical(), [empty])[0] == []
