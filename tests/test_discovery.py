@@ -95,8 +95,7 @@ def discovery(live_service: LiveService) -> JSON:
 
 @pytest.fixture(scope="module")
 def service(discovery: JSON) -> JSON:
-    assert len(discovery["services"]) == 1
-    entry: JSON = discovery["services"][0]
+    (entry,) = [s for s in discovery["services"] if s["id"] == SERVICE_ID]
     return entry
 
 
@@ -119,6 +118,19 @@ def filter_codes(template: str) -> set[str]:
 
 def test_discovery_follows_the_2_0_rules(discovery: JSON) -> None:
     assert_valid_discovery(discovery)
+
+
+def test_three_services_patient_view_and_the_two_order_hooks(discovery: JSON) -> None:
+    """patient-view, order-select and order-sign, one service each, reading the same evidence the same way."""
+    hooks = {s["hook"]: s for s in discovery["services"]}
+    assert len(discovery["services"]) == 3
+    assert set(hooks) == {"patient-view", "order-select", "order-sign"}
+    assert hooks["order-select"]["id"] == "breast-cancer-spine-imaging-order-select"
+    assert hooks["order-sign"]["id"] == "breast-cancer-spine-imaging-order-sign"
+    for hook in ("order-select", "order-sign"):
+        assert hooks[hook]["prefetch"] == hooks["patient-view"]["prefetch"]
+        for field in ("title", "description", "usageRequirements"):
+            assert len(hooks[hook][field]) > 10 and hooks[hook][field] != hooks["patient-view"][field], field
 
 
 def test_one_patient_view_service(service: JSON) -> None:

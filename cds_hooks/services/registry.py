@@ -10,12 +10,15 @@ from cards.policy import Policy
 from cds_hooks.protocol.fhir_client import FetchLimits
 from cds_hooks.protocol.fhir_servers import FhirServerPolicy
 from cds_hooks.services.base import CdsService
+from cds_hooks.services.orders import OrderSelectService, OrderSignService
 from cds_hooks.services.patient_view import PatientViewService
 from cds_hooks.settings import Settings
 from fhir_mapping.terminology import Terminology
 
 SERVICES: tuple[type[CdsService], ...] = (
     PatientViewService,
+    OrderSelectService,
+    OrderSignService,
 )
 
 
