@@ -28,16 +28,21 @@ from examples.fhir_builders import (
     BREAST_CANCER_ICD,
     BREAST_CANCER_SNOMED,
     DIFFICULTY_WALKING,
+    MRI_LUMBAR_CPT,
+    MRI_WHOLE_SPINE_WO_LOINC,
     PATIENT_ID,
     URINARY_RETENTION,
+    XRAY_LUMBAR_CPT,
     back_pain,
     breast_cancer,
     concept,
+    draft_order,
     finding,
     hook_request,
     hook_request_from_bundle,
     iso_datetime,
     medication_request,
+    order_hook_request,
     patient,
     searchset,
     snomed,
@@ -110,6 +115,18 @@ def examples() -> dict[str, dict[str, Any]]:
         # What examples/fhir_server.py serves for the fhir-server example: the critical patient's record.
         "fhir-server-bundle": searchset([patient(), *critical["conditions"], *critical["medicationRequests"]]),
     }
+    # The order hooks: the same records, with the drafted scan. The lumbar MRI has the shape the CDS Hooks
+    # sandbox's imaging view sends (CPT, intent plan, a SNOMED CT reason).
+    low_back_pain = snomed("279039007", "Low back pain (finding)")
+    written["order-select-lumbar-xray"] = order_hook_request(
+        "order-select", patient(), [draft_order(XRAY_LUMBAR_CPT, order_id="draft-xray-1", reason=low_back_pain)],
+        **warning)
+    written["order-select-lumbar-mri"] = order_hook_request(
+        "order-select", patient(), [draft_order(MRI_LUMBAR_CPT, order_id="example-request-id", intent="plan",
+                                                reason=low_back_pain)], **critical)
+    written["order-sign-whole-spine-mri-stat"] = order_hook_request(
+        "order-sign", patient(), [draft_order(MRI_WHOLE_SPINE_WO_LOINC, order_id="draft-mri-1", priority="stat",
+                                              reason=low_back_pain)], **critical)
     if SYNTHEA_PATIENT.exists():  # tests/data is in every clone; not in an installed wheel
         written["patient-view-synthea"] = _synthea_request(SYNTHEA_PATIENT)
     return written

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from cds_hooks.services.registry import SERVICES
 from tests.conftest import SERVICE_ID, free_port
 from tests.scenarios.test_clinical_scenarios import assert_valid_cds_response
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.e2e  # starts servers or subprocesses
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
+SERVICE_BY_HOOK = {cls.hook: cls.id for cls in SERVICES}
 # What the serve install lacks: the test extras. Importing any of them from the generator would fail for a newcomer.
 TEST_ONLY = ("tests", "pytest", "_pytest", "httpx", "hypothesis", "pytest_httpserver", "schemathesis", "werkzeug")
 GUARDED_RUN = f"""
@@ -61,7 +63,9 @@ def test_generate_imports_nothing_the_serve_install_lacks(generated: tuple[Path,
     out, stdout = generated
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{name}.json" for name in ("patient-view-warning", "patient-view-critical", "patient-view-null-keys",
-                                    "patient-view-fhir-server", "fhir-server-bundle", "patient-view-synthea"))
+                                    "patient-view-fhir-server", "fhir-server-bundle", "patient-view-synthea",
+                                    "order-select-lumbar-xray", "order-select-lumbar-mri",
+                                    "order-sign-whole-spine-mri-stat"))
     assert "Traceback" not in stdout
 
 
@@ -70,16 +74,23 @@ def test_generate_imports_nothing_the_serve_install_lacks(generated: tuple[Path,
     ("patient-view-critical", ["critical"]),
     ("patient-view-null-keys", []),
     ("patient-view-synthea", ["warning"]),
+    ("order-select-lumbar-xray", ["warning"]),
+    ("order-select-lumbar-mri", ["critical"]),
+    ("order-sign-whole-spine-mri-stat", []),
 ])
 def test_each_example_fires_its_card_today(
     generated: tuple[Path, str], service_client: Any, name: str, expected: list[str]
 ) -> None:
     out, stdout = generated
     body = load(out / f"{name}.json")
-    response = service_client.post(SERVICE_PATH, json=body)
+    response = service_client.post(f"/cds-services/{SERVICE_BY_HOOK[body['hook']]}", json=body)
     assert response.status_code == 200, response.text[:500]
     assert_valid_cds_response(response.json(), patient_id=body["context"]["patientId"])
     assert [card["indicator"] for card in response.json()["cards"]] == expected
+    drafts = {e["resource"]["id"] for e in body["context"].get("draftOrders", {}).get("entry", [])}
+    for card in response.json()["cards"] if drafts else ():
+        for action in card["suggestions"][0]["actions"]:
+            assert action["resource"]["id"] in drafts, "an order card's suggestion acts on the draft's own id"
     said = f"a {expected[0]} card" if expected else "no card"
     assert f"{name}.json: {said}\n" in stdout, "the generator's summary matches what the service answers"
 
