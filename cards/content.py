@@ -107,6 +107,7 @@ DIFFERENTIAL_LINE: Final = "**Differential:** {items}: not a reason to skip the 
 # Criteria, low back pain (variant 7, suspected cancer): MRI usually appropriate, radiography only "may be
 # appropriate". Bone scan and PET do not replace the MRI (docs/clinical-rules.md §1.5).
 ORDER_TIMING: Final = {"critical": "within 24 hours (stat)", "warning": "within 1 week (urgent)"}
+ORDER_WINDOW: Final = {"critical": "within 24 h", "warning": "within 1 week"}
 # The priorities that meet each tier's time frame (FHIR R4 RequestPriority, from least to most urgent: routine,
 # urgent, asap, stat). An order with no priority is left alone: the EHR has not set one yet, and the CDS Hooks
 # sandbox drops the priority of a draft it has just updated, so asking again would loop.
@@ -126,10 +127,9 @@ ORDER_MRI: Final = {"critical": "order MRI of the whole spine within 24 h",
 ORDER_WHY: Final = {
     "xray": "Plain X-ray cannot diagnose or rule out spinal metastases or MSCC: NICE NG234 asks for MRI of the "
             "**whole spine** {timing}.",
-    "partial": "{what} images only part of the spine: NICE NG234 asks for MRI of the **whole spine** {timing}, "
-               "as metastases are often at more than one level.",
+    "partial": "{what} images only part of the spine: NICE NG234 asks for MRI of the **whole spine** {timing}.",
     "context": "{what} does not replace MRI of the **whole spine**, which NICE NG234 asks for {timing}.",
     "duplicate": "MRI of the whole spine is already drafted, so {what} adds nothing: NICE NG234 asks for the MRI "
                  "{timing}.",
-    "priority": "The whole-spine MRI is drafted as {priority}: NICE NG234 asks for it {timing}.",
+    "priority": "{what} is drafted as {priority}: NICE NG234 asks for the whole-spine MRI {timing}.",
 }

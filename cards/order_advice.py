@@ -34,6 +34,7 @@ from cards.content import (
     ORDER_PRIORITY_ENOUGH,
     ORDER_TIMING,
     ORDER_WHY,
+    ORDER_WINDOW,
     OVERRIDE_REASONS,
     PAMA_RATING_EXTENSION,
     PRIORITY,
@@ -182,9 +183,10 @@ def _inadequate_card(decision: Decision, tier: str, inadequate: list[SpineImagin
 def _priority_card(decision: Decision, tier: str, slow: list[SpineImagingOrder],
                    context: CardContext) -> dict[str, Any]:
     drafted, timing = slow[0].priority, ORDER_TIMING[tier]
-    summary = f"{ORDER_LEAD[tier]}: the whole-spine MRI is drafted as {drafted} – make it {PRIORITY[tier]}, {timing}"
-    sentence = ORDER_WHY["priority"].format(priority=drafted, timing=timing)
-    label = f"Make the whole-spine imaging order {PRIORITY[tier]} ({timing})"
+    what = f"{_KIND_WORDS[_SECTIONAL[slow[0].kind]]} of the whole spine"
+    summary = f"{ORDER_LEAD[tier]}: {what} is drafted as {drafted} – make it {PRIORITY[tier]} ({ORDER_WINDOW[tier]})"
+    sentence = ORDER_WHY["priority"].format(what=what, priority=drafted, timing=timing)
+    label = f"Make the {what} order {PRIORITY[tier]} ({ORDER_WINDOW[tier]})"
     actions = [_priority_action(d, decision, tier) for d in slow]
     return _card(decision, tier, summary, _detail(decision, sentence, context), _suggestion(label, actions))
 

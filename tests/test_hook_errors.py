@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 import cards.evaluate
 from cds_hooks.protocol.app import create_app
+from cds_hooks.services.registry import SERVICES
 from cds_hooks.settings import Settings
 from tests.conftest import SERVICE_ID, LiveService, free_port, start_live_service, stop_live_service
 from tests.scenarios.fhir_builders import JSON, PATIENT_ID, back_pain, breast_cancer, hook_request, patient
@@ -321,7 +322,7 @@ def test_live_service_still_serves_after_garbage(live_service: LiveService) -> N
 
     discovery = live_service.session.get(live_service.url("/cds-services"), timeout=30)
     assert discovery.status_code == 200
-    assert [s["id"] for s in discovery.json()["services"]] == [SERVICE_ID]
+    assert [s["id"] for s in discovery.json()["services"]] == [cls.id for cls in SERVICES]
     response = post(live_service, SERVICE_PATH, json.dumps(valid_request()).encode())
     assert response.status_code == 200
     assert [card["indicator"] for card in response.json()["cards"]] == ["warning"]
