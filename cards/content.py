@@ -129,7 +129,7 @@ ORDER_WHY: Final = {
             "**whole spine** {timing}.",
     "partial": "{what} images only part of the spine: NICE NG234 asks for MRI of the **whole spine** {timing}.",
     "context": "{what} does not replace MRI of the **whole spine**, which NICE NG234 asks for {timing}.",
-    "duplicate": "MRI of the whole spine is already drafted, so {what} adds nothing: NICE NG234 asks for the MRI "
+    "duplicate": "MRI of the whole spine is already {state}, so {what} adds nothing: NICE NG234 asks for the MRI "
                  "{timing}.",
     "priority": "{what} is drafted as {priority}: NICE NG234 asks for the whole-spine MRI {timing}.",
 }

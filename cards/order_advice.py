@@ -9,7 +9,8 @@ The picture (breast-cancer history, new spinal pain, neurological features, imag
   regions drafted together are one); a bone scan, PET or whole-body study with no whole-spine MRI or CT drafted
   beside it. The suggestion turns the first inadequate judged draft into the whole-spine MRI patient-view
   suggests (an `update` of the same id) and deletes the other inadequate judged drafts. When a whole-spine MRI
-  is already drafted, an X-ray is only deleted: replacing it would order the MRI twice.
+  is already drafted (or, for a critical decision, already ordered in the record), they are only deleted:
+  replacing one would order the MRI twice.
 - adequate but too slow: critical needs `stat` or `asap`, warning `urgent`, `asap` or `stat` (a draft with no
   priority yet is left alone). The suggestion updates the priority and nothing else.
 
@@ -44,7 +45,7 @@ from cards.decision import Decision
 from cards.render import MAX_SUMMARY, CardContext, card_extension, evidence_line, reason_references
 from cards.service_request import mri_whole_spine_request
 from cards.version import source_label
-from fhir_mapping.draft_orders import DraftOrders, SpineImagingOrder
+from fhir_mapping.draft_orders import DraftOrders, SpineImagingOrder, coverage_regions
 
 # MRI and CT are judged by the regions they cover; CT myelography is a CT of the spine.
 _SECTIONAL: Final = {"mri": "mri", "ct": "ct", "ct-myelography": "ct"}
@@ -78,7 +79,8 @@ def order_cards(decision: Decision, drafts: DraftOrders, judged: Collection[str]
     inadequate = [d for d in to_judge if _inadequate(d, whole)]
     slow = [d for d in to_judge if _SECTIONAL.get(d.kind) in whole and not _fast_enough(d, tier)]
     if inadequate:
-        return [_inadequate_card(decision, tier, inadequate, slow, "mri" in whole, context)]
+        mri = "drafted" if "mri" in whole else "ordered" if _mri_ordered(decision) else None
+        return [_inadequate_card(decision, tier, inadequate, slow, mri, context)]
     if slow:
         return [_priority_card(decision, tier, slow, context)]
     return []
@@ -93,6 +95,15 @@ def _whole_spine_modalities(spine: tuple[SpineImagingOrder, ...]) -> set[str]:
         if modality is not None:
             covered.setdefault(modality, set()).update(draft.regions)
     return {modality for modality, regions in covered.items() if regions >= _WHOLE_SPINE}
+
+
+def _mri_ordered(decision: Decision) -> bool:
+    """A whole-spine MRI already ordered in the record (a critical decision keeps its card until the MRI is done,
+    docs/clinical-rules.md §1.5): a further scan is then removed, never turned into a second MRI."""
+    regions: set[str] = set()
+    for study in decision.imaging_ordered:
+        regions |= coverage_regions(study.coverage)
+    return regions >= _WHOLE_SPINE
 
 
 def _inadequate(draft: SpineImagingOrder, whole: set[str]) -> bool:
@@ -154,13 +165,14 @@ def _suggestion(label: str, actions: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _inadequate_card(decision: Decision, tier: str, inadequate: list[SpineImagingOrder],
-                     slow: list[SpineImagingOrder], mri_drafted: bool, context: CardContext) -> dict[str, Any]:
+                     slow: list[SpineImagingOrder], mri: str | None, context: CardContext) -> dict[str, Any]:
+    """`mri`: "drafted" / "ordered" when a whole-spine MRI is already in the session / in the record."""
     first, timing = inadequate[0], ORDER_TIMING[tier]
-    if mri_drafted:
-        # A whole-spine MRI is already in the session: what falls short is removed, never turned into a
-        # second MRI; the MRI's own priority is put right in the same suggestion.
-        summary = f"{ORDER_LEAD[tier]}: {_name(first)} not needed – MRI of the whole spine is drafted"
-        sentence = ORDER_WHY["duplicate"].format(what=_name(first), timing=timing)
+    if mri is not None:
+        # A whole-spine MRI is already drafted or ordered: what falls short is removed, never turned into a
+        # second MRI; a drafted MRI's own priority is put right in the same suggestion.
+        summary = f"{ORDER_LEAD[tier]}: {_name(first)} not needed – MRI of the whole spine is {mri}"
+        sentence = ORDER_WHY["duplicate"].format(what=_name(first), timing=timing, state=mri)
         actions = [_delete_action(d) for d in inadequate] + [_priority_action(d, decision, tier) for d in slow]
         label = f"Remove the {_name(first)} order" if len(inadequate) == 1 else (
             f"Remove the {len(inadequate)} orders the whole-spine MRI makes unnecessary")

@@ -33,6 +33,7 @@ __all__ = [
     "SpineImagingOrder",
     "check_selections",
     "classify",
+    "coverage_regions",
     "read_draft_orders",
 ]
 
@@ -167,12 +168,17 @@ def classify(resource: Mapping[str, Any], terminology: Terminology) -> SpineImag
             reference=f"ServiceRequest/{resource_id}",
             kind=str(concept.attributes.get("kind", "other")),
             coverage=coverage,
-            regions=_COVERAGE_REGIONS.get(coverage, frozenset()),
+            regions=coverage_regions(coverage),
             priority=resource.get("priority"),
             display=concept.display,
             resource=_pruned(resource),
         )
     return None
+
+
+def coverage_regions(coverage: str) -> frozenset[str]:
+    """The spine regions a study of the value set's `coverage` images (none for sure when it names no level)."""
+    return _COVERAGE_REGIONS.get(coverage, frozenset())
 
 
 def _pruned(value: Any) -> Any:

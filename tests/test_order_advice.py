@@ -378,3 +378,16 @@ def test_the_sandbox_empty_draft_is_not_spine_imaging() -> None:
     drafts = read_draft_orders(bundle, fb.PATIENT_ID, TERMINOLOGY)
     assert drafts.references == ("ServiceRequest/example-request-id",) and drafts.spine_imaging == ()
     assert _advise(_critical(), [empty])[0] == []
+
+
+def test_a_scan_beside_a_whole_spine_mri_already_ordered_is_removed() -> None:
+    """Critical: an active whole-spine MRI order keeps the chart card (until the MRI is done); a drafted X-ray is
+    then removed, not turned into a second MRI. Warning: that order already answers the card, so nothing."""
+    ordered = fb.service_request(fb.MRI_WHOLE_SPINE_LOINC, authored_days_ago=1)
+    xray = fb.draft_order(fb.XRAY_LUMBAR_CPT)
+    (card,) = _advise({**_critical(), "serviceRequests": [ordered]}, [xray])[0]
+    (delete,) = _assert_acts_on_drafts(card, [xray])
+    assert delete == {"type": "delete", "description": "Remove the draft order: X-ray of the lumbosacral spine",
+                      "resourceId": f"ServiceRequest/{xray['id']}"}
+    assert "MRI of the whole spine is ordered" in card["summary"] and card["indicator"] == "critical"
+    assert _advise({**_warning(), "serviceRequests": [ordered]}, [xray])[0] == []
