@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 
 from cds_hooks.protocol.app import create_app
+from cds_hooks.services.registry import SERVICES
 from cds_hooks.settings import Settings
 from tests.conftest import SERVICE_ID, LiveService, start_live_service, stop_live_service
 from tests.scenarios import fhir_builders as fb
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.e2e  # slow: bounded Hypothesis runs (and one live floo
 SERVICE_PATH = f"/cds-services/{SERVICE_ID}"
 FEEDBACK_PATH = f"{SERVICE_PATH}/feedback"
 POST_PATHS = (SERVICE_PATH, FEEDBACK_PATH)
+ORDER_PATHS = tuple(f"/cds-services/{cls.id}" for cls in SERVICES if cls.hook in ("order-select", "order-sign"))
 # Nothing listens on port 1: a fetch is refused at once and never leaves the machine.
 CLOSED_LOOPBACK = "http://127.0.0.1:1/fhir"
 INDICATORS = {"info", "warning", "critical"}
@@ -90,7 +92,7 @@ def assert_good_answer(response: Any, path: str) -> None:
     assert status < 500, f"{status} on {path}: {response.text[:500]}"
     body = response.json()
     if status == 200:
-        if path == SERVICE_PATH:
+        if path in (SERVICE_PATH, *ORDER_PATHS):
             assert_cds_response(body)
         elif path == FEEDBACK_PATH:
             assert_operation_outcome(body)
@@ -503,6 +505,39 @@ def test_malformed_bundles(client: TestClient, entries: list[JSON], bundle_field
     post_checked(client, SERVICE_PATH, request)
 
 
+def draft_strategy() -> st.SearchStrategy[JSON]:
+    """Draft orders as an order session holds them, every field of any JSON type or of a plausible shape."""
+    codes = st.sampled_from([fb.XRAY_LUMBAR_CPT, fb.MRI_LUMBAR_CPT, fb.MRI_WHOLE_SPINE_WO_LOINC, fb.BONE_SCAN_CPT,
+                             fb.CALCIUM_LAB_LOINC, {}])
+    value = json_values | codes.map(lambda c: {"coding": [c]}) | st.just(fb.reference()) | st.just([])
+    return st.fixed_dictionaries(
+        {"resourceType": st.sampled_from(["ServiceRequest", "MedicationRequest"]) | json_values},
+        optional={"id": st.sampled_from(["a", "b"]) | json_values,
+                  "status": st.just("draft") | json_values, "intent": st.just("order") | json_values,
+                  "priority": st.sampled_from(["routine", "stat"]) | json_values, "code": value,
+                  "subject": value, "patient": value, "reasonCode": st.lists(value, max_size=2) | json_values,
+                  "extension": json_values},
+    )
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(ORDER_PATHS),
+    entries=st.lists(st.fixed_dictionaries({}, optional={"resource": draft_strategy() | json_values}) | json_values,
+                     max_size=4),
+    selections=st.lists(st.sampled_from(["ServiceRequest/a", "ServiceRequest/b"]) | json_values, max_size=3)
+    | json_values,
+    bundle=st.sampled_from(["Bundle", "Patient"]) | json_values,
+)
+def test_random_draft_orders_and_selections(client: TestClient, path: str, entries: list[JSON], selections: JSON,
+                                            bundle: JSON) -> None:
+    request = warning_request()
+    request["hook"] = "order-select" if path.endswith("order-select") else "order-sign"
+    request["context"]["draftOrders"] = {"resourceType": bundle, "entry": entries}
+    request["context"]["selections"] = selections
+    post_checked(client, path, request)
+
+
 feedback_items = st.fixed_dictionaries(
     {},
     optional={
@@ -897,7 +932,7 @@ def test_live_service_survives_a_flood_of_bad_requests(tmp_path: Any) -> None:
         # Still serving, and serving correctly.
         discovery = requests.get(service.url("/cds-services"), timeout=30)
         assert discovery.status_code == 200
-        assert [s["id"] for s in discovery.json()["services"]] == [SERVICE_ID]
+        assert [s["id"] for s in discovery.json()["services"]] == [cls.id for cls in SERVICES]
         response = requests.post(service.url(SERVICE_PATH), json=warning_request(), timeout=30)
         assert response.status_code == 200
         assert cards_of(response) == ["warning"]
