@@ -65,19 +65,21 @@ _COVERAGE_WORDS: Final = {
 _DETAIL_LIMIT: Final = 600
 
 
-def order_cards(decision: Decision, drafts: DraftOrders, judged: Collection[str],
+def order_cards(decision: Decision, drafts: DraftOrders, judged: Collection[str] | None,
                 context: CardContext) -> list[dict[str, Any]]:
-    """The cards for the drafts named in `judged` (order-select: the selections; order-sign: every draft)."""
+    """The cards for the drafts named in `judged` (order-select: the selections), or for every draft (None:
+    order-sign, drafts without an id included)."""
     tier = decision.indicator
     if tier not in ("warning", "critical") or decision.kind not in ("mscc", "spinal-metastases"):
         return []
     spine = drafts.spine_imaging
-    to_judge = [d for d in spine if d.reference in judged]
+    to_judge = list(spine) if judged is None else [d for d in spine if d.reference in judged]
     if not to_judge:
         return []
     whole = _whole_spine_modalities(spine)
     inadequate = [d for d in to_judge if _inadequate(d, whole)]
-    slow = [d for d in to_judge if _SECTIONAL.get(d.kind) in whole and not _fast_enough(d, tier)]
+    # Only a draft with an id can have its priority changed.
+    slow = [d for d in to_judge if _SECTIONAL.get(d.kind) in whole and not _fast_enough(d, tier) and d.id]
     if inadequate:
         mri = "drafted" if "mri" in whole else "ordered" if _mri_ordered(decision) else None
         return [_inadequate_card(decision, tier, inadequate, slow, mri, context)]
@@ -146,18 +148,19 @@ def _capital(text: str) -> str:
 
 # --- cards ---------------------------------------------------------------------------------------------------
 def _card(decision: Decision, tier: str, summary: str, detail: str, suggestion: dict[str, Any]) -> dict[str, Any]:
-    return {
+    card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": summary[:MAX_SUMMARY],
         "detail": detail,
         "indicator": tier,
         "source": {"label": source_label(), "url": SOURCE_URL},
-        "suggestions": [suggestion],
-        "selectionBehavior": "at-most-one",
-        "overrideReasons": [{"system": s, "code": c, "display": d} for s, c, d in OVERRIDE_REASONS],
-        "links": [{"label": label, "url": url, "type": "absolute"} for label, url in LINKS],
-        "extension": card_extension(decision),
     }
+    if suggestion["actions"]:  # none when the drafts to remove have no id to name them by
+        card["suggestions"], card["selectionBehavior"] = [suggestion], "at-most-one"
+    card["overrideReasons"] = [{"system": s, "code": c, "display": d} for s, c, d in OVERRIDE_REASONS]
+    card["links"] = [{"label": label, "url": url, "type": "absolute"} for label, url in LINKS]
+    card["extension"] = card_extension(decision)
+    return card
 
 
 def _suggestion(label: str, actions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -167,13 +170,16 @@ def _suggestion(label: str, actions: list[dict[str, Any]]) -> dict[str, Any]:
 def _inadequate_card(decision: Decision, tier: str, inadequate: list[SpineImagingOrder],
                      slow: list[SpineImagingOrder], mri: str | None, context: CardContext) -> dict[str, Any]:
     """`mri`: "drafted" / "ordered" when a whole-spine MRI is already in the session / in the record."""
-    first, timing = inadequate[0], ORDER_TIMING[tier]
+    # The draft to turn into the MRI: the first that has an id (an update names the draft by it).
+    first = next((d for d in inadequate if d.id), inadequate[0])
+    timing = ORDER_TIMING[tier]
     if mri is not None:
         # A whole-spine MRI is already drafted or ordered: what falls short is removed, never turned into a
         # second MRI; a drafted MRI's own priority is put right in the same suggestion.
         summary = f"{ORDER_LEAD[tier]}: {_name(first)} not needed – MRI of the whole spine is {mri}"
         sentence = ORDER_WHY["duplicate"].format(what=_name(first), timing=timing, state=mri)
-        actions = [_delete_action(d) for d in inadequate] + [_priority_action(d, decision, tier) for d in slow]
+        actions = [_delete_action(d) for d in inadequate if d.reference]
+        actions += [_priority_action(d, decision, tier) for d in slow]
         label = f"Remove the {_name(first)} order" if len(inadequate) == 1 else (
             f"Remove the {len(inadequate)} orders the whole-spine MRI makes unnecessary")
     else:
@@ -182,12 +188,13 @@ def _inadequate_card(decision: Decision, tier: str, inadequate: list[SpineImagin
         summary = f"{ORDER_LEAD[tier]}: {what} – {ORDER_MRI[tier]}"
         sentence = ORDER_WHY[reason].format(timing=timing, what=_capital(_name(first)))
         replacement = _replacement(first, decision, tier, summary[:MAX_SUMMARY], context)
-        actions = [{
-            "type": "update",
-            "description": f"Change the draft order to {MRI_WHOLE_SPINE_TEXT}, priority {replacement['priority']}",
-            "resource": replacement,
-        }]
-        actions += [_delete_action(d) for d in inadequate[1:]]
+        if first.id:
+            actions = [{"type": "update", "resource": replacement, "description": (
+                f"Change the draft order to {MRI_WHOLE_SPINE_TEXT}, priority {replacement['priority']}")}]
+        else:  # no draft can be named: the MRI is added beside them
+            actions = [{"type": "create", "resource": replacement, "description": (
+                f"Add a draft order: {MRI_WHOLE_SPINE_TEXT}, priority {replacement['priority']}")}]
+        actions += [_delete_action(d) for d in inadequate if d is not first and d.reference]
         label = f"Order {MRI_WHOLE_SPINE_TEXT} {timing} instead"
     return _card(decision, tier, summary, _detail(decision, sentence, context), _suggestion(label, actions))
 
@@ -206,7 +213,8 @@ def _priority_card(decision: Decision, tier: str, slow: list[SpineImagingOrder],
 # --- the actions and the resources they carry ---------------------------------------------------------------
 def _delete_action(draft: SpineImagingOrder) -> dict[str, Any]:
     # CDS Hooks 2.0: a delete names its resource by relative reference in resourceId (not in resource).
-    return {"type": "delete", "description": f"Remove the draft order: {_name(draft)}", "resourceId": draft.reference}
+    return {"type": "delete", "description": f"Remove the draft order: {_name(draft)}",
+            "resourceId": str(draft.reference)}
 
 
 def _priority_action(draft: SpineImagingOrder, decision: Decision, tier: str) -> dict[str, Any]:
@@ -252,5 +260,5 @@ def _replacement(draft: SpineImagingOrder, decision: Decision, tier: str, why: s
     for key in _KEPT:
         if key in kept:
             resource[key] = copy.deepcopy(kept[key])
-    head = {"resourceType": "ServiceRequest", "id": resource["id"]}
+    head = {"resourceType": "ServiceRequest", **({"id": resource["id"]} if "id" in resource else {})}
     return _for_clients(head | {k: v for k, v in resource.items() if k not in head}, decision)

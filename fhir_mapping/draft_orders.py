@@ -6,7 +6,8 @@ of the orders being written (ServiceRequest, MedicationRequest, ...; status `dra
 
 What is checked, each failure a `DraftOrdersError` carrying the FHIR-path-like place it was found: the value is
 a Bundle; every entry holds a resource; no resource names another patient; a ServiceRequest is valid FHIR R4
-(`fhir.resources.R4B`) and has an id (a suggestion acts on a draft by its id), once. Other resource types are
+(`fhir.resources.R4B`); no id is in the Bundle twice. A draft with no id cannot be selected, updated or deleted
+(suggestions name drafts by id), but is still judged on order-sign. Other resource types are
 kept (they may be selected) but never judged. A ServiceRequest is spine imaging when one of its codings is in
 the `spine-imaging` value set (docs/clinical-rules.md §2.10), the same vocabulary patient-view reads.
 
@@ -71,8 +72,8 @@ class DraftOrdersError(ValueError):
 class SpineImagingOrder:
     """A drafted ServiceRequest for imaging in the spine-imaging value set."""
 
-    id: str
-    reference: str  # ServiceRequest/<id>
+    id: str | None  # None: the draft has no id, so a suggestion cannot name it
+    reference: str | None  # ServiceRequest/<id>
     kind: str  # mri | ct | ct-myelography | xray | bone-scan | pet | whole-body-mri | whole-body-ct
     coverage: str  # the value set's coverage attribute (whole-spine, lumbar, ...)
     regions: frozenset[str]  # the spine regions it images (all four for whole-spine)
@@ -127,9 +128,6 @@ def read_draft_orders(value: Any, patient_id: str, terminology: Terminology) -> 
             _validate_service_request(resource, where)
             if "priority" in resource and resource["priority"] not in PRIORITIES:
                 raise DraftOrdersError(f"priority must be one of {', '.join(PRIORITIES)}", f"{where}.priority")
-            if not resource_id:
-                raise DraftOrdersError("a draft ServiceRequest needs an id: suggestions act on it by id",
-                                       f"{where}.id")
         reference = f"{resource_type}/{resource_id}" if isinstance(resource_id, str) and resource_id else None
         if reference is not None:
             if reference in seen:
@@ -162,10 +160,10 @@ def classify(resource: Mapping[str, Any], terminology: Terminology) -> SpineImag
         if concept is None:
             continue
         coverage = str(concept.attributes.get("coverage", "spine-unspecified"))
-        resource_id = str(resource["id"])
+        resource_id = resource.get("id") if isinstance(resource.get("id"), str) and resource.get("id") else None
         return SpineImagingOrder(
             id=resource_id,
-            reference=f"ServiceRequest/{resource_id}",
+            reference=f"ServiceRequest/{resource_id}" if resource_id else None,
             kind=str(concept.attributes.get("kind", "other")),
             coverage=coverage,
             regions=coverage_regions(coverage),

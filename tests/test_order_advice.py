@@ -130,10 +130,10 @@ def _decision(record: JSON, now: datetime) -> Decision:
 
 
 def _advise(record: JSON, drafts: list[JSON], judged: list[str] | None = None) -> tuple[list[JSON], DraftOrders]:
+    """order-sign (judged None: every draft) or order-select (the references judged)."""
     now = datetime.now(UTC)
     orders = read_draft_orders(fb.draft_orders(*drafts), fb.PATIENT_ID, TERMINOLOGY)
-    chosen = orders.references if judged is None else judged
-    cards = order_cards(_decision(record, now), orders, chosen, CardContext(fb.PATIENT_ID, USER, now))
+    cards = order_cards(_decision(record, now), orders, judged, CardContext(fb.PATIENT_ID, USER, now))
     return cards, orders
 
 
@@ -295,7 +295,6 @@ ERRORS: dict[str, tuple[Any, str]] = {
         "context.draftOrders.entry[0].resource.subject"),
     "not a valid R4 ServiceRequest": (_bundle(_invalid_service_request()), "context.draftOrders.entry[0].resource"),
     "ServiceRequest without subject": (_bundle(_without("subject")), "context.draftOrders.entry[0].resource"),
-    "ServiceRequest without id": (_bundle(_without("id")), "context.draftOrders.entry[0].resource.id"),
     "priority not in RequestPriority": (
         _bundle(fb.draft_order(fb.XRAY_LUMBAR_CPT, priority="rush")), "context.draftOrders.entry[0].resource.priority"),
     "the same id twice": (
@@ -391,3 +390,18 @@ def test_a_scan_beside_a_whole_spine_mri_already_ordered_is_removed() -> None:
                       "resourceId": f"ServiceRequest/{xray['id']}"}
     assert "MRI of the whole spine is ordered" in card["summary"] and card["indicator"] == "critical"
     assert _advise({**_warning(), "serviceRequests": [ordered]}, [xray])[0] == []
+
+
+def test_a_draft_without_an_id_is_judged_and_the_mri_is_added_beside_it() -> None:
+    """order-sign judges every draft; one with no id cannot be updated or deleted, so the MRI is created."""
+    xray = fb.draft_order(fb.XRAY_LUMBAR_CPT)
+    xray.pop("id")
+    (card,) = _advise(_critical(), [xray])[0]
+    (action,) = card["suggestions"][0]["actions"]
+    assert action["type"] == "create" and "id" not in action["resource"]
+    assert action["resource"]["code"]["coding"][0] == MRI_WHOLE_SPINE_CODING
+    ServiceRequest.model_validate(action["resource"])
+    mri = fb.draft_order(fb.MRI_LUMBAR_CPT)
+    (card,) = _advise(_critical(), [xray, mri])[0]
+    (update,) = _assert_acts_on_drafts(card, [mri])  # the draft with an id is changed; the other cannot be named
+    assert update["resource"]["id"] == mri["id"]

@@ -67,8 +67,8 @@ class _OrderService(CdsService):
         except DraftOrdersError as error:
             raise BadRequest(error.message, expression=[error.expression]) from None
 
-    def _judged(self, request: HookRequest[Any, Any], drafts: DraftOrders) -> Collection[str]:
-        return drafts.references
+    def _judged(self, request: HookRequest[Any, Any], drafts: DraftOrders) -> Collection[str] | None:
+        return None  # order-sign: every draft
 
 
 class OrderSelectService(_OrderService):
@@ -79,7 +79,7 @@ class OrderSelectService(_OrderService):
     usage_requirements: ClassVar[str] = _USAGE + " context.selections names the orders to judge."
     context_model = OrderSelectContext
 
-    def _judged(self, request: HookRequest[Any, Any], drafts: DraftOrders) -> Collection[str]:
+    def _judged(self, request: HookRequest[Any, Any], drafts: DraftOrders) -> Collection[str] | None:
         try:
             return check_selections(request.context.selections, drafts)
         except DraftOrdersError as error:
