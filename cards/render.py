@@ -286,7 +286,7 @@ def _imaging_words(studies: list[ImagingFinding], now: datetime) -> str:
 
 def _actions(decision: Decision, now: datetime) -> list[_Part]:
     if decision.kind == "mscc":
-        # A card downgraded to info for end-of-life care has the info card's room: the last line may go.
+        # Downgraded to info for end-of-life care, the last line may go first.
         actions = [_Part(line, 0) for line in CRITICAL_ACTIONS]
         if decision.downgraded_for_end_of_life:
             actions[-1].drop = 1
@@ -361,7 +361,9 @@ def _detail(decision: Decision, now: datetime) -> str:
     actions = _actions(decision, now)
     tail = _differentials(decision, now)
     note = _skipped(decision) if decision.skipped else None
-    limit = MAX_DETAIL[decision.indicator or "info"]
+    # The room follows the advice the card carries: MSCC's actions keep the critical card's room when the card is
+    # downgraded to info for end-of-life care (its summary still names MSCC).
+    limit = MAX_DETAIL["critical" if decision.kind == "mscc" else decision.indicator or "info"]
     dropped = 0
     # Too long: leave out the least important parts first (a finding left out is counted on the why line), then
     # say advice without its particulars, then leave out findings after the first two. Actions of level 0 are
@@ -376,9 +378,11 @@ def _detail(decision: Decision, now: datetime) -> str:
             while _too_long(why, actions, tail, dropped, note, limit) and any(p.drop == level for p in parts):
                 del parts[max(i for i, p in enumerate(parts) if p.drop == level)]
                 dropped += parts is why
-    while _too_long(why, actions, tail, dropped, note, limit) and len(why) > 2:
-        del why[-1]
-        dropped += 1
+    # Findings after the first two go first; then the second, before the first is cut mid-word.
+    for keep in (2, 1):
+        while _too_long(why, actions, tail, dropped, note, limit) and len(why) > keep:
+            del why[-1]
+            dropped += 1
     return _assemble(why, actions, tail, dropped, note, limit)
 
 

@@ -29,7 +29,7 @@ _CARD_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["uuid", "summary", "indicator", "source"],
     "properties": {
         "uuid": {"type": "string"}, "summary": {"type": "string", "maxLength": 139},
-        "detail": {"type": "string", "maxLength": 900},  # 700 for warning and info cards (cards/render.py)
+        "detail": {"type": "string", "maxLength": 900},  # 700 for warning and info cards, but MSCC (cards/render.py)
         "indicator": {"type": "string", "enum": ["info", "warning", "critical"]},
         "source": {"type": "object", "required": ["label"]},
         "suggestions": {"type": "array", "items": {"type": "object", "required": ["label"]}},
