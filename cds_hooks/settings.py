@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     body_read_seconds: float = Field(60.0, gt=0)
     # Feedback is a few items per card: a small body, parsed off the event loop (larger: 413).
     feedback_max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # order-select / order-sign: draft orders one call may hold (an order session has a handful; each is validated).
+    max_draft_orders: int = Field(200, gt=0)
     feedback_max_items: int = Field(100, gt=0)
 
     # --- Connections (cds_hooks/server/connections.py) -------------------------------------------------------

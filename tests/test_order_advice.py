@@ -19,13 +19,21 @@ from cards.evaluate import evaluate_documents
 from cards.order_advice import order_cards
 from cards.policy import Policy
 from cards.render import CardContext
-from fhir_mapping.draft_orders import DraftOrders, DraftOrdersError, check_selections, read_draft_orders
+from fhir_mapping.draft_orders import DraftOrders, DraftOrdersError, check_selections
+from fhir_mapping.draft_orders import read_draft_orders as read_drafts
 from fhir_mapping.terminology import load_terminology
 from tests.scenarios import fhir_builders as fb
 from tests.scenarios.test_clinical_scenarios import assert_card_reads_at_a_glance, assert_valid_cds_response
 
 JSON = dict[str, Any]
 TERMINOLOGY = load_terminology()
+
+
+def read_draft_orders(value: Any, patient_id: str, terminology: Any) -> DraftOrders:
+    return read_drafts(value, patient_id, terminology, max_orders=MAX_ORDERS)
+
+
+MAX_ORDERS = 200
 USER = "Practitioner/scenario-clinician"
 
 
@@ -405,3 +413,14 @@ def test_a_draft_without_an_id_is_judged_and_the_mri_is_added_beside_it() -> Non
     (card,) = _advise(_critical(), [xray, mri])[0]
     (update,) = _assert_acts_on_drafts(card, [mri])  # the draft with an id is changed; the other cannot be named
     assert update["resource"]["id"] == mri["id"]
+
+
+def test_more_draft_orders_than_the_limit_are_refused_before_any_is_validated() -> None:
+    drafts = [fb.draft_order(fb.XRAY_LUMBAR_CPT, order_id=f"d{i}") for i in range(MAX_ORDERS + 1)]
+    bundle = _bundle(*drafts)
+    bundle["entry"][-1]["resource"]["status"] = "not-a-status"  # would fail validation if it were reached
+    with pytest.raises(DraftOrdersError) as refused:
+        read_draft_orders(bundle, fb.PATIENT_ID, TERMINOLOGY)
+    assert refused.value.expression == "context.draftOrders.entry" and str(MAX_ORDERS) in refused.value.message
+    assert len(read_drafts(_bundle(*drafts[:3]), fb.PATIENT_ID, TERMINOLOGY, max_orders=3).orders) == 3
+

@@ -148,6 +148,9 @@ BAD: dict[str, tuple[str, Callable[[], dict[str, Any]], list[str]]] = {
     "order-sign without draftOrders": (SIGN, lambda: {
         **(r := fb.order_hook_request("order-sign", fb.patient(), [_sandbox_draft()])),
         "context": {k: v for k, v in r["context"].items() if k != "draftOrders"}}, ["context"]),
+    "more draft orders than the limit": (SIGN, lambda: fb.order_hook_request(
+        "order-sign", fb.patient(), [fb.draft_order(fb.XRAY_LUMBAR_CPT, order_id=f"d{i}") for i in range(201)]),
+        ["context.draftOrders.entry"]),
     "the other order hook": (SIGN, lambda: fb.order_hook_request("order-select", fb.patient(), [_sandbox_draft()]),
                              ["hook"]),
 }

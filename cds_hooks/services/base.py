@@ -37,6 +37,13 @@ Card = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one call's context may hold (the body's size is bounded before it is decoded; this bounds the work)."""
+
+    max_draft_orders: int = 200  # order-select / order-sign: context.draftOrders entries
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The cards to answer with, the evaluation they came from, and where its data came from."""
 
@@ -58,11 +65,12 @@ class CdsService(ABC):
     suppress_repeats: ClassVar[bool] = False
 
     def __init__(self, terminology: Terminology, policy: Policy, limits: FetchLimits,
-                 servers: FhirServerPolicy | None = None) -> None:
+                 servers: FhirServerPolicy | None = None, request_limits: RequestLimits | None = None) -> None:
         """`servers`: the FHIR servers each client may name (default: open mode, loopback only)."""
         self.terminology = terminology
         self.policy = policy
         self.limits = limits
+        self.request_limits = request_limits or RequestLimits()
         self.servers = servers or FhirServerPolicy({}, None)
         self.templates = build_templates(terminology)
         self._decoder = RequestDecoder(self.hook, self.context_model)

@@ -63,7 +63,8 @@ class _OrderService(CdsService):
 
     def _drafts(self, request: HookRequest[Any, Any]) -> DraftOrders:
         try:
-            return read_draft_orders(request.context.draftOrders, request.context.patientId, self.terminology)
+            return read_draft_orders(request.context.draftOrders, request.context.patientId, self.terminology,
+                                     max_orders=self.request_limits.max_draft_orders)
         except DraftOrdersError as error:
             raise BadRequest(error.message, expression=[error.expression]) from None
 

@@ -9,7 +9,7 @@ from typing import Any
 from cards.policy import Policy
 from cds_hooks.protocol.fhir_client import FetchLimits
 from cds_hooks.protocol.fhir_servers import FhirServerPolicy
-from cds_hooks.services.base import CdsService
+from cds_hooks.services.base import CdsService, RequestLimits
 from cds_hooks.services.orders import OrderSelectService, OrderSignService
 from cds_hooks.services.patient_view import PatientViewService
 from cds_hooks.settings import Settings
@@ -48,12 +48,13 @@ class Registry(Mapping[str, CdsService]):
 
 
 def build_registry(terminology: Terminology, policy: Policy, limits: FetchLimits,
-                   servers: FhirServerPolicy | None = None) -> Registry:
-    return Registry([service(terminology, policy, limits, servers) for service in SERVICES])
+                   servers: FhirServerPolicy | None = None, request_limits: RequestLimits | None = None) -> Registry:
+    return Registry([service(terminology, policy, limits, servers, request_limits) for service in SERVICES])
 
 
 def registry_from_settings(settings: Settings, terminology: Terminology, *, open_mode: bool) -> Registry:
     """The services as `serve` runs them (open mode: no client authentication, so loopback FHIR servers only
     unless MSCC_ALERT_FHIR_SERVERS names more)."""
     return build_registry(terminology, settings.policy(), settings.fetch_limits(),
-                          settings.fhir_server_policy(open_mode=open_mode))
+                          settings.fhir_server_policy(open_mode=open_mode),
+                          RequestLimits(max_draft_orders=settings.max_draft_orders))
