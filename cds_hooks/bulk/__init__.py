@@ -39,7 +39,7 @@ from cds_hooks.bulk.export import (
     kick_off,
     poll,
 )
-from cds_hooks.bulk.http import BulkExportError, Transport
+from cds_hooks.bulk.http import BulkExportError, TokenSource, Transport
 from cds_hooks.settings import Settings, https_or_loopback
 
 __all__ = ["BulkExportError", "download_export"]
@@ -47,9 +47,12 @@ __all__ = ["BulkExportError", "download_export"]
 _log = logging.getLogger("mscc_alert.bulk")
 
 
-def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: str | None = None) -> Path:
+def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: str | None = None,
+                    auth: TokenSource | None = None) -> Path:
     """Kick off, poll, download every output file into dest (NDJSON as the server sent it); return dest.
 
+    `auth`: a token source made already (`build_auth`), so a caller can go on using its token after the export
+    (the delta sweep's FHIR searches); default: one made here from the settings.
     Raises `BulkExportError` (its message is safe to print) when the export cannot be had; KeyboardInterrupt
     while the server is still preparing the export cancels it there (DELETE of the status URL)."""
     from fhir_mapping.terminology import load_terminology
@@ -62,7 +65,7 @@ def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: 
     state = ExportState.open(dest, kickoff_url, since)
     transport = Transport(settings, (kickoff_url, *settings.bulk_token_origins))
     try:
-        transport.use_token_source(build_auth(settings, transport, base))
+        transport.use_token_source(auth if auth is not None else build_auth(settings, transport, base))
         if state.manifest:
             raw = (dest / MANIFEST_FILE).read_bytes()
         else:
