@@ -70,6 +70,7 @@ class FakeBulkServer:
     failing_patients: set[str] = field(default_factory=set)  # their reads and searches get 500
     page_size: int = 2
     next_host: str = "127.0.0.1"  # host name written in search pages' next links
+    revoke_at_first_search: bool = False  # every token issued so far is revoked when the first read or search comes
 
     def __post_init__(self) -> None:
         self.seen: list[Seen] = []
@@ -312,6 +313,10 @@ def _handler(server: FakeBulkServer) -> type[BaseHTTPRequestHandler]:
             self._send(200, orjson.dumps(server.manifest(job["request"])), content_type="application/json")
 
         def _fhir(self, path: str, query: dict[str, list[str]]) -> None:
+            with server.lock:
+                if server.revoke_at_first_search:
+                    server.revoke_at_first_search = False
+                    server.tokens.clear()
             if not self._authorised():
                 return
             segments = path.split("/")

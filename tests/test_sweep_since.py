@@ -208,19 +208,14 @@ def test_a_next_link_to_another_origin_is_not_followed(server: tuple[FakeBulkSer
     assert [r["patientId"] for r in worklist(out)] == [DEE]
 
 
-def test_a_revoked_token_is_replaced_once(server: tuple[FakeBulkServer, Path], tmp_path: Path) -> None:
+def test_a_token_revoked_before_the_searches_is_replaced_once(server: tuple[FakeBulkServer, Path],
+                                                               tmp_path: Path) -> None:
     s, key_file = server
-    original = s.manifest
-
-    def manifest_then_revoke(request_url: str) -> dict[str, Any]:
-        manifest = original(request_url)
-        s.revoke_tokens()  # the files and the searches meet a 401 first
-        return manifest
-
-    s.manifest = manifest_then_revoke  # type: ignore[method-assign]
+    s.revoke_at_first_search = True  # the export's token is refused by the searches
     summary = delta_sweep(s.base + "/$export", tmp_path / "out", settings(**credentials(key_file)))
+    assert len({r.authorization for r in s.fhir_requests()}) == 2  # the refused token, then its replacement
     assert summary["patientsNotFetched"] == 0 and summary["worklist"] == 2
-    assert len(s.assertions) == 2
+    assert len(s.assertions) == 2  # one new token for every patient: the others find it already replaced
 
 
 def test_an_open_server_gets_no_token(tmp_path: Path) -> None:

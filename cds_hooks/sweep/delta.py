@@ -202,7 +202,10 @@ def look(service: PatientViewService, patient_id: str, *, base: str, auth: Backe
          now: datetime) -> Looked:
     """One patient through the hook: a patient-view request with no prefetch, so every key is fetched."""
     for attempt in (1, 2):
-        token = auth.access_token() if auth is not None else None
+        try:
+            token = auth.access_token() if auth is not None else None
+        except BulkExportError as exc:  # the token endpoint failed: its message names no URL or token
+            return Looked(patient_id, not_fetched=str(exc))
         body: dict[str, Any] = {"hook": HOOK, "hookInstance": str(uuid.uuid4()), "fhirServer": base,
                                 "context": {"patientId": patient_id}}
         if token is not None:
@@ -215,12 +218,11 @@ def look(service: PatientViewService, patient_id: str, *, base: str, auth: Backe
             outcome = service.evaluate(request, now=now)
         except PreconditionFailed as exc:
             failures = _failures(exc.log_detail)
-            if auth is not None and token is not None and attempt == 1 and "unauthorized" in failures:
+            refused = any(failure.startswith("unauthorized") for failure in failures)
+            if auth is not None and token is not None and attempt == 1 and refused:
                 auth.invalidate(token)  # it may have been revoked or expired early: once more with a fresh one
                 continue
             return Looked(patient_id, not_fetched=", ".join(sorted(failures)) or "could not be fetched")
-        except BulkExportError as exc:  # the token could not be renewed
-            return Looked(patient_id, not_fetched=str(exc))
         except Exception as exc:  # one record that breaks the pipeline must not sink the others
             _log.error("delta sweep: evaluating a fetched record failed (%s)", type(exc).__name__)
             return Looked(patient_id, not_fetched=f"internal error ({type(exc).__name__})")
