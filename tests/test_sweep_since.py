@@ -158,6 +158,40 @@ def test_history_outside_the_delta_is_fetched_and_the_patient_gets_her_card(
         assert secret not in logged
 
 
+def test_patients_with_no_relevant_change_are_not_fetched(server: tuple[FakeBulkServer, Path],
+                                                          tmp_path: Path) -> None:
+    """Ben's record would give a card, but only an Immunization changed; only Cat's Patient resource changed."""
+    s, key_file = server
+    summary = delta_sweep(s.base + "/$export", tmp_path / "out", settings(**credentials(key_file)))
+    touched = s.fetched_patients()
+    assert BEN not in touched and CAT not in touched and touched == {ANN, DEE}
+    assert len(s.fhir_requests()) == 2 * 10 + 1  # ten prefetch templates each, plus Ann's second page of Encounters
+    assert summary["candidates"] == 2 and BEN not in {r["patientId"] for r in worklist(tmp_path / "out")}
+
+
+def test_the_rows_are_what_a_full_sweep_of_the_whole_record_gives(server: tuple[FakeBulkServer, Path],
+                                                                  tmp_path: Path) -> None:
+    """Same decision, same row: the delta sweep of the changed patients against a full sweep of the store."""
+    s, key_file = server
+    now = datetime.now(UTC)
+    run_delta_sweep(DeltaOptions(kickoff_url=s.base + "/$export", since=SINCE, out=tmp_path / "delta", now=now),
+                    settings(**credentials(key_file)))
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "all.ndjson").write_bytes(ndjson(s.stored_resources()))
+    run_sweep(SweepOptions(source=whole, out=tmp_path / "full", now=now), settings())
+
+    def comparable(value: Any) -> Any:  # card and suggestion uuids are new for every answer
+        if isinstance(value, dict):
+            return {k: comparable(v) for k, v in value.items() if k != "uuid"}
+        return [comparable(v) for v in value] if isinstance(value, list) else value
+
+    full = {row["patientId"]: comparable(row) for row in worklist(tmp_path / "full")}
+    delta = [comparable(row) for row in worklist(tmp_path / "delta")]
+    assert set(full) == {ANN, BEN, DEE}  # Ben is on it: his pain predates the delta (found by an earlier sweep)
+    assert delta == [full[ANN], full[DEE]]
+
+
 def test_a_full_sweep_of_the_same_delta_misses_her(server: tuple[FakeBulkServer, Path], tmp_path: Path) -> None:
     """Why the delta sweep fetches: the delta alone holds her pain but not her history. Same summary shape."""
     s, key_file = server
