@@ -16,29 +16,23 @@ from typing import Any
 
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from cds_hooks.settings import Settings
 from cds_hooks.sweep.delta import NOT_FETCHED_FILE, DeltaOptions, TooManyChanged, run_delta_sweep
 from cds_hooks.sweep.run import SweepOptions, run_sweep
 from tests.bulk_server import FakeBulkServer
 from tests.scenarios import fhir_builders as fb
+from tests.test_bulk_client import CLIENT_ID, KEY_ID, credentials, ec_key, ndjson
 
 pytestmark = pytest.mark.e2e
 
 SINCE = "2026-11-24T06:00:00Z"
-CLIENT_ID, KEY_ID = "mscc-alert-test", "test-key-1"
 ROOT = Path(__file__).resolve().parents[1]
 
 ANN = "since-ann-1"  # breast cancer years ago (not in the delta), new back pain (in it): the one to find
 BEN = "since-ben-2"  # cancer and pain on record, but only an Immunization changed: nothing to look at
 CAT = "since-cat-3"  # only her Patient resource changed (an address): nothing to look at
 DEE = "since-dee-4"  # new back pain in the delta; her record cannot be fetched (500)
-
-
-def ndjson(resources: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in resources)
 
 
 def immunization(patient_id: str) -> dict[str, Any]:
@@ -79,19 +73,6 @@ def settings(**overrides: Any) -> Settings:
                               "bulk_poll_max_seconds": 0.1}
     values.update(overrides)
     return Settings(**values)
-
-
-def ec_key(tmp_path: Path) -> tuple[Path, Any]:
-    key = ec.generate_private_key(ec.SECP384R1())
-    path = tmp_path / "client-key.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-    return path, key.public_key()
-
-
-def credentials(key_file: Path) -> dict[str, Any]:
-    return {"bulk_client_id": CLIENT_ID, "bulk_private_key_file": key_file, "bulk_key_id": KEY_ID}
 
 
 @pytest.fixture(autouse=True)

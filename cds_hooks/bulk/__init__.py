@@ -42,7 +42,7 @@ from cds_hooks.bulk.export import (
 from cds_hooks.bulk.http import BulkExportError, TokenSource, Transport
 from cds_hooks.settings import Settings, https_or_loopback
 
-__all__ = ["BulkExportError", "download_export"]
+__all__ = ["BulkExportError", "StatusLine", "download_export"]
 
 _log = logging.getLogger("mscc_alert.bulk")
 
@@ -87,7 +87,7 @@ def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: 
 def _export(transport: Transport, kickoff_url: str, state: ExportState, dest: Path, *, settings: Settings,
             since: str | None, query: ExportQuery) -> bytes:
     deadline = time.monotonic() + settings.bulk_export_seconds
-    progress = _Progress()
+    progress = StatusLine()
     try:
         raw: bytes | None = None
         if state.status_url:  # an earlier run kicked off and stopped while the server worked: carry on
@@ -141,7 +141,7 @@ def _download(transport: Transport, state: ExportState, dest: Path, *, settings:
         with lock:
             state.save(dest)
 
-    progress = _Progress()
+    progress = StatusLine()
     stop = threading.Event()
     try:
         with ThreadPoolExecutor(settings.bulk_parallel_downloads, thread_name_prefix="bulk-download") as pool:
@@ -174,7 +174,7 @@ def _say(message: str) -> None:
     sys.stderr.write(f"mscc-alert: {message}\n")
 
 
-class _Progress:
+class StatusLine:
     """One self-overwriting line on stderr, on a terminal only (a log or a pipe gets none)."""
 
     def __init__(self) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 import time
 import uuid
 from collections import Counter
@@ -35,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from cds_hooks.bulk import download_export
+from cds_hooks.bulk import StatusLine, download_export
 from cds_hooks.bulk.auth import BackendServicesAuth, build_auth
 from cds_hooks.bulk.export import check_since, fhir_base
 from cds_hooks.bulk.http import BulkExportError, Transport
@@ -180,7 +179,8 @@ def look_at(patients: list[str], *, base: str, auth: BackendServicesAuth | None,
     """Each patient evaluated on the record fetched from `base`, `MSCC_ALERT_SWEEP_SINCE_PARALLEL` at a time."""
     service = PatientViewService(terminology, settings.policy(), settings.fetch_limits(),
                                  FhirServerPolicy({}, [configured_server(base)]))  # this server, nothing else
-    progress = _Progress(len(patients))
+    progress = StatusLine()  # `fetched i/n`, on a terminal only: counts, never ids
+    drawn = 0.0
     looked: list[Looked] = []
     with ThreadPoolExecutor(settings.sweep_since_parallel, thread_name_prefix="sweep-fetch") as pool:
         futures: list[Future[Looked]] = [pool.submit(look, service, patient, base=base, auth=auth, now=now)
@@ -188,7 +188,11 @@ def look_at(patients: list[str], *, base: str, auth: BackendServicesAuth | None,
         try:
             for future in as_completed(futures):
                 looked.append(future.result())
-                progress(len(looked), sum(1 for entry in looked if entry.not_fetched))
+                if time.monotonic() - drawn > 0.2 or len(looked) == len(patients):
+                    drawn = time.monotonic()
+                    failed = sum(1 for entry in looked if entry.not_fetched)
+                    progress(f"fetched {len(looked):,}/{len(patients):,} changed patients"
+                             + (f", {failed:,} could not be fetched" if failed else ""))
         except BaseException:  # Ctrl-C: what runs ends within its fetch limits; the rest never starts
             for future in futures:
                 future.cancel()
@@ -270,28 +274,3 @@ def write_not_fetched(path: Path, failed: dict[str, str], identities: dict[str, 
             known = identities.get(patient, {})
             writer.writerow({"patientId": patient, "mrn": known.get("mrn", ""), "name": known.get("name", ""),
                              "reason": failed[patient], "action": NOT_FETCHED_ACTION})
-
-
-class _Progress:
-    """`fetched i/n patients` on stderr, on a terminal only (counts, never ids)."""
-
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self._stream = stream or sys.stderr
-        self._total = total
-        self._shown = False
-        self._drawn = 0.0
-
-    def __call__(self, done: int, failed: int) -> None:
-        now = time.monotonic()
-        if not self._stream.isatty() or (done < self._total and now - self._drawn < 0.2):
-            return
-        self._drawn = now
-        self._stream.write(f"\r\x1b[Kmscc-alert: fetched {done:,}/{self._total:,} changed patients"
-                    + (f", {failed:,} could not be fetched" if failed else ""))
-        self._stream.flush()
-        self._shown = True
-
-    def end(self) -> None:
-        if self._shown:
-            self._stream.write("\n")
-            self._shown = False
