@@ -101,6 +101,10 @@ def run_delta_sweep(options: DeltaOptions, settings: Settings) -> dict[str, Any]
     if not https_or_loopback(options.kickoff_url):
         raise BulkExportError("the kick-off URL must be https (plain http only to loopback)")
     check_since(options.since)
+    try:
+        server = configured_server(base)
+    except ValueError as exc:  # the words name no URL
+        raise BulkExportError(f"the kick-off URL's FHIR base {exc}") from None
     terminology = load_terminology()
     # One transport and one token source for the export and the searches: the token obtained for the export is
     # the one the searches carry (renewed as it nears expiry), and goes where the Bulk client sends it.
@@ -120,8 +124,10 @@ def run_delta_sweep(options: DeltaOptions, settings: Settings) -> dict[str, Any]
         _log.info("delta export: %d patients with a relevant change of %d resources; fetching their records",
                   len(delta.changed), sum(delta.screening.resources.values()))
         with_token = auth is not None and transport.sends_token_to(base)
-        looked = look_at(sorted(delta.changed), base=base, auth=auth if with_token else None, now=options.now,
-                         settings=settings, terminology=terminology)
+        service = PatientViewService(terminology, settings.policy(), settings.fetch_limits(),
+                                     FhirServerPolicy({}, [server]))  # this FHIR server and nothing else
+        looked = look_at(sorted(delta.changed), service, base=base, auth=auth if with_token else None,
+                         now=options.now, settings=settings)
     finally:
         transport.close()
 
@@ -174,11 +180,9 @@ def screen_delta(folder: Path, terminology: Terminology, settings: Settings) -> 
     return delta
 
 
-def look_at(patients: list[str], *, base: str, auth: BackendServicesAuth | None, now: datetime,
-            settings: Settings, terminology: Terminology) -> list[Looked]:
+def look_at(patients: list[str], service: PatientViewService, *, base: str, auth: BackendServicesAuth | None,
+            now: datetime, settings: Settings) -> list[Looked]:
     """Each patient evaluated on the record fetched from `base`, `MSCC_ALERT_SWEEP_SINCE_PARALLEL` at a time."""
-    service = PatientViewService(terminology, settings.policy(), settings.fetch_limits(),
-                                 FhirServerPolicy({}, [configured_server(base)]))  # this server, nothing else
     progress = StatusLine()  # `fetched i/n`, on a terminal only: counts, never ids
     drawn = 0.0
     looked: list[Looked] = []
