@@ -240,6 +240,8 @@ def _sweep(args: argparse.Namespace) -> int:
         print("mscc-alert: --since needs a Bulk Data kick-off URL as SOURCE (a folder is swept whole)",
               file=sys.stderr)
         return 2
+    if args.since:
+        return _sweep_since(args, settings, now)
     if args.source.startswith(("http://", "https://")):
         # A Bulk Data kick-off URL: download the export next to the worklist, then sweep the files.
         from cds_hooks.bulk import BulkExportError, download_export
@@ -262,6 +264,37 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"{summary['patients']:,} patients, {summary['resources']:,} resources in {summary['seconds']:.1f} s: "
           f"{tiers.get('critical', 0)} critical, {tiers.get('warning', 0)} warning, {tiers.get('info', 0)} info; "
           f"{summary['linesSkipped']:,} lines skipped. Worklist in {args.out}")
+    return 0
+
+
+def _sweep_since(args: argparse.Namespace, settings: Settings, now: datetime) -> int:
+    """The delta sweep: the `_since` export names the changed patients; each is evaluated on the whole record
+    fetched from the FHIR server (cds_hooks/sweep/delta.py)."""
+    from cds_hooks.bulk import BulkExportError
+    from cds_hooks.sweep.delta import EXIT_NOT_FETCHED, NOT_FETCHED_FILE, DeltaOptions, TooManyChanged, run_delta_sweep
+
+    if args.engine != "local" or args.workers != 1 or args.spark_master:
+        print("mscc-alert: with --since the delta is screened in this process and its changed patients fetched "
+              "from the FHIR server (MSCC_ALERT_SWEEP_SINCE_PARALLEL at once): --engine, --workers and "
+              "--spark-master do not apply", file=sys.stderr)
+        return 2
+    options = DeltaOptions(kickoff_url=args.source, since=args.since, out=Path(args.out), now=now)
+    try:
+        summary = run_delta_sweep(options, settings)
+    except (BulkExportError, TooManyChanged) as exc:  # messages safe to show: no URL, token or patient id
+        print(f"mscc-alert: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    tiers = summary["patientsByIndicator"]
+    print(f"{summary['candidates']:,} patients with a relevant change since {args.since} "
+          f"({summary['resources']:,} resources in the delta), {summary['patientsFetched']:,} evaluated on their "
+          f"whole record in {summary['seconds']:.1f} s: {tiers.get('critical', 0)} critical, "
+          f"{tiers.get('warning', 0)} warning, {tiers.get('info', 0)} info. Worklist in {args.out}")
+    if summary["patientsNotFetched"]:
+        print(f"mscc-alert: {summary['patientsNotFetched']:,} changed patients could not be fetched and are NOT on "
+              f"the worklist: see {Path(args.out) / NOT_FETCHED_FILE}", file=sys.stderr)
+        return EXIT_NOT_FETCHED
     return 0
 
 
@@ -335,8 +368,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="local engine: processes (default 1)")
     sweep.add_argument("--spark-master", help="spark engine: master URL (default local[*]), or sc://host for "
                        "Spark Connect")
-    sweep.add_argument("--since", help="with a kick-off URL: only resources changed since this instant (_since) "
-                       "(default: everything)")
+    sweep.add_argument("--since", help="with a kick-off URL: export only what changed since this instant "
+                       "(_since), then evaluate each patient with a relevant change on the whole record fetched "
+                       "from the FHIR server (default: a full sweep)")
     sweep.add_argument("--now", help="evaluate as of this ISO 8601 instant (default: now)")
     sweep.set_defaults(run=_sweep)
     report = commands.add_parser(

@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     sweep_max_line_bytes: int = Field(128 * 1024 * 1024, gt=0)
     # Plain NDJSON files are screened in byte ranges of this size, so workers share a large file.
     sweep_chunk_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    # `--since` (cds_hooks/sweep/delta.py): each patient with a relevant change in the delta export is fetched
+    # whole from the FHIR server (the fhir_* limits above apply to each). Beyond this many the sweep stops before
+    # fetching any; this many are fetched at once (each runs up to 4 searches at once).
+    sweep_since_max_patients: int = Field(2000, ge=1, le=1_000_000)
+    sweep_since_parallel: int = Field(4, ge=1, le=32)
 
     # --- Clinical policy (design choices from docs/clinical-rules.md §1.2, not guideline rules) -----------------
     new_pain_window_days: int = Field(42, ge=28, le=90)

@@ -9,7 +9,11 @@ for the client's tests: real HTTP, real JWT verification, real Range requests.
   in `cut_once` is cut off halfway the first time it is asked for;
 - `GET {base}/.well-known/smart-configuration` and `POST /auth/token`: SMART Backend Services, the client
   assertion verified with the public key given (signature, iss = sub = client id, aud = token URL, exp within
-  five minutes, jti never seen before, kid).
+  five minutes, jti never seen before, kid);
+- `GET {base}/Patient/{id}` and `GET {base}/{Type}?patient={id}` (the hook's prefetch templates, as the delta
+  sweep fetches them): the resources of `records` (default: every resource of the export files), a search as
+  searchset pages of `page_size` entries with `next` links; search parameters other than `patient` are ignored
+  (the service's intake keeps what the rules read). A patient in `failing_patients` gets a 500 for each.
 Every request is recorded (method, path, query, headers) so tests can assert what the client sent.
 """
 
@@ -62,6 +66,11 @@ class FakeBulkServer:
     token_lifetime: int = 300
     file_server: FakeBulkServer | None = None  # output files served by another origin
     file_host: str = "127.0.0.1"  # host name written in the manifest's file URLs
+    records: list[dict[str, Any]] | None = None  # what the FHIR reads and searches serve; None: the files'
+    failing_patients: set[str] = field(default_factory=set)  # their reads and searches get 500
+    page_size: int = 2
+    next_host: str = "127.0.0.1"  # host name written in search pages' next links
+    revoke_at_first_search: bool = False  # every token issued so far is revoked when the first read or search comes
 
     def __post_init__(self) -> None:
         self.seen: list[Seen] = []
@@ -98,6 +107,31 @@ class FakeBulkServer:
 
     def requests_to(self, prefix: str, method: str = "GET") -> list[Seen]:
         return [s for s in self.seen if s.path.startswith(prefix) and s.method == method]
+
+    def fhir_requests(self) -> list[Seen]:
+        """The reads and searches of the FHIR API (not the export, its jobs, files or SMART endpoints)."""
+        return [s for s in self.seen if s.path.startswith("/fhir/") and not s.path.endswith("$export")
+                and "/.well-known/" not in s.path]
+
+    def fetched_patients(self) -> set[str]:
+        """The patients whose records were read or searched."""
+        found = set()
+        for s in self.fhir_requests():
+            if s.path.startswith("/fhir/Patient/"):
+                found.add(s.path.removeprefix("/fhir/Patient/"))
+            found.update(s.query.get("patient", []))
+        return found
+
+    def stored_resources(self) -> list[dict[str, Any]]:
+        if self.records is not None:
+            return self.records
+        import gzip
+
+        resources = []
+        for name, data in self.files.items():
+            text = gzip.decompress(data) if name.endswith(".gz") else data
+            resources += [orjson.loads(line) for line in text.splitlines() if line.strip()]
+        return resources
 
     def kickoffs(self) -> list[Seen]:
         return [s for s in self.seen if s.path.endswith("$export")]
@@ -180,6 +214,8 @@ def _handler(server: FakeBulkServer) -> type[BaseHTTPRequestHandler]:
                 self._status(path.removeprefix("/jobs/"))
             elif path.startswith("/files/"):
                 self._file(path.removeprefix("/files/"))
+            elif path.startswith("/fhir/"):
+                self._fhir(path.removeprefix("/fhir/"), query)
             else:
                 self._json(404, outcome("not found", "not-found"))
 
@@ -275,6 +311,47 @@ def _handler(server: FakeBulkServer) -> type[BaseHTTPRequestHandler]:
                                          "X-Progress": f"{job['polls']} of {server.polls_before_done} steps"})
                 return
             self._send(200, orjson.dumps(server.manifest(job["request"])), content_type="application/json")
+
+        def _fhir(self, path: str, query: dict[str, list[str]]) -> None:
+            with server.lock:
+                if server.revoke_at_first_search:
+                    server.revoke_at_first_search = False
+                    server.tokens.clear()
+            if not self._authorised():
+                return
+            segments = path.split("/")
+            patient = segments[1] if len(segments) == 2 and segments[0] == "Patient" else \
+                (query.get("patient") or [""])[0]
+            if patient in server.failing_patients:
+                self._json(500, outcome("the database is unavailable", "exception"))
+                return
+            resources = server.stored_resources()
+            if len(segments) == 2:
+                found = [r for r in resources if r["resourceType"] == segments[0] and r.get("id") == segments[1]]
+                if found:
+                    self._json(200, found[0])
+                else:
+                    self._json(404, outcome(f"{path} is not known", "not-found"))
+                return
+            if len(segments) != 1 or not patient:
+                self._json(400, outcome("only Type?patient=id searches are supported", "not-supported"))
+                return
+
+            def about(resource: dict[str, Any]) -> bool:
+                reference = (resource.get("subject") or resource.get("patient") or {}).get("reference")
+                return resource["resourceType"] == segments[0] and reference == f"Patient/{patient}"
+
+            matches = [r for r in resources if about(r)]
+            offset = int((query.get("_offset") or ["0"])[0])
+            bundle: dict[str, Any] = {
+                "resourceType": "Bundle", "type": "searchset", "total": len(matches),
+                "entry": [{"resource": r} for r in matches[offset:offset + server.page_size]]}
+            if offset + server.page_size < len(matches):
+                rest = "&".join(f"{k}={v}" for k, values in query.items() if k != "_offset" for v in values)
+                bundle["link"] = [{"relation": "next",
+                                   "url": f"http://{server.next_host}:{server.port}/fhir/{path}?{rest}"
+                                          f"&_offset={offset + server.page_size}"}]
+            self._json(200, bundle)
 
         def _file(self, name: str) -> None:
             data = server.files.get(name, server.errors.get(name))

@@ -39,17 +39,20 @@ from cds_hooks.bulk.export import (
     kick_off,
     poll,
 )
-from cds_hooks.bulk.http import BulkExportError, Transport
+from cds_hooks.bulk.http import BulkExportError, TokenSource, Transport
 from cds_hooks.settings import Settings, https_or_loopback
 
-__all__ = ["BulkExportError", "download_export"]
+__all__ = ["BulkExportError", "StatusLine", "download_export"]
 
 _log = logging.getLogger("mscc_alert.bulk")
 
 
-def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: str | None = None) -> Path:
+def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: str | None = None,
+                    auth: TokenSource | None = None) -> Path:
     """Kick off, poll, download every output file into dest (NDJSON as the server sent it); return dest.
 
+    `auth`: a token source made already (`build_auth`), so a caller can go on using its token after the export
+    (the delta sweep's FHIR searches); default: one made here from the settings.
     Raises `BulkExportError` (its message is safe to print) when the export cannot be had; KeyboardInterrupt
     while the server is still preparing the export cancels it there (DELETE of the status URL)."""
     from fhir_mapping.terminology import load_terminology
@@ -62,7 +65,7 @@ def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: 
     state = ExportState.open(dest, kickoff_url, since)
     transport = Transport(settings, (kickoff_url, *settings.bulk_token_origins))
     try:
-        transport.use_token_source(build_auth(settings, transport, base))
+        transport.use_token_source(auth if auth is not None else build_auth(settings, transport, base))
         if state.manifest:
             raw = (dest / MANIFEST_FILE).read_bytes()
         else:
@@ -84,7 +87,7 @@ def download_export(kickoff_url: str, dest: Path, *, settings: Settings, since: 
 def _export(transport: Transport, kickoff_url: str, state: ExportState, dest: Path, *, settings: Settings,
             since: str | None, query: ExportQuery) -> bytes:
     deadline = time.monotonic() + settings.bulk_export_seconds
-    progress = _Progress()
+    progress = StatusLine()
     try:
         raw: bytes | None = None
         if state.status_url:  # an earlier run kicked off and stopped while the server worked: carry on
@@ -138,7 +141,7 @@ def _download(transport: Transport, state: ExportState, dest: Path, *, settings:
         with lock:
             state.save(dest)
 
-    progress = _Progress()
+    progress = StatusLine()
     stop = threading.Event()
     try:
         with ThreadPoolExecutor(settings.bulk_parallel_downloads, thread_name_prefix="bulk-download") as pool:
@@ -171,7 +174,7 @@ def _say(message: str) -> None:
     sys.stderr.write(f"mscc-alert: {message}\n")
 
 
-class _Progress:
+class StatusLine:
     """One self-overwriting line on stderr, on a terminal only (a log or a pipe gets none)."""
 
     def __init__(self) -> None:

@@ -7,4 +7,6 @@ and each patient who could get a card is run through the very pipeline the hook 
 (`cards.evaluate.evaluate_documents`). Nothing here decides anything clinical: it reads, groups and writes.
 
 Engines: `local` (this package only, `--workers` processes) and `spark` (PySpark, optional extra `spark`).
+With `--since` (delta.py) the export is a delta: it names the patients with a relevant change, and each is
+evaluated on the whole record fetched from the FHIR server, as the hook fetches it.
 """

@@ -88,6 +88,12 @@ def _html(table: list[dict[str, str]], summary: dict[str, Any]) -> str:
             f"{summary.get('resources', 0):,} resources read; "
             f"{by_tier.get('critical', 0)} critical, {by_tier.get('warning', 0)} warning, "
             f"{by_tier.get('info', 0)} info.")
+    if "since" in summary:  # a delta sweep (cds_hooks/sweep/delta.py): say what the list covers, and what it lacks
+        meta += (f" Only patients with a relevant change since {summary['since']}: {summary['candidates']:,} "
+                 f"changed, {summary['patientsFetched']:,} evaluated on their whole record.")
+        if missing := summary.get("patientsNotFetched"):
+            meta += (f" {missing:,} changed patient{'s' if missing > 1 else ''} could not be read from the FHIR "
+                     f"server and {'are' if missing > 1 else 'is'} NOT on this list: see not-fetched.csv.")
     head = ("<tr><th>Tier</th><th>Patient</th><th>MRN</th><th>Name</th><th>Reason</th><th>Breast cancer</th>"
             "<th>Pain onset</th><th>Neurological</th><th>Suggested action</th></tr>")
     body = []

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from cards.evaluate import evaluate_documents
+from cards.evaluate import Evaluation, evaluate_documents
 from cards.policy import Policy
 from fhir_mapping.dates import DateSpan
 from fhir_mapping.terminology import Terminology
@@ -35,6 +35,12 @@ def evaluate_patient(patient_id: str, lines: list[bytes], *, now: datetime, poli
     lines = sorted(lines)
     evaluation = evaluate_documents(lines, patient_id=patient_id, user_id=None, now=now, policy=policy,
                                     terminology=terminology)
+    return worklist_row(patient_id, evaluation, lines)
+
+
+def worklist_row(patient_id: str, evaluation: Evaluation, resources: list[bytes]) -> dict[str, Any] | None:
+    """The row for an evaluation already made (`resources`: the raw resources it read, for MRN and name), or
+    None when it gave no card. The delta sweep (cds_hooks/sweep/delta.py) evaluates fetched records this way."""
     decision = evaluation.decision
     if not evaluation.cards or decision.indicator is None or decision.kind is None:
         return None
@@ -44,7 +50,7 @@ def evaluate_patient(patient_id: str, lines: list[bytes], *, now: datetime, poli
         "kind": decision.kind,
         "summary": evaluation.cards[0]["summary"],
     }
-    row.update(_who(patient_id, lines))
+    row.update(who(patient_id, resources))
     dates: dict[str, str] = {}
     if decision.history and (history := _earliest(c.evidence.date for c in decision.history)):
         dates["history"] = _day(history)
@@ -80,7 +86,7 @@ def _latest(spans: Any) -> DateSpan | None:
     return max(known, key=lambda s: s.latest) if known else None
 
 
-def _who(patient_id: str, lines: list[bytes]) -> dict[str, str]:
+def who(patient_id: str, lines: list[bytes]) -> dict[str, str]:
     """MRN and name from this patient's Patient resource, where it has them (read leniently: a Patient the
     rules could not read still names the patient for the worklist)."""
     for line in lines:
