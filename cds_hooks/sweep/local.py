@@ -8,6 +8,7 @@ resources; then each candidate is evaluated, batches of patients spread over the
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -21,7 +22,11 @@ from fhir_mapping.terminology import Terminology, load_terminology
 
 T = TypeVar("T")
 R = TypeVar("R")
-_BATCH_PATIENTS = 50  # small batches keep both workers busy to the end
+# A batch of candidates closes at this many patients or this many bytes of their lines, whichever comes first:
+# validation costs about the same per byte, and one patient can hold thousands of relevant resources while the
+# next holds one, so batches counted in patients alone left one worker validating while the other idled.
+_BATCH_PATIENTS = 50
+_BATCH_BYTES = 1024 * 1024
 
 _terminology: Terminology | None = None  # one per worker process, loaded once
 
@@ -79,6 +84,9 @@ def _sweep(chunks: list[Chunk], now: datetime, policy: Policy, max_line: int, pr
            mapper: Mapper) -> tuple[Screening, int, list[dict[str, Any]]]:
     total = Screening()
     holding_patients: list[Chunk] = []
+    # Largest first (files of one type differ in size tenfold): handed out in this order as workers free up, the
+    # last tasks are small ones, so no worker is left with a large range while the other waits.
+    chunks = sorted(chunks, key=_chunk_size, reverse=True)
     for chunk, screening in mapper(_screen_task, [(chunk, max_line) for chunk in chunks]):
         if screening.patient_lines:
             holding_patients.append(chunk)
@@ -99,16 +107,25 @@ def _sweep(chunks: list[Chunk], now: datetime, policy: Policy, max_line: int, pr
     return total, len(candidates), rows
 
 
+def _chunk_size(chunk: Chunk) -> int:
+    if chunk.end is not None:
+        return chunk.end - chunk.start
+    return os.path.getsize(chunk.path)  # a whole file (gzip: compressed size, a fair guide to its work)
+
+
 def _batches(total: Screening, now: datetime,
              policy: Policy) -> Iterator[tuple[list[tuple[str, list[bytes]]], datetime, Policy]]:
-    """Candidates in batches, each patient's lines handed over and dropped from `total` as it goes, so
-    the parent holds each line once."""
+    """Candidates in batches, the patients with the most relevant bytes first (so the batches handed out last
+    are the quick ones), each patient's lines handed over and dropped from `total` as it goes, so the parent
+    holds each line once."""
+    order = sorted(((sum(map(len, lines)), patient) for patient, lines in total.relevant.items()), reverse=True)
     batch: list[tuple[str, list[bytes]]] = []
-    while total.relevant:
-        patient, lines = total.relevant.popitem()
-        batch.append((patient, lines + total.patients.pop(patient, [])))
-        if len(batch) == _BATCH_PATIENTS:
+    size = 0
+    for held, patient in order:
+        batch.append((patient, total.relevant.pop(patient) + total.patients.pop(patient, [])))
+        size += held
+        if len(batch) == _BATCH_PATIENTS or size >= _BATCH_BYTES:
             yield batch, now, policy
-            batch = []
+            batch, size = [], 0
     if batch:
         yield batch, now, policy
