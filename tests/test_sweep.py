@@ -28,6 +28,7 @@ from cds_hooks.settings import Settings
 from cds_hooks.sweep.run import SweepOptions, run_sweep
 from fhir_mapping.terminology import load_terminology
 from tests.scenarios import bulk_export as bulk
+from tests.scenarios import fhir_builders as fb
 from tests.scenarios.fhir_builders import JSON, OTHER_PATIENT_ID, PATIENT_ID
 from tests.scenarios.test_clinical_scenarios import SCENARIOS, assert_valid_cds_response, call_service
 
@@ -85,6 +86,7 @@ def population(service_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
         regrouped = _hook_answer(service_client, service, bulk.hook_request_for(
             names[PATIENT_ID], bulk.by_patient(renamed).get(names[PATIENT_ID], [])))
         assert (original or ("",))[:2] == (regrouped or ("",))[:2], param.id
+    resources += _edge_patients()
     for copy in range(SYNTHEA_COPIES):
         for index, path in enumerate(synthea):
             resources += bulk.synthea_patient(path, f"syn-{copy}-{index:02d}-{path.stem[-12:]}")
@@ -96,6 +98,26 @@ def population(service_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
     export = tmp_path_factory.mktemp("bulk") / "export"
     bulk.write_export(export, resources, files_per_type=3)
     return Population(export, datetime.now(UTC), resources, expected, scenario_ids)
+
+
+# Patients at the edge a faster sweep would be tempted to cut: nothing of theirs is evidence of breast cancer
+# *and* of spinal pain, so no warning or critical card is possible; but a relevant record that reads (the
+# peek) and fails R4B validation still gives the hook's "unreadable-records" info card, deceased or not. So
+# every relevant resource of every candidate must be validated, as the hook validates it.
+PACLITAXEL = fb.rxnorm("583214", "Paclitaxel 100 MG Injection")  # breast-cancer-drugs (tier C)
+UNREADABLE = ("info", "unreadable-records")
+EDGES = {"edge-invalid-order": UNREADABLE, "edge-deceased-invalid-order": UNREADABLE, "edge-deceased-valid-order": None}
+
+
+def _edge_patients() -> list[JSON]:
+    resources: list[JSON] = []
+    for patient_id in EDGES:
+        resources.append(fb.patient(patient_id=patient_id, deceased=True if "deceased" in patient_id else None))
+        order = fb.medication_request(PACLITAXEL, patient_id=patient_id)
+        if "invalid" in patient_id:
+            order["authoredOn"] = "not a date"  # the peek reads the code; validation refuses the resource
+        resources.append(order)
+    return resources
 
 
 def _worklist(out: Path) -> list[JSON]:
@@ -135,6 +157,12 @@ def test_parity_covers_every_tier_and_buries_the_scenarios(population: Populatio
     synthea_patients = {pid for pid in bulk.by_patient(population.resources) if pid.startswith("syn-")}
     assert len(synthea_patients) >= 3 * len(bulk.synthea_bundles()) > 0
     assert len(list(population.export.iterdir())) > 20
+
+
+def test_parity_covers_the_edges_of_candidate_narrowing(population: Population) -> None:
+    for patient_id, answer in EDGES.items():
+        got = population.expected.get(patient_id)
+        assert (got[:2] if got else None) == answer, patient_id
 
 
 def test_local_sweep_gives_every_patient_the_hooks_answer(population: Population, tmp_path: Path) -> None:
