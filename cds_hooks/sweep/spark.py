@@ -47,14 +47,44 @@ def spark_session(master: str | None) -> Any:
         raise SparkUnavailable("--engine spark needs PySpark: pip install 'mscc-alert[spark]' (and Java 17)") from exc
     builder = SparkSession.builder.appName("mscc-alert-sweep")
     if master and master.startswith("sc://"):
-        return builder.remote(master).getOrCreate()
-    builder = builder.master(master or "local[*]").config("spark.ui.enabled", "false")
-    if not master or master.startswith("local"):
-        # A few hundred shuffle partitions (the default) cost more than they spread on one machine.
-        builder = builder.config("spark.sql.shuffle.partitions", str(max(4, 2 * (os.cpu_count() or 1))))
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("WARN")
+        session = builder.remote(master).getOrCreate()
+    else:
+        builder = builder.master(master or "local[*]").config("spark.ui.enabled", "false")
+        session = builder.getOrCreate()
+        session.sparkContext.setLogLevel("WARN")
+    for key, value in _sql_settings(master).items():
+        session.conf.set(key, value)  # runtime SQL settings: a Spark Connect session takes them too
     return session
+
+
+def _local_cores(master: str | None) -> int | None:
+    """The cores of a local master (`local`, `local[4]`, `local[*]`, `local[4,2]`); None for a cluster."""
+    if master is None or master == "local[*]" or master.startswith("local[*,"):
+        return os.cpu_count() or 1
+    if master == "local":
+        return 1
+    if master.startswith("local[") and master.endswith("]"):
+        head = master[len("local[") : -1].split(",")[0]
+        return int(head) if head.isdigit() and int(head) > 0 else os.cpu_count() or 1
+    return None
+
+
+def _sql_settings(master: str | None) -> dict[str, str]:
+    settings = {
+        # The shuffle carries only the relevant lines (a few % of the export's bytes), so adaptive execution would
+        # coalesce it into one partition, and the costly step after it, validating each candidate's resources,
+        # would run as one task on one core (seen: the whole evaluation in a single task under local[2]).
+        "spark.sql.adaptive.coalescePartitions.enabled": "false",
+        # The export is a list of files: more than 32 (the default threshold) and Spark starts a job with a task
+        # per file just to list them; the driver lists a few thousand files faster by itself.
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "10000",
+    }
+    cores = _local_cores(master)
+    if cores is not None:
+        # A few hundred shuffle partitions (the default) cost more than they spread on one machine; four per core
+        # even out candidates whose costs differ a thousandfold.
+        settings["spark.sql.shuffle.partitions"] = str(4 * cores)
+    return settings
 
 
 def _screen_partitions(max_line_bytes: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
