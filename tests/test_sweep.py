@@ -265,5 +265,17 @@ def test_spark_engine_same_worklist_as_local(population: Population, tmp_path: P
         assert spark[key] == local[key], key
 
 
+@pytest.mark.parametrize(("master", "cores"), [
+    ("local", 1), ("local[3]", 3), ("local[3,2]", 3), ("local[*]", os.cpu_count() or 1),
+    (None, os.cpu_count() or 1), ("spark://host:7077", None), ("sc://host:15002", None),
+])
+def test_spark_shuffle_partitions_follow_the_local_cores(master: str | None, cores: int | None) -> None:
+    from cds_hooks.sweep.spark import _sql_settings
+
+    settings = _sql_settings(master)
+    assert settings["spark.sql.adaptive.coalescePartitions.enabled"] == "false"  # on a cluster as well
+    assert settings.get("spark.sql.shuffle.partitions") == (str(4 * cores) if cores else None)
+
+
 def _comparable_row(row: JSON) -> JSON:
     return {**{k: v for k, v in row.items() if k != "cards"}, "cards": [_comparable(c) for c in row["cards"]]}
