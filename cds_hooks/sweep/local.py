@@ -8,7 +8,6 @@ resources; then each candidate is evaluated, batches of patients spread over the
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 from cards.policy import Policy
 from cds_hooks.sweep.patient import evaluate_patient
 from cds_hooks.sweep.progress import Progress
-from cds_hooks.sweep.reader import Chunk
+from cds_hooks.sweep.reader import Chunk, chunk_size
 from cds_hooks.sweep.screen import Screening, screen_chunk
 from fhir_mapping.terminology import Terminology, load_terminology
 
@@ -86,7 +85,7 @@ def _sweep(chunks: list[Chunk], now: datetime, policy: Policy, max_line: int, pr
     holding_patients: list[Chunk] = []
     # Largest first (files of one type differ in size tenfold): handed out in this order as workers free up, the
     # last tasks are small ones, so no worker is left with a large range while the other waits.
-    chunks = sorted(chunks, key=_chunk_size, reverse=True)
+    chunks = sorted(chunks, key=chunk_size, reverse=True)
     for chunk, screening in mapper(_screen_task, [(chunk, max_line) for chunk in chunks]):
         if screening.patient_lines:
             holding_patients.append(chunk)
@@ -105,12 +104,6 @@ def _sweep(chunks: list[Chunk], now: datetime, policy: Policy, max_line: int, pr
     for _, found in mapper(_evaluate_task, batches):
         rows.extend(found)
     return total, len(candidates), rows
-
-
-def _chunk_size(chunk: Chunk) -> int:
-    if chunk.end is not None:
-        return chunk.end - chunk.start
-    return os.path.getsize(chunk.path)  # a whole file (gzip: compressed size, a fair guide to its work)
 
 
 def _batches(total: Screening, now: datetime,

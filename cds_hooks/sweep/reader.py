@@ -48,6 +48,13 @@ def plan_chunks(files: list[Path], chunk_bytes: int) -> list[Chunk]:
     return chunks
 
 
+def chunk_size(chunk: Chunk) -> int:
+    """Bytes of the range (a whole file: its size on disk; for gzip the compressed size, a fair guide to its work)."""
+    if chunk.end is not None:
+        return chunk.end - chunk.start
+    return Path(chunk.path).stat().st_size
+
+
 @dataclass(slots=True)
 class LineCounts:
     lines: int = 0  # non-blank lines handed out

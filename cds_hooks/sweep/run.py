@@ -47,7 +47,7 @@ def run_sweep(options: SweepOptions, settings: Settings) -> dict[str, Any]:
         try:
             screening, candidates, rows = sweep_spark(
                 files, now=options.now, policy=policy, master=options.spark_master,
-                max_line_bytes=settings.sweep_max_line_bytes)
+                max_line_bytes=settings.sweep_max_line_bytes, chunk_bytes=settings.sweep_chunk_bytes)
         except SparkUnavailable as exc:
             raise SweepError(str(exc)) from None
     else:

@@ -93,12 +93,12 @@ def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
 
 
 def screen_chunk(chunk: Chunk, terminology: Terminology, max_line_bytes: int, *,
-                 patients: Collection[str] | None = None) -> Screening:
+                 patients: Collection[str] | None = None, keep_patients: bool = False) -> Screening:
     result = Screening()
     counts = LineCounts()
     screen = Screen(terminology)
     for batch in read_batches(chunk, max_line_bytes, counts):
-        screen_lines(batch, screen, result, patients=patients)
+        screen_lines(batch, screen, result, patients=patients, keep_patients=keep_patients)
     if patients is None:
         result.lines, result.size = counts.lines, counts.size
         if counts.too_long:

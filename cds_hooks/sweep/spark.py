@@ -1,10 +1,13 @@
 """The Spark engine: the same screen and the same per-patient rule, on Apache Spark (optional extra `spark`).
 
-Lines are screened where they are read (mapInPandas over the text lines, with the hook's peek), so only the
-relevant lines of the export are shuffled; they are grouped by patient and each group runs the very function
-the local engine runs (`evaluate_patient`, groupBy(...).applyInPandas). The DataFrame API only, so a Spark
-Connect URL (sc://) works as well as a classic master. Each screening task's counts travel through the same
-shuffle as one extra group, so the export is read once.
+The export is planned into the local engine's chunks (byte ranges of plain files, whole gzip files); each Spark
+task reads one chunk with the local engine's reader and screens it with the hook's peek (mapInPandas over a
+range of chunk numbers), so the JVM never holds the export's lines (it used to read them as text, convert
+them to Arrow and hand them to Python: most of its CPU) and only the relevant lines are shuffled; they are
+grouped by patient and each group runs the very function the local engine runs (`evaluate_patient`,
+groupBy(...).applyInPandas). Lines, counts and skip reasons are the local engine's exactly. The DataFrame API
+only, so a Spark Connect URL (sc://) works as well as a classic master. Each screening task's counts travel
+through the same shuffle as one extra group, so the export is read once.
 
 The export folder must be readable at the same path by the driver and every executor (local mode, or a
 shared file system on a cluster).
@@ -24,12 +27,12 @@ import orjson
 
 from cards.policy import Policy
 from cds_hooks.sweep.patient import evaluate_patient
-from cds_hooks.sweep.screen import Screening, screen_lines, too_long
-from fhir_mapping.intake import Screen
+from cds_hooks.sweep.reader import Chunk, chunk_size, plan_chunks
+from cds_hooks.sweep.screen import Screening, screen_chunk
 from fhir_mapping.terminology import load_terminology
 
 _STATS = "stats"  # the kind of the rows that carry a task's counts
-_SCREENED = "patient string, kind string, line string"
+_SCREENED = "patient string, kind string, line binary"  # lines as the reader gave them: bytes
 _RESULT = "row string, stats string"
 
 
@@ -87,35 +90,26 @@ def _sql_settings(master: str | None) -> dict[str, str]:
     return settings
 
 
-def _screen_partitions(max_line_bytes: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def _screen_partitions(chunks: list[Chunk], max_line_bytes: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """Each task screens the chunks whose numbers it is handed (one a task), reading them with the local
+    engine's own reader: the JVM never holds the export's lines, only the relevant ones it shuffles."""
     def screen_batches(batches: Iterator[Any]) -> Iterator[Any]:
         import pandas as pd
 
-        screen = Screen(load_terminology())
+        terminology = load_terminology()
         totals = Screening()
         for batch in batches:
-            part = Screening()
-            lines: list[bytes] = []
-            for text in batch["value"]:
-                if not text or text.isspace():
-                    continue
-                line = text.removeprefix("\ufeff").encode()  # a byte-order mark opening a file
-                part.size += len(line) + 1
-                if len(line) > max_line_bytes:
-                    part.skipped[too_long(max_line_bytes)] += 1
-                    continue
-                lines.append(line)
-            part.lines = len(lines)
-            screen_lines(lines, screen, part, keep_patients=True)
-            rows = [(p, "other", line.decode()) for p, held in part.relevant.items() for line in held]
-            rows += [(p, "Patient", line.decode()) for p, held in part.patients.items() for line in held]
-            part.relevant, part.patients = {}, {}
-            totals.merge(part)
-            if rows:
-                yield pd.DataFrame(rows, columns=["patient", "kind", "line"], dtype=object)
+            for number in batch["id"]:
+                part = screen_chunk(chunks[int(number)], terminology, max_line_bytes, keep_patients=True)
+                rows = [(p, "other", line) for p, held in part.relevant.items() for line in held]
+                rows += [(p, "Patient", line) for p, held in part.patients.items() for line in held]
+                part.relevant, part.patients = {}, {}
+                totals.merge(part)
+                if rows:
+                    yield pd.DataFrame(rows, columns=["patient", "kind", "line"], dtype=object)
         stats = {"lines": totals.lines, "size": totals.size, "resources": totals.resources,
                  "skipped": totals.skipped, "patient_lines": totals.patient_lines}
-        yield pd.DataFrame([(f"\0{_STATS}-{uuid.uuid4()}", _STATS, orjson.dumps(stats).decode())],
+        yield pd.DataFrame([(f"\0{_STATS}-{uuid.uuid4()}", _STATS, orjson.dumps(stats))],
                            columns=["patient", "kind", "line"], dtype=object)
 
     return screen_batches
@@ -129,10 +123,11 @@ def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]
         # pandas-to-Arrow conversion cannot take.
         kinds = set(group["kind"])
         if _STATS in kinds:
-            return pd.DataFrame({"row": [None] * len(group), "stats": list(group["line"])}, dtype=object)
+            return pd.DataFrame({"row": [None] * len(group), "stats": [bytes(b).decode() for b in group["line"]]},
+                                dtype=object)
         if kinds == {"Patient"}:  # not a candidate: nothing but the Patient is relevant
             return pd.DataFrame({"row": [], "stats": []}, dtype=object)
-        lines = [text.encode() for text in group["line"]]
+        lines = [bytes(line) for line in group["line"]]
         row = evaluate_patient(key[0], lines, now=now, policy=policy, terminology=load_terminology())
         # One row per candidate (row None: no card), so the driver can count them.
         return pd.DataFrame({"row": [orjson.dumps(row).decode() if row else None], "stats": [None]}, dtype=object)
@@ -140,12 +135,15 @@ def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]
     return evaluate_group
 
 
-def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str | None,
-                max_line_bytes: int) -> tuple[Screening, int, list[dict[str, Any]]]:
+def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str | None, max_line_bytes: int,
+                chunk_bytes: int) -> tuple[Screening, int, list[dict[str, Any]]]:
+    # Largest first, as the local engine hands them out: the last tasks are the short ones.
+    chunks = sorted(plan_chunks([path.resolve() for path in files], chunk_bytes), key=chunk_size, reverse=True)
     session = spark_session(master)
     try:
-        lines = session.read.text([str(path.resolve()) for path in files])
-        screened = lines.mapInPandas(_screen_partitions(max_line_bytes), schema=_SCREENED)
+        # One partition per chunk, each holding the chunk's number (range works over Spark Connect too).
+        numbers = session.range(0, len(chunks), 1, len(chunks))
+        screened = numbers.mapInPandas(_screen_partitions(chunks, max_line_bytes), schema=_SCREENED)
         grouped = screened.groupBy("patient").applyInPandas(_evaluate_groups(now, policy), schema=_RESULT)
         results = grouped.collect()  # one row per candidate and per screening task: small
     finally:
