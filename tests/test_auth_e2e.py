@@ -39,6 +39,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 
+from cds_hooks.services.registry import SERVICES
 from tests.conftest import SERVICE_ID, TEST_DATA, LiveService, free_port, start_live_service, stop_live_service
 from tests.scenarios import fhir_builders as fb
 
@@ -382,7 +383,7 @@ def assert_route_answered(route: Route, response: requests.Response) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     if route is DISCOVERY:
-        assert [s["id"] for s in body["services"]] == [SERVICE_ID]
+        assert [s["id"] for s in body["services"]] == [service.id for service in SERVICES]
     elif route is SERVICE:
         assert body == {"cards": []}
     else:

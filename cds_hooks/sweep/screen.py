@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cds_hooks.sweep.reader import Chunk, LineCounts, read_batches
 from fhir_mapping.intake import Screen
@@ -30,6 +31,14 @@ class Screening:
     relevant: dict[str, list[bytes]] = field(default_factory=dict)  # patient id -> relevant lines but its Patient
     patients: dict[str, list[bytes]] = field(default_factory=dict)  # patient id -> its Patient line(s)
     patient_lines: int = 0  # Patient resources seen (kept or not)
+
+    def counts(self) -> dict[str, Any]:
+        """What summary.json says of the export's lines and resources."""
+        return {
+            "lines": self.lines, "bytes": self.size, "patients": self.patient_lines,
+            "resources": sum(self.resources.values()), "resourcesByType": dict(sorted(self.resources.items())),
+            "linesSkipped": sum(self.skipped.values()), "skippedReasons": dict(sorted(self.skipped.items())),
+        }
 
     def merge(self, other: Screening) -> None:
         self.lines += other.lines
