@@ -125,8 +125,8 @@ ORDER_LEAD: Final = {"critical": "Suspected MSCC", "warning": "Suspected spinal 
 ORDER_MRI: Final = {"critical": "order MRI of the whole spine within 24 h",
                     "warning": "order MRI of the whole spine within 1 week"}
 ORDER_WHY: Final = {
-    "xray": "Plain X-ray cannot diagnose or rule out spinal metastases or MSCC: NICE NG234 asks for MRI of the "
-            "**whole spine** {timing}.",
+    "xray": "NICE NG234: do not use plain X-ray of the spine to diagnose or rule out spinal metastases or MSCC; "
+            "MRI of the **whole spine** {timing}.",
     "partial": "{what} images only part of the spine: NICE NG234 asks for MRI of the **whole spine** {timing}.",
     "context": "{what} does not replace MRI of the **whole spine**, which NICE NG234 asks for {timing}.",
     "duplicate": "MRI of the whole spine is already {state}, so {what} adds nothing: NICE NG234 asks for the MRI "

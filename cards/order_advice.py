@@ -28,6 +28,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 from cards.content import (
+    CRITICAL_ACTIONS,
     LINKS,
     MRI_WHOLE_SPINE_TEXT,
     ORDER_LEAD,
@@ -139,7 +140,10 @@ def _reason(draft: SpineImagingOrder) -> str:
 
 
 def _detail(decision: Decision, sentence: str, context: CardContext) -> str:
-    return f"{sentence}\n\n**Why:** {evidence_line(decision, context.now, _DETAIL_LIMIT - len(sentence))}"
+    # The one who orders may not have seen the chart's card (it is shown once): suspected MSCC is an emergency.
+    action = f"\n\n{CRITICAL_ACTIONS[0]}" if decision.kind == "mscc" else ""
+    why = evidence_line(decision, context.now, _DETAIL_LIMIT - len(sentence) - len(action))
+    return f"{sentence}\n\n**Why:** {why}{action}"
 
 
 def _capital(text: str) -> str:
