@@ -91,6 +91,9 @@ class Gathered:
     null_keys: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
     to_fetch: dict[str, str] = field(default_factory=dict)  # key -> why it must be fetched
+    # What the hook's context holds beyond the prefetch, as its service checked it (the order hooks' drafts), so
+    # it is read once per call, off the event loop, before anything is fetched (cds_hooks.services.base).
+    checked: Any = None
 
 
 @dataclass(frozen=True, slots=True)

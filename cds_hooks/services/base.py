@@ -86,30 +86,33 @@ class CdsService(ABC):
         }
 
     def decode(self, body: bytes | bytearray | memoryview) -> HookRequest[Any, Any]:
-        """The request, decoded and checked (BadRequest naming the field otherwise)."""
-        request = self._decoder.decode(body)
-        self.check(request)
-        return request
+        """The request, decoded (BadRequest naming the field otherwise); its context is checked by `check`, in
+        the first step of the evaluation (off the event loop: it may validate resources)."""
+        return self._decoder.decode(body)
 
-    def check(self, request: HookRequest[Any, Any]) -> None:
-        """What the hook's context must hold beyond its model's types; raise BadRequest naming the field.
-        patient-view needs nothing more: its context model says it all."""
+    def check(self, request: HookRequest[Any, Any]) -> Any:
+        """What the hook's context must hold beyond its model's types, read once: raise BadRequest naming the
+        field, or return what `cards` needs of it. patient-view needs nothing more: its model says it all."""
         return None
 
     @abstractmethod
-    def cards(self, request: HookRequest[Any, Any], evaluation: Evaluation) -> list[Card]:
-        """The cards this service answers with, given the one decision for the patient."""
+    def cards(self, request: HookRequest[Any, Any], evaluation: Evaluation, checked: Any) -> list[Card]:
+        """The cards this service answers with, given the one decision for the patient and `check`'s result."""
 
     def evaluate(self, request: HookRequest[Any, Any], now: datetime | None = None,
                  issuer: str | None = None) -> Outcome:
         """Everything in the calling thread, fetches included (the CLI, tests)."""
+        checked = self.check(request)
         gathered = gather(request, self.templates, self.limits, self.terminology, self.servers, issuer)
+        gathered.checked = checked
         return self.decide(request, gathered, now)
 
     # --- the steps, for the HTTP route: it runs fetches in their own pool (cds_hooks.protocol.fetch_pool) ------
     def evaluate_prefetched(self, request: HookRequest[Any, Any]) -> Outcome | Gathered:
         """The outcome if the prefetch holds everything, else what was read so far (`to_fetch` says the rest)."""
+        checked = self.check(request)
         gathered = read_prefetch(request, self.templates, self.terminology)
+        gathered.checked = checked
         return gathered if gathered.to_fetch else self.decide(request, gathered)
 
     def plan_fetch(self, request: HookRequest[Any, Any], gathered: Gathered, issuer: str | None) -> FetchPlan:
@@ -132,4 +135,4 @@ class CdsService(ABC):
             policy=self.policy,
             terminology=self.terminology,
         )
-        return Outcome(self.cards(request, evaluation), evaluation, gathered)
+        return Outcome(self.cards(request, evaluation, gathered.checked), evaluation, gathered)

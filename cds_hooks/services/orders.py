@@ -10,6 +10,7 @@ order-select judges only `context.selections`; order-sign every draft.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cards.evaluate import Evaluation
@@ -50,16 +51,22 @@ _WHAT = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    drafts: DraftOrders
+    judged: Collection[str] | None  # order-select: the selections; order-sign: None, every draft
+
+
 class _OrderService(CdsService):
     """What the two order hooks share: the draft orders, checked, and the cards for the ones judged."""
 
-    def check(self, request: HookRequest[Any, Any]) -> None:
-        self._judged(request, self._drafts(request))
-
-    def cards(self, request: HookRequest[Any, Any], evaluation: Evaluation) -> list[Card]:
+    def check(self, request: HookRequest[Any, Any]) -> _Checked:
         drafts = self._drafts(request)
+        return _Checked(drafts, self._judged(request, drafts))
+
+    def cards(self, request: HookRequest[Any, Any], evaluation: Evaluation, checked: _Checked) -> list[Card]:
         context = CardContext(request.context.patientId, request.context.userId, evaluation.now)
-        return order_cards(evaluation.decision, drafts, self._judged(request, drafts), context)
+        return order_cards(evaluation.decision, checked.drafts, checked.judged, context)
 
     def _drafts(self, request: HookRequest[Any, Any]) -> DraftOrders:
         try:

@@ -36,5 +36,5 @@ class PatientViewService(CdsService):
     context_model = PatientViewContext
     suppress_repeats = True  # a chart is opened many times a day: the same card once per episode
 
-    def cards(self, request: HookRequest[Any, Any], evaluation: Evaluation) -> list[Card]:
+    def cards(self, request: HookRequest[Any, Any], evaluation: Evaluation, checked: Any) -> list[Card]:
         return evaluation.cards
