@@ -422,7 +422,8 @@ def _evidence_of(decision: Decision) -> list[Evidence]:
     return evidence
 
 
-def _reason_references(decision: Decision) -> list[str]:
+def reason_references(decision: Decision) -> list[str]:
+    """The references a suggested order's reasonReference may carry (history, neurological features, pain)."""
     evidence = [c.evidence for c in decision.history] + [n.evidence for n in decision.neuro]
     if decision.episode:
         evidence += [p.evidence for p in decision.episode.findings]
@@ -430,7 +431,8 @@ def _reason_references(decision: Decision) -> list[str]:
     return [e.reference for e in evidence if e.reference]
 
 
-def _extension(decision: Decision) -> dict[str, Any]:
+def card_extension(decision: Decision) -> dict[str, Any]:
+    """The card extension (rules version, evidence and unreadable records) every clinical card carries."""
     extension: dict[str, Any] = {CARD_EXTENSION_KEY: rules_version()}
     references = list(dict.fromkeys(e.reference for e in _evidence_of(decision) if e.reference))
     if references:
@@ -454,7 +456,7 @@ def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
         urgency = "within 24 hours (stat)" if decision.indicator == "critical" else "within 1 week (urgent)"
         request = mri_whole_spine_request(
             patient_id=context.patient_id, indicator=decision.indicator, now=context.now,
-            reasons=_reason_references(decision), user_id=context.user_id, why=_summary(decision),
+            reasons=reason_references(decision), user_id=context.user_id, why=_summary(decision),
         )
         card["suggestions"] = [{
             "label": f"Order {MRI_WHOLE_SPINE_TEXT} {urgency}",
@@ -471,7 +473,7 @@ def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
         {"system": system, "code": code, "display": display} for system, code, display in OVERRIDE_REASONS
     ]
     card["links"] = [{"label": label, "url": url, "type": "absolute"} for label, url in LINKS]
-    card["extension"] = _extension(decision)
+    card["extension"] = card_extension(decision)
     return card
 
 
@@ -488,7 +490,7 @@ def _unreadable_card(decision: Decision) -> dict[str, Any]:
         "detail": detail,
         "indicator": "info",
         "source": {"label": source_label(), "url": SOURCE_URL},
-        "extension": _extension(decision),
+        "extension": card_extension(decision),
     }
 
 
@@ -504,13 +506,3 @@ def evidence_line(decision: Decision, now: datetime, limit: int) -> str:
     if len(text) > limit:
         text = text[: limit - 1].rsplit(" ", 1)[0] + "…"
     return text[:1].upper() + text[1:]
-
-
-def reason_references(decision: Decision) -> list[str]:
-    """The references a suggested order's reasonReference may carry (history, neurological features, pain)."""
-    return _reason_references(decision)
-
-
-def card_extension(decision: Decision) -> dict[str, Any]:
-    """The card extension (rules version, evidence and unreadable records) every clinical card carries."""
-    return _extension(decision)
