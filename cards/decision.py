@@ -40,6 +40,8 @@ _REGION_SETS = {
 _SPINE_IMAGING = {"mri", "ct", "ct-myelography"}
 _CONTEXT_IMAGING = {"bone-scan", "pet", "xray", "whole-body-mri", "whole-body-ct"}
 _DIFFERENTIAL_LOOKBACK = timedelta(days=365)
+NO_HISTORY = "no personal history of breast cancer"
+NO_TRIGGER = "no new spinal pain and no neurological feature"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,7 @@ def _decide(record: ClinicalRecord, policy: Policy, now: datetime) -> Decision:
     decision = Decision(None)
     history_level = _history(record, policy, decision)
     if history_level is None:
-        decision.why_not = "no personal history of breast cancer"
+        decision.why_not = NO_HISTORY
         return decision
 
     pains = [p for p in record.pains if not _future(p.evidence.date, now)]
@@ -109,7 +111,7 @@ def _decide(record: ClinicalRecord, policy: Policy, now: datetime) -> Decision:
     elif decision.episode is not None:
         tier = "warning"
     else:
-        decision.why_not = "no new spinal pain and no neurological feature"
+        decision.why_not = NO_TRIGGER
         return decision
     if history_level == "weak":
         tier = "info"

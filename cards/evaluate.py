@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cards.decision import Decision, decide, pain_score_horizon
+from cards.decision import NO_HISTORY, NO_TRIGGER, Decision, decide, pain_score_horizon
 from cards.policy import Policy
 from cards.render import CardContext, render_cards
 from fhir_mapping.extract import build_record
 from fhir_mapping.findings import ClinicalRecord
-from fhir_mapping.intake import Buffer, Document, collect
+from fhir_mapping.intake import EITHER, HISTORY, Buffer, Document, Intake, collect, document_roles, read_document
 from fhir_mapping.terminology import Terminology
 
 
@@ -38,10 +38,19 @@ def evaluate_documents(
     policy: Policy,
     terminology: Terminology,
 ) -> Evaluation:
-    # Old pain scores are dropped before validation: the decision would not read them (pain_score_horizon).
-    intake = collect(documents, patient_id, terminology, pain_scores_since=pain_score_horizon(policy, now))
-    record = build_record(intake, terminology, now, include_unconfirmed=policy.count_unconfirmed)
-    decision = decide(record, policy, now)
+    read = [d if isinstance(d, Document) else read_document(d, terminology) for d in documents]
+    roles = document_roles(read, terminology)
+    if roles != EITHER:
+        # No card can follow, whatever the rest says: a card needs a history and a trigger. Nothing is validated,
+        # and unreadable records are not reported: they could not have changed the answer.
+        intake = Intake(seen=sum(d.seen for d in read))
+        record = build_record(intake, terminology, now)
+        decision = Decision(None, why_not=NO_TRIGGER if roles & HISTORY else NO_HISTORY)
+    else:
+        # Old pain scores are dropped before validation: the decision would not read them (pain_score_horizon).
+        intake = collect(read, patient_id, terminology, pain_scores_since=pain_score_horizon(policy, now))
+        record = build_record(intake, terminology, now, include_unconfirmed=policy.count_unconfirmed)
+        decision = decide(record, policy, now)
     subject = patient_id or _patient_id_of(intake.resources) or "unknown"
     cards = render_cards(decision, CardContext(patient_id=subject, user_id=user_id, now=now))
     return Evaluation(cards, decision, record, intake.seen, len(intake.resources), now)

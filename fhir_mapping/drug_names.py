@@ -46,9 +46,20 @@ def _trie(words: list[str]) -> str:
     return f"(?:{pattern(root)})"
 
 
+def drug_name_words(terminology: Terminology) -> tuple[str, ...]:
+    """Every name drug_named knows, lower-case."""
+    return tuple(sorted(_matcher(terminology)[1]))
+
+
 def drug_named(terminology: Terminology, text: str) -> Concept | None:
     if not text:
         return None
     pattern, names = _matcher(terminology)
     match = pattern.search(text)
     return names[match.group().lower()] if match else None
+
+
+def names_drug_of_tier(terminology: Terminology, text: str, tiers: frozenset[str]) -> bool:
+    """Whether any drug the text names is of one of these tiers (drug_named reads only the first)."""
+    pattern, names = _matcher(terminology)
+    return any(names[m.group().lower()].attributes.get("tier") in tiers for m in pattern.finditer(text))

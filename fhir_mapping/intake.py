@@ -33,7 +33,8 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from fhir_mapping.dates import parse_span
-from fhir_mapping.drug_names import drug_named
+from fhir_mapping.drug_names import drug_name_words, drug_named, names_drug_of_tier
+from fhir_mapping.mentions import Mentions, expressions
 from fhir_mapping.terminology import (
     CPT,
     ICD10CM,
@@ -44,7 +45,7 @@ from fhir_mapping.terminology import (
     canonical_system,
     normalize_code,
 )
-from fhir_mapping.text import mentions_anything_relevant
+from fhir_mapping.text import ANCHORS, mentions_anything_relevant
 
 MODELS: dict[str, type[Resource]] = {
     "Patient": Patient,
@@ -258,6 +259,7 @@ def read_document(raw: Buffer | PrefetchValue, terminology: Terminology) -> Docu
     bundle = head.resourceType == "Bundle"
     resources: Iterable[Buffer] = (e.resource for e in head.entry or () if e.resource) if bundle else (raw,)
     verdict = _verdicts(terminology)
+    mentioned = mention_test(terminology)
     seen, picked, unreadable, holds_outcome = 0, [], [], False
     for resource in resources:
         seen += 1
@@ -265,11 +267,12 @@ def read_document(raw: Buffer | PrefetchValue, terminology: Terminology) -> Docu
         if isinstance(peek, str):
             kind, rid = _type_and_id(resource)
             holds_outcome = holds_outcome or kind == "OperationOutcome"
-            if kind in MODELS:
+            if kind in MODELS and (kind == "Patient" or mentioned(bytes(resource))):
                 unreadable.append(SkippedResource(kind, rid, peek, True))
         elif peek.resourceType == "OperationOutcome":
             holds_outcome = True
-        elif peek.resourceType in MODELS and _is_relevant(peek, verdict):
+        elif (peek.resourceType in MODELS and _is_relevant(peek, verdict)
+              and (peek.resourceType == "Patient" or mentioned(bytes(resource)))):
             picked.append((peek, resource))
     problem = None
     if holds_outcome:
@@ -361,6 +364,32 @@ READ_VALUE_SETS = (
     "breast-cancer-supporting", "spine-imaging", "end-of-life", "observation-codes", "stage-iv-values",
     "vertebral-fracture", "constitutional-symptoms", "hypercalcaemia", "treatment-differentials",
 )
+# What a coded concept can become in the record, as fhir_mapping.extract reads it and cards.decision uses it
+# (docs/clinical-rules.md §1.1-§1.3, §2.6): evidence of a breast-cancer history (a primary, history, in-situ or
+# metastasis code, a stage IV value, a tier A or B drug) or a trigger (spinal pain, a neurological feature, a
+# pain-location or symptom observation). Every card needs both; free text and unreadable records may be either.
+HISTORY, TRIGGER = 1, 2
+EITHER = HISTORY | TRIGGER
+_HISTORY_SETS = frozenset({"breast-cancer", "breast-cancer-history", "breast-carcinoma-in-situ", "bone-metastasis",
+                           "stage-iv-values"})
+_HISTORY_DRUG_TIERS = frozenset({"A", "B"})  # tier C (e.g. paclitaxel) never implies a history (§1.1 H3)
+_TRIGGER_SETS = frozenset({"spinal-pain", "neuro-red-flags"})
+_TRIGGER_OBSERVATION_ROLES = frozenset({"pain-location", "symptom"})
+
+
+def concept_roles(terminology: Terminology, system: str | None, code: str | int) -> int:
+    roles = 0
+    for concept in terminology.lookup(system, code):
+        value_set = concept.value_set
+        if value_set in _HISTORY_SETS or (
+                value_set == "breast-cancer-drugs" and concept.attributes.get("tier") in _HISTORY_DRUG_TIERS):
+            roles |= HISTORY
+        elif value_set in _TRIGGER_SETS or (
+                value_set == "observation-codes" and concept.attributes.get("role") in _TRIGGER_OBSERVATION_ROLES):
+            roles |= TRIGGER
+    return roles
+
+
 # A coding in one of these systems is authoritative: an Observation coded in them is not read for words.
 _STANDARD_SYSTEMS = frozenset({LOINC, SNOMED, ICD10CM, RXNORM, CPT})
 
@@ -379,6 +408,14 @@ def relevant_codes(terminology: Terminology) -> frozenset[tuple[str, str]]:
     )
 
 
+@functools.cache
+def mention_test(terminology: Terminology) -> Mentions:
+    """Whether raw JSON mentions a code, word or drug name the rules read. A resource other than a Patient is
+    read only if it does (fhir_mapping/mentions.py): one that mentions none could not hold evidence, readable
+    or not, so the hook and the sweep, which never parses such a line of an export, see the same record."""
+    return Mentions(expressions(relevant_codes(terminology), [*ANCHORS, *drug_name_words(terminology)]))
+
+
 class _CodingVerdicts:
     """(system, code) exactly as sent -> (relevant, in a standard system). Charts repeat the same few
     codes thousands of times, so canonicalising each once is most of the saving on a large prefetch."""
@@ -389,6 +426,8 @@ class _CodingVerdicts:
         self.terminology = terminology
         self.relevant = relevant_codes(terminology)
         self.verdicts: dict[tuple[str | None, str | int], tuple[bool, bool]] = {}
+        self.roles: dict[tuple[str | None, str | int], int] = {}
+        self.history_drugs: dict[str, bool] = {}
         # (medication?, gathered text) -> relevant. Displays repeat as often as codes do (a Bulk export of
         # Synthea patients: the same few hundred texts for millions of resources), and the word and drug-name
         # checks cost more than the decode; the verdict is a pure function of the two.
@@ -414,6 +453,23 @@ class _CodingVerdicts:
             if len(self.verdicts) < self._MAX:
                 self.verdicts[(system, code)] = verdict
         return verdict
+
+
+    def history_drug(self, text: str) -> bool:
+        verdict = self.history_drugs.get(text)
+        if verdict is None:
+            verdict = names_drug_of_tier(self.terminology, text, _HISTORY_DRUG_TIERS)
+            if len(self.history_drugs) < self._MAX:
+                self.history_drugs[text] = verdict
+        return verdict
+
+    def role(self, system: str | None, code: str | int) -> int:
+        roles = self.roles.get((system, code))
+        if roles is None:
+            roles = concept_roles(self.terminology, system, code)
+            if len(self.roles) < self._MAX:
+                self.roles[(system, code)] = roles
+        return roles
 
 
 @functools.cache
@@ -454,6 +510,52 @@ def _is_relevant(peek: _Peek, verdict: _CodingVerdicts) -> bool:
     return verdict.text(peek.resourceType in ("MedicationStatement", "MedicationRequest"), " | ".join(texts))
 
 
+def resource_roles(peek: _Peek, verdict: _CodingVerdicts) -> int:
+    """What a relevant resource can be evidence of (HISTORY, TRIGGER): its codes' roles, and what the words
+    extract reads may name. A drug's words are read for a drug name whatever its codes (extract names a drug
+    from them when no code is in breast-cancer-drugs): a history only if they name a tier A or B drug. Other
+    words are read where a concept has no code in our value sets, and in the free-text fields: they may name
+    either (which, is extract's call)."""
+    roles = 0
+    medication = peek.resourceType in ("MedicationStatement", "MedicationRequest")
+    texts = [text for text in (peek.valueString, peek.description) if text and not medication]
+    if medication and peek.medicationReference is not None and peek.medicationReference.display:
+        texts.append(peek.medicationReference.display)
+    for concept in _concepts(peek, verdict):
+        coded = False
+        for coding in concept.coding or ():
+            if coding.code is not None and verdict(coding.system, coding.code)[0]:
+                coded = True
+                roles |= verdict.role(coding.system, coding.code)
+        if not coded or medication:
+            texts += [text for coding in concept.coding or () if (text := coding.display)]
+            if concept.text:
+                texts.append(concept.text)
+    if medication:
+        if any(verdict.history_drug(text) for text in texts):
+            roles |= HISTORY
+    elif roles != EITHER and texts and verdict.text(False, " | ".join(texts)):
+        roles = EITHER
+    return roles
+
+
+def document_roles(documents: Iterable[Document], terminology: Terminology) -> int:
+    """What the relevant resources of these documents can be evidence of, together. A record short of either
+    a history or a trigger gets no card whatever its resources hold, so nothing of it need be validated; a
+    resource that could not be read, or a document that is not one, might have been either."""
+    verdict = _verdicts(terminology)
+    roles = 0
+    for document in documents:
+        if not document.resource_type or any(s.relevant for s in document.unreadable):
+            return EITHER
+        for peek, _ in document.picked:
+            if peek.resourceType != "Patient":
+                roles |= resource_roles(peek, verdict)
+                if roles == EITHER:
+                    return roles
+    return roles
+
+
 class _Owner(msgspec.Struct, gc=False):
     """Whose a resource is, read leniently from one the peek could not read (its other fields are broken)."""
 
@@ -470,6 +572,21 @@ _reference_decoder = msgspec.json.Decoder(_Reference)
 Screened = tuple[str, str | None, bool]
 
 
+_OPENING = b'{"resourceType":"'
+
+
+def opening_type(raw: Buffer) -> str | None:
+    """The resourceType a line opens with, as Bulk servers write it (`{"resourceType":"Condition",...`), or None
+    when it opens otherwise (then only a decode can tell)."""
+    if raw[:17] != _OPENING:
+        return None
+    close = raw.find(b'"', 17, 81)
+    if close <= 17:
+        return None
+    kind = bytes(raw[17:close]).decode("ascii", "replace")
+    return kind if kind.isalpha() else None
+
+
 def _owner_of(peek: _Peek) -> str | None:
     """The patient a peeked resource is about, exactly as `_admit` reads it."""
     if peek.resourceType == "Patient":
@@ -479,44 +596,46 @@ def _owner_of(peek: _Peek) -> str | None:
 
 class Screen:
     """Judges one raw FHIR resource (a line of a Bulk Data export) the way the hook's intake judges a Bundle
-    entry: the same peek and the same relevance verdicts, so the sweep keeps exactly what the hook would read.
+    entry: the same mention test, peek and relevance verdicts, so the sweep keeps exactly what the hook reads.
 
     Calling it returns (resourceType, patient id, relevant), or a short reason why the bytes are not a
     resource. The patient id is read only for relevant resources (the rest are never grouped by patient).
-    A resource of a type the rules read that the peek cannot read is *relevant*: the hook reports such a
-    record as unreadable on its card, so the sweep must hand it to the same intake for that patient.
+    A resource of a type the rules read that mentions what they read but cannot be read is *relevant*: the
+    hook reports such a record as unreadable, so the sweep must hand it to the same intake for that patient.
     """
 
-    __slots__ = ("_verdict",)
+    __slots__ = ("_mentioned", "_verdict")
 
     def __init__(self, terminology: Terminology) -> None:
         self._verdict = _verdicts(terminology)
+        self._mentioned = mention_test(terminology)
 
-    def __call__(self, raw: Buffer) -> Screened | str:
+    def __call__(self, raw: Buffer, mentions: bool | None = None) -> Screened | str:
+        """`mentions`: whether the line mentions what the rules read, when the caller knows already."""
         # Bulk servers write resourceType first. When the line opens with it, a type the rules never read
-        # (Claim, ExplanationOfBenefit, DocumentReference...: over a quarter of a Synthea export's bytes) is settled
-        # without decoding the rest: the hook would drop it unread too, and it is counted as that type.
-        if raw[:17] == b'{"resourceType":"':
-            close = raw.find(b'"', 17, 81)
-            if close > 17:
-                kind = raw[17:close].decode("ascii", "replace")
-                if kind not in MODELS and kind != "OperationOutcome" and kind.isalpha():
-                    return kind, None, False
+        # (Claim, ExplanationOfBenefit, DocumentReference...: over a quarter of a Synthea export's bytes), or a
+        # resource other than a Patient that mentions nothing the rules read, is settled without decoding the
+        # rest: the hook would drop it unread too, and it is counted as that type.
+        if mentions is None:
+            mentions = self._mentioned(bytes(raw))
+        if (kind := opening_type(raw)) is not None and kind != "OperationOutcome" and (
+                kind not in MODELS or (kind != "Patient" and not mentions)):
+            return kind, None, False
         try:
             peek = _peek_decoder.decode(raw)
         except DECODE_ERRORS:
-            return self._unreadable(raw)
+            return self._unreadable(raw, mentions)
         kind = peek.resourceType
         if not kind:
             return "not a FHIR resource (no resourceType)"
         if kind == "OperationOutcome":
             return "OperationOutcome (an error report, not data)"
-        if kind in MODELS and _is_relevant(peek, self._verdict):
+        if kind in MODELS and (kind == "Patient" or mentions) and _is_relevant(peek, self._verdict):
             return kind, _owner_of(peek), True
         return kind, None, False
 
     @staticmethod
-    def _unreadable(raw: Buffer) -> Screened | str:
+    def _unreadable(raw: Buffer, mentions: bool) -> Screened | str:
         try:
             owner = _owner_decoder.decode(raw)
         except DECODE_ERRORS:
@@ -526,6 +645,8 @@ class Screen:
             return "not a FHIR resource (no resourceType)"
         if kind not in MODELS:
             return "unreadable resource of a type the rules do not read"  # one reason: the names are the data's
+        if kind != "Patient" and not mentions:
+            return "unreadable resource that mentions nothing the rules read"
         if kind == "Patient":
             return kind, owner.id if isinstance(owner.id, str) else None, True
         for raw_reference in (owner.subject, owner.patient):

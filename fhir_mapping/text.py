@@ -93,18 +93,19 @@ _ANY_RELEVANT = re.compile(
 )
 
 
-# Every phrase _ANY_RELEVANT matches contains one of these (each _PAIN word holds "pain" or "ach", or is named
-# here). Most texts in a chart (drug names, visit types) hold none of them and are settled with a few substring
-# tests instead of the regex. Only for ASCII text: there lower() is exactly the regex's IGNORECASE, while
-# elsewhere the regex also equates e.g. "ı" and "İ" with "i". tests/test_text_prefilter.py checks they agree.
-_ANCHORS = ("pain", "ach", "lumbago", "dorsalgia", "sciatica", "cervicalgia", "breast", "cord compression", "mscc",
-            "cauda equina")
+# Every phrase _ANY_RELEVANT matches contains one of these (each _PAIN word holds "pain", "ache" or "aching", or is
+# named here). Most texts in a chart (drug names, visit types) hold none of them and are settled with a few
+# substring tests instead of the regex. Only for ASCII text: there lower() is exactly the regex's IGNORECASE,
+# while elsewhere the regex also equates e.g. "ı" and "İ" with "i". tests/test_fast_matchers.py checks they agree.
+# fhir_mapping.mentions seeks them in raw JSON too.
+ANCHORS = ("pain", "ache", "aching", "lumbago", "dorsalgia", "sciatica", "cervicalgia", "breast", "cord compression",
+           "mscc", "cauda equina")
 
 
 def mentions_anything_relevant(text: str) -> bool:
     """Cheap pre-filter used when picking resources out of a large prefetch."""
     if text.isascii():
         lowered = text.lower()
-        if not any(anchor in lowered for anchor in _ANCHORS):
+        if not any(anchor in lowered for anchor in ANCHORS):
             return False
     return _ANY_RELEVANT.search(text) is not None

@@ -184,13 +184,26 @@ def test_end_of_life_downgrade_keeps_the_goals_of_care_wording_short() -> None:
 
 @pytest.mark.parametrize("count", [1, 40])
 def test_unreadable_records_card_names_types_not_ids(service_client: Any, count: int) -> None:
-    broken = [fb.observation(fb.concept(fb.coding("http://loinc.org", "72514-3")), valueQuantity="seven")
-              for _ in range(count)]
-    card = only_card(service_client, fb.hook_request(fb.patient(), observations=broken))
+    # A breast-cancer history and back-pain records that cannot be read: they might have made a card.
+    broken = [fb.observation(fb.concept(fb.BACKACHE), valueQuantity="seven") for _ in range(count)]
+    card = only_card(service_client, fb.hook_request(fb.patient(), conditions=[fb.breast_cancer()],
+                                                     observations=broken))
     assert card["indicator"] == "info"
     assert f"{count} unreadable record{'s' if count > 1 else ''} (Observation)" in card["detail"]
     assert card["extension"]["org.mscc-alert.unreadable"] == [f"Observation/{o['id']}" for o in broken]
     assert "links" not in card
+
+
+@pytest.mark.parametrize(("history", "broken"), [
+    ([], fb.observation(fb.concept(fb.BACKACHE), valueQuantity="seven")),
+    ([fb.breast_cancer()], fb.observation(fb.concept(fb.loinc("72514-3")), valueQuantity="seven")),
+], ids=["back-pain-without-history", "history-and-a-pain-score"])
+def test_unreadable_records_that_could_not_make_a_card_give_none(service_client: Any, history: list[fb.JSON],
+                                                                broken: fb.JSON) -> None:
+    # Back pain with no breast-cancer history, or a history with only a pain score: read or not, these records
+    # could not give a card (a pain score alone never makes pain new), so there is nothing to warn about.
+    body = fb.hook_request(fb.patient(), conditions=history, observations=[broken])
+    assert call_service(service_client, body)["cards"] == []
 
 
 def _pool() -> list[tuple[str, fb.JSON]]:

@@ -106,17 +106,53 @@ def population(service_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
 # every relevant resource of every candidate must be validated, as the hook validates it.
 PACLITAXEL = fb.rxnorm("583214", "Paclitaxel 100 MG Injection")  # breast-cancer-drugs (tier C)
 UNREADABLE = ("info", "unreadable-records")
-EDGES = {"edge-invalid-order": UNREADABLE, "edge-deceased-invalid-order": UNREADABLE, "edge-deceased-valid-order": None}
+# Where the candidates are narrowed: a card needs a record that could hold both a breast-cancer history and a
+# trigger (spinal pain, a neurological feature); a resource counts by its codes, by words that name either, or
+# as either when it mentions what the rules read but cannot be read. Each edge must get the hook's answer.
+EDGES: dict[str, tuple[str, str] | None] = {
+    "edge-invalid-order": None,  # an unreadable tier-C drug, nothing else: no card could follow
+    "edge-history-invalid-pain": UNREADABLE,  # a history; the back pain cannot be read
+    "edge-invalid-history-pain": UNREADABLE,  # back pain; the history cannot be read
+    "edge-history-pain-garbled": UNREADABLE,  # a history; a Condition naming back pain whose code is not an object
+    "edge-history-unmentioned-garbled": None,  # a history; a garbled Condition that mentions nothing we read
+    "edge-deceased-history-pain": None,  # a candidate, refused by the rules themselves
+    "edge-history-text-pain": ("warning", "spinal-metastases"),  # back pain in words only
+    "edge-tamoxifen-words-pain": ("info", "weak-history"),  # a tier-B drug named in words only, and back pain
+    "edge-paclitaxel-pain": None,  # a tier-C drug is no history
+}
 
 
 def _edge_patients() -> list[JSON]:
+    history = fb.breast_cancer
+    pain = fb.back_pain
+
+    def invalid(resource: JSON) -> JSON:
+        resource["onsetDateTime"] = "not a date"  # the peek reads the code; validation refuses the resource
+        return resource
+
+    order = fb.medication_request(PACLITAXEL, patient_id="edge-invalid-order")
+    order["authoredOn"] = "not a date"
+    tamoxifen = fb.medication_statement(fb.TAMOXIFEN, patient_id="edge-tamoxifen-words-pain")
+    tamoxifen["medicationCodeableConcept"] = {"text": "Tamoxifen 20 mg tablet"}
+    made: dict[str, list[JSON]] = {
+        "edge-invalid-order": [order],
+        "edge-history-invalid-pain": [history(), invalid(pain())],
+        "edge-invalid-history-pain": [invalid(history()), pain()],
+        "edge-history-pain-garbled": [history(), fb.condition("low back pain")],
+        "edge-history-unmentioned-garbled": [history(), fb.condition("garbled")],
+        "edge-deceased-history-pain": [history(), pain()],
+        "edge-history-text-pain": [history(), fb.condition(fb.concept(text="lower back pain since Monday"),
+                                                           onset_days_ago=4, recorded_days_ago=4)],
+        "edge-tamoxifen-words-pain": [tamoxifen, pain()],
+        "edge-paclitaxel-pain": [fb.medication_request(PACLITAXEL), pain()],
+    }
     resources: list[JSON] = []
-    for patient_id in EDGES:
+    for patient_id, theirs in made.items():
         resources.append(fb.patient(patient_id=patient_id, deceased=True if "deceased" in patient_id else None))
-        order = fb.medication_request(PACLITAXEL, patient_id=patient_id)
-        if "invalid" in patient_id:
-            order["authoredOn"] = "not a date"  # the peek reads the code; validation refuses the resource
-        resources.append(order)
+        for resource in theirs:
+            (resource.get("subject") or resource["patient"])["reference"] = f"Patient/{patient_id}"
+            resources.append(resource)
+    assert set(made) == set(EDGES)
     return resources
 
 

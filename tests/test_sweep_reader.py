@@ -114,7 +114,13 @@ def test_screen_keeps_a_broken_resource_of_a_type_the_rules_read_for_its_patient
     assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == ("Claim", None, False)
     unread = screen(b'{"id":7,"resourceType":"Claim","patient":3}')
     assert unread == "unreadable resource of a type the rules do not read"
+    # A broken resource that mentions nothing the rules read is not theirs, read or not: settled unread when
+    # it opens with its type, and a line skipped for what it is when it must be decoded to be known.
     assert screen(b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/q"}}') == (
+        "Condition", None, False)
+    assert screen(b'{"code":"x","resourceType":"Condition","subject":{"reference":"Patient/q"}}') == (
+        "unreadable resource that mentions nothing the rules read")
+    assert screen(b'{"code":"x","resourceType":"Condition","subject":{"reference":"Patient/q"},"note":"pain"}') == (
         "Condition", "q", True)
     assert screen(b"{not json") == "unreadable JSON"
     assert screen(b'{"id":"x"}') == "not a FHIR resource (no resourceType)"

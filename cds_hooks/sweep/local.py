@@ -17,6 +17,7 @@ from cds_hooks.sweep.patient import evaluate_patient
 from cds_hooks.sweep.progress import Progress
 from cds_hooks.sweep.reader import Chunk, chunk_size
 from cds_hooks.sweep.screen import Screening, screen_chunk
+from fhir_mapping.intake import mention_test
 from fhir_mapping.terminology import Terminology, load_terminology
 
 T = TypeVar("T")
@@ -64,7 +65,7 @@ def sweep_local(chunks: list[Chunk], *, now: datetime, policy: Policy, workers: 
     # Elsewhere spawn, and each worker loads them once.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     if method == "fork":
-        _worker_terminology()
+        mention_test(_worker_terminology())  # the compiled Hyperscan database too (a second or so to build)
     with multiprocessing.get_context(method).Pool(workers) as pool:
         def mapper(function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
             return pool.imap_unordered(function, tasks)

@@ -68,8 +68,26 @@ def read_lines(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterato
         yield from batch
 
 
+# What read_blocks hands out: a block of whole lines as bytes, each line ending in a newline (not yet counted in
+# LineCounts.lines: see lines_of), or a list of lines already made usable and counted.
+Block = bytes | list[bytes]
+
+
 def read_batches(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[list[bytes]]:
     """The same lines, a block's worth at a time (the screen runs over lists: no generator step per line)."""
+    for block in read_blocks(chunk, max_line_bytes, counts):
+        yield lines_of(block, counts)
+
+
+def lines_of(block: Block, counts: LineCounts) -> list[bytes]:
+    if isinstance(block, list):
+        return block
+    return _usable(block.split(b"\n")[:-1], counts)
+
+
+def read_blocks(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[Block]:
+    """The chunk's lines, a block at a time: as bytes where every line of the block is ours and short enough
+    (the common case: a screen may then search the block without splitting it), else as a list."""
     if chunk.path.endswith(".gz"):
         with gzip.open(chunk.path, "rb") as stream:
             yield from _batches(stream, 0, None, max_line_bytes, counts)
@@ -105,7 +123,7 @@ def _usable(lines: list[bytes], counts: LineCounts) -> list[bytes]:
 
 
 def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,
-             counts: LineCounts) -> Iterator[list[bytes]]:
+             counts: LineCounts) -> Iterator[Block]:
     tail = b""
     skipping = False  # inside a line longer than max_line: drop bytes up to its newline
     at_start = offset == 0
@@ -130,15 +148,16 @@ def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,
             counts.size += at + 1
             block = block[at + 1 :]
         joined = tail + block if tail else block
-        parts = joined.split(b"\n")
-        tail = parts.pop()
-        span = len(joined) - len(tail)  # the complete lines with their newlines
-        if (end is None or offset + span <= end) and (not parts or max(map(len, parts)) <= max_line):
-            # Every line of the block is ours and none is too long: the common case, handled as a list.
+        span = joined.rfind(b"\n") + 1  # the complete lines with their newlines
+        tail = joined[span:]
+        if (end is None or offset + span <= end) and _no_line_longer(joined, span, max_line):
+            # Every line of the block is ours and none is too long: the common case, handed out whole.
             offset += span
             counts.size += span
-            yield _usable(parts, counts)
+            if span:
+                yield joined[:span]
         else:
+            parts = joined[:span].split(b"\n")[:-1]
             mine: list[bytes] = []
             for line in parts:
                 if end is not None and offset >= end:
@@ -159,3 +178,15 @@ def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,
     if tail and (end is None or offset < end):
         counts.size += len(tail)
         yield _usable([tail], counts)
+
+
+def _no_line_longer(joined: bytes, span: int, max_line: int) -> bool:
+    """Whether no line of joined[:span] is longer than max_line, without splitting it: every window of
+    max_line // 2 bytes holding a newline bounds each line below max_line (a few finds a block); else the
+    lines are measured."""
+    if span <= max_line:
+        return True
+    step = max(max_line // 2, 1)
+    if all(joined.find(b"\n", start, start + step) >= 0 for start in range(0, span, step)):
+        return True
+    return max(map(len, joined[:span].split(b"\n"))) <= max_line

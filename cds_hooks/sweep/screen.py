@@ -13,8 +13,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cds_hooks.sweep.reader import Chunk, LineCounts, read_batches
-from fhir_mapping.intake import Screen
+from cds_hooks.sweep.reader import Chunk, LineCounts, lines_of, read_blocks
+from fhir_mapping.intake import MODELS, Screen, mention_test, opening_type
+from fhir_mapping.mentions import Mentions
 from fhir_mapping.terminology import Terminology
 
 NO_PATIENT = "relevant resource with no patient reference"
@@ -56,7 +57,8 @@ class Screening:
 
 
 def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
-                 patients: Collection[str] | None = None, keep_patients: bool = False) -> None:
+                 patients: Collection[str] | None = None, keep_patients: bool = False,
+                 mentions: bool | None = None) -> None:
     """Judge each line and keep the relevant ones by patient (kept in one loop with local names: it runs once
     per line of the export).
 
@@ -70,7 +72,7 @@ def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
     skipped = result.skipped
     second_pass = patients is not None
     for line in lines:
-        got = screen(line)
+        got = screen(line, mentions)
         if isinstance(got, str):
             if not second_pass:
                 skipped[got] += 1
@@ -101,13 +103,39 @@ def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
                 held.append(line)
 
 
+def screen_block(block: bytes, screen: Screen, mentioned: Mentions, result: Screening,
+                 counts: LineCounts) -> bool:
+    """A first-pass screen of a block of whole lines (each ending in a newline) that all open with the same
+    resourceType, other than Patient (whose every line is read) and OperationOutcome, without splitting it:
+    the lines are counted as that type, and only those that mention what the rules read (found in the bytes
+    by `mentioned`) are judged one by one, exactly as `screen_lines` judges each. False, doing nothing, for
+    any other block."""
+    kind = opening_type(block)
+    if kind is None or kind in ("Patient", "OperationOutcome"):
+        return False
+    lines = block.count(b"\n")
+    if block.count(b'\n{"resourceType":"%s"' % kind.encode()) + 1 != lines:  # the first line, then the rest
+        return False  # not every line opens with the same type
+    counts.lines += lines
+    result.resources[kind] += lines
+    if kind not in MODELS:
+        return True
+    for start, end in mentioned.lines(block):
+        result.resources[kind] -= 1  # judged again below, as screen_lines does
+        screen_lines((block[start:end].rstrip(b"\r"),), screen, result, mentions=True)
+    return True
+
+
 def screen_chunk(chunk: Chunk, terminology: Terminology, max_line_bytes: int, *,
                  patients: Collection[str] | None = None, keep_patients: bool = False) -> Screening:
     result = Screening()
     counts = LineCounts()
     screen = Screen(terminology)
-    for batch in read_batches(chunk, max_line_bytes, counts):
-        screen_lines(batch, screen, result, patients=patients, keep_patients=keep_patients)
+    mentioned = mention_test(terminology)
+    for block in read_blocks(chunk, max_line_bytes, counts):
+        if patients is None and isinstance(block, bytes) and screen_block(block, screen, mentioned, result, counts):
+            continue
+        screen_lines(lines_of(block, counts), screen, result, patients=patients, keep_patients=keep_patients)
     if patients is None:
         result.lines, result.size = counts.lines, counts.size
         if counts.too_long:

@@ -1,0 +1,72 @@
+"""The byte-level mention test that comes before any parse (fhir_mapping/mentions.py)."""
+
+from __future__ import annotations
+
+import msgspec
+import orjson
+import pytest
+
+from fhir_mapping.intake import MODELS, _is_relevant, _peek_decoder, _verdicts, mention_test
+from fhir_mapping.terminology import load_terminology
+from tests.scenarios import bulk_export as bulk
+from tests.scenarios.test_clinical_scenarios import SCENARIOS
+
+TERMINOLOGY = load_terminology()
+MENTIONS = mention_test(TERMINOLOGY)
+
+
+def _resources() -> list[bytes]:
+    """Every resource of the suite's Synthea patients and clinical scenarios, as NDJSON lines."""
+    lines = []
+    for path in bulk.synthea_bundles():
+        lines += [orjson.dumps(r) for r in bulk.synthea_patient(path, "p")]
+    for param in SCENARIOS:
+        lines += [orjson.dumps(r) for r in bulk.request_resources(param.values[0])]
+    return lines
+
+
+RESOURCES = _resources()
+
+
+def test_every_resource_the_peek_finds_relevant_mentions_what_the_rules_read() -> None:
+    # The test only ever narrows: a resource whose codes or words the peek judges relevant always passes it.
+    verdict = _verdicts(TERMINOLOGY)
+    relevant = 0
+    for line in RESOURCES:
+        try:
+            peek = _peek_decoder.decode(line)
+        except msgspec.ValidationError:
+            continue  # the scenarios' deliberately broken resources
+        if peek.resourceType in MODELS and peek.resourceType != "Patient" and _is_relevant(peek, verdict):
+            relevant += 1
+            assert MENTIONS(line), line[:200]
+    assert relevant > 500
+    # ...and it narrows: most of a real record mentions nothing the rules read.
+    assert sum(map(MENTIONS, RESOURCES)) < len(RESOURCES) / 3
+
+
+@pytest.mark.parametrize(("raw", "mentions"), [
+    (b'{"code":"3002"}', True),  # cyclophosphamide (RxNorm), as a whole value
+    (b'{"code":3002}', True),
+    (b'{"code":" 3002 "}', True),
+    (b'{"id":"9b1c-3002-4f"}', False),  # the same digits inside an id
+    (b'{"id":"a3002b"}', False),
+    (b'{"code":"C50.911"}', True),
+    (b'{"code":"c50911"}', True),  # ICD-10-CM without its dot, in lower case
+    (b'{"text":"LOWER BACK PAIN"}', True),
+    (b'{"text":"Tamoxifen 20 mg"}', True),
+    (b'{"text":"p\\u0061in"}', True),  # a JSON escape could spell anything
+    ('{"text":"PAİN"}'.encode(), True),  # "İ" is "i" to a case-insensitive regex
+    ('{"text":"crème"}'.encode(), False),  # other non-ASCII text is only text
+    (b'{"code":"8867-4","display":"Heart rate"}', False),
+])
+def test_mentions(raw: bytes, mentions: bool) -> None:
+    assert MENTIONS(raw) is mentions
+
+
+def test_lines_of_a_block_are_the_lines_that_mention_anything() -> None:
+    lines = [*RESOURCES[:3000], b'{"code":"3002"}', b'{"x":"9b1c-3002-4f"}', b"{}", b'{"t":"pain"}']
+    block = b"\n".join(lines) + b"\n"
+    spans = list(MENTIONS.lines(block))
+    assert [block[start:end] for start, end in spans] == [line for line in lines if MENTIONS(line)]
+    assert len(spans) < len(lines)
