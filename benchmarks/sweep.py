@@ -199,33 +199,6 @@ def _orjson_floor(folder: str) -> None:
     print(parsed)
 
 
-def _validation_floor(folder: str) -> None:
-    """Child process: R4B validation alone of the resources the hook would validate for the sweep's candidates
-    (their relevant lines and Patients, picked by the sweep's own screen, untimed), timed in CPU seconds: what
-    any sweep that gives each patient the hook's exact answer pays, since the hook validates them all (a
-    relevant record failing validation gets the patient an "unreadable-records" card, deceased or not)."""
-    from cds_hooks.sweep.reader import export_files, plan_chunks
-    from cds_hooks.sweep.screen import Screening, screen_chunk
-    from fhir_mapping.intake import MODELS, Screen, validate
-
-    terminology = load_terminology()
-    files, _ = export_files(Path(folder))
-    chunks = plan_chunks(files, 64 * 1024 * 1024)
-    total = Screening()
-    for chunk in chunks:
-        total.merge(screen_chunk(chunk, terminology, 1 << 30))
-    candidates = frozenset(total.relevant)
-    for chunk in chunks:
-        total.merge(screen_chunk(chunk, terminology, 1 << 30, patients=candidates))
-    screen = Screen(terminology)
-    lines = [line for held in (*total.relevant.values(), *total.patients.values()) for line in held]
-    typed = [(MODELS[got[0]], line) for line in lines if not isinstance(got := screen(line), str) and got[0] in MODELS]
-    started = time.process_time()
-    for model, line in typed:
-        validate(model, line)
-    print(f"{time.process_time() - started:.3f} {len(typed)} {sum(len(line) for _, line in typed)}")
-
-
 def _check(out: Path, expected: dict[str, str | None]) -> str:
     got = {row["patientId"]: row["indicator"]
            for row in map(orjson.loads, (out / "worklist.ndjson").read_bytes().splitlines())}
@@ -239,13 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated export (its path is printed)")
     parser.add_argument("--no-spark", action="store_true")
     parser.add_argument("--orjson-floor", metavar="DIR", help=argparse.SUPPRESS)
-    parser.add_argument("--validation-floor", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.orjson_floor:
         _orjson_floor(args.orjson_floor)
-        return 0
-    if args.validation_floor:
-        _validation_floor(args.validation_floor)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="mscc-sweep-bench-"))
@@ -261,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         sweep = [sys.executable, "-m", "cds_hooks", "sweep", str(export), "--now", now]
         runs = [measure("orjson.loads every line", 1,
                         [sys.executable, "-m", "benchmarks.sweep", "--orjson-floor", str(export)])]
-        validation = _validation_cost(export)
         for workers in (1, 2):
             out = work / f"local-{workers}"
             run = measure(f"local engine, {workers} worker{'s' if workers > 1 else ''}", workers,
@@ -274,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                           [*sweep, "--out", str(out), "--engine", "spark", "--spark-master", "local[2]"])
             run.note = run.note or _check(out, expected)
             runs.append(run)
-        _report(runs, size, lines, validation)
+        _report(runs, size, lines)
     finally:
         if args.keep:
             print(f"kept: {work}")
@@ -283,15 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _validation_cost(export: Path) -> tuple[float, int, int]:
-    """(CPU seconds, resources, bytes) of validating the candidates' resources (see _validation_floor)."""
-    result = subprocess.run([sys.executable, "-m", "benchmarks.sweep", "--validation-floor", str(export)],
-                            capture_output=True, text=True, check=True)
-    seconds, resources, size = result.stdout.split()
-    return float(seconds), int(resources), int(size)
-
-
-def _report(runs: list[Run], size: int, lines: int, validation: tuple[float, int, int]) -> None:
+def _report(runs: list[Run], size: int, lines: int) -> None:
     print(f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores\n")
     print("| run | wall s | CPU s (process tree) | resources/s/core | MB/s | peak RSS | load 1-min before/after "
           "| note |")
@@ -301,9 +261,6 @@ def _report(runs: list[Run], size: int, lines: int, validation: tuple[float, int
         print(f"| {run.name} | {run.seconds:.1f} | {run.tree_cpu:.1f} | {rate:,.0f} | {size / 1e6 / run.seconds:.0f} | "
               f"{run.peak_rss / 2**20:,.0f} MiB | {run.load_before:.1f} / {run.load_after:.1f} | "
               f"{'FAILED ' if not run.ok else ''}{run.note.strip()[:200]} |")
-    seconds, validated, validated_bytes = validation
-    print(f"\nR4B validation alone of the {validated:,} resources the hook validates for the candidates "
-          f"({validated_bytes / 1e6:.1f} MB, {100 * validated_bytes / size:.1f}% of the export): {seconds:.1f} CPU s")
     by_name = {run.name: run for run in runs}
     floor, one, two = (by_name.get(n) for n in ("orjson.loads every line", "local engine, 1 worker",
                                                  "local engine, 2 workers"))
@@ -312,8 +269,7 @@ def _report(runs: list[Run], size: int, lines: int, validation: tuple[float, int
     if floor and one:
         ratio = one.seconds / floor.seconds
         print(f"local 1 worker / orjson floor: {ratio:.2f}x (target <= 0.3x): {'PASS' if ratio <= 0.3 else 'MISS'}"
-              f"; in CPU seconds {one.tree_cpu / floor.tree_cpu:.2f}x; validation alone "
-              f"{seconds / floor.tree_cpu:.2f}x the floor's CPU seconds")
+              f"; in CPU seconds {one.tree_cpu / floor.tree_cpu:.2f}x")
     if one and two:
         speedup = one.seconds / two.seconds
         print(f"2 workers throughput / 1 worker: {speedup:.2f}x (target >= 1.7x): "
