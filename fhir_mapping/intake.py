@@ -45,7 +45,7 @@ from fhir_mapping.terminology import (
     canonical_system,
     normalize_code,
 )
-from fhir_mapping.text import ANCHORS, mentions_anything_relevant
+from fhir_mapping.text import ANCHORS, breast_cancer_in, cord_compression_in, mentions_anything_relevant, spinal_pain_in
 
 MODELS: dict[str, type[Resource]] = {
     "Patient": Patient,
@@ -428,6 +428,7 @@ class _CodingVerdicts:
         self.verdicts: dict[tuple[str | None, str | int], tuple[bool, bool]] = {}
         self.roles: dict[tuple[str | None, str | int], int] = {}
         self.history_drugs: dict[str, bool] = {}
+        self.text_role_cache: dict[tuple[bool, str], int] = {}
         # (medication?, gathered text) -> relevant. Displays repeat as often as codes do (a Bulk export of
         # Synthea patients: the same few hundred texts for millions of resources), and the word and drug-name
         # checks cost more than the decode; the verdict is a pure function of the two.
@@ -462,6 +463,18 @@ class _CodingVerdicts:
             if len(self.history_drugs) < self._MAX:
                 self.history_drugs[text] = verdict
         return verdict
+
+    def text_roles(self, condition: bool, text: str) -> int:
+        """What extract can find in one text (fhir_mapping/extract.py reads a text with these very tests): a
+        breast cancer in a Condition's words, cord compression or spinal pain in any resource's."""
+        roles = self.text_role_cache.get((condition, text))
+        if roles is None:
+            roles = HISTORY if condition and breast_cancer_in(text) else 0
+            if cord_compression_in(text) or spinal_pain_in(text) is not None:
+                roles |= TRIGGER
+            if len(self.text_role_cache) < self._MAX:
+                self.text_role_cache[(condition, text)] = roles
+        return roles
 
     def role(self, system: str | None, code: str | int) -> int:
         roles = self.roles.get((system, code))
@@ -511,11 +524,11 @@ def _is_relevant(peek: _Peek, verdict: _CodingVerdicts) -> bool:
 
 
 def resource_roles(peek: _Peek, verdict: _CodingVerdicts) -> int:
-    """What a relevant resource can be evidence of (HISTORY, TRIGGER): its codes' roles, and what the words
-    extract reads may name. A drug's words are read for a drug name whatever its codes (extract names a drug
+    """What a relevant resource can be evidence of (HISTORY, TRIGGER): its codes' roles, and what extract can
+    find in the words it reads. A drug's words are read for a drug name whatever its codes (extract names a drug
     from them when no code is in breast-cancer-drugs): a history only if they name a tier A or B drug. Other
-    words are read where a concept has no code in our value sets, and in the free-text fields: they may name
-    either (which, is extract's call)."""
+    words are read where a concept has no code in our value sets (and, to be sure, in the free-text fields),
+    with extract's own tests."""
     roles = 0
     medication = peek.resourceType in ("MedicationStatement", "MedicationRequest")
     texts = [text for text in (peek.valueString, peek.description) if text and not medication]
@@ -534,19 +547,25 @@ def resource_roles(peek: _Peek, verdict: _CodingVerdicts) -> int:
     if medication:
         if any(verdict.history_drug(text) for text in texts):
             roles |= HISTORY
-    elif roles != EITHER and texts and verdict.text(False, " | ".join(texts)):
-        roles = EITHER
+    else:
+        condition = peek.resourceType == "Condition"
+        for text in texts:
+            if roles == EITHER:
+                break
+            roles |= verdict.text_roles(condition, text)
     return roles
 
 
 def document_roles(documents: Iterable[Document], terminology: Terminology) -> int:
     """What the relevant resources of these documents can be evidence of, together. A record short of either
     a history or a trigger gets no card whatever its resources hold, so nothing of it need be validated; a
-    resource that could not be read, or a document that is not one, might have been either."""
+    resource other than a Patient that could not be read, or a document that is not one, might have been
+    either."""
     verdict = _verdicts(terminology)
     roles = 0
     for document in documents:
-        if not document.resource_type or any(s.relevant for s in document.unreadable):
+        if not document.resource_type or any(
+                s.relevant and s.resource_type != "Patient" for s in document.unreadable):
             return EITHER
         for peek, _ in document.picked:
             if peek.resourceType != "Patient":
@@ -568,8 +587,8 @@ class _Owner(msgspec.Struct, gc=False):
 _owner_decoder = msgspec.json.Decoder(_Owner)
 _reference_decoder = msgspec.json.Decoder(_Reference)
 
-# (resourceType, patient id, relevant): what `Screen` says of one resource.
-Screened = tuple[str, str | None, bool]
+# (resourceType, patient id, relevant, roles): what `Screen` says of one resource.
+Screened = tuple[str, str | None, bool, int]
 
 
 _OPENING = b'{"resourceType":"'
@@ -598,8 +617,10 @@ class Screen:
     """Judges one raw FHIR resource (a line of a Bulk Data export) the way the hook's intake judges a Bundle
     entry: the same mention test, peek and relevance verdicts, so the sweep keeps exactly what the hook reads.
 
-    Calling it returns (resourceType, patient id, relevant), or a short reason why the bytes are not a
-    resource. The patient id is read only for relevant resources (the rest are never grouped by patient).
+    Calling it returns (resourceType, patient id, relevant, roles), or a short reason why the bytes are not a
+    resource. The patient id is read only for relevant resources (the rest are never grouped by patient);
+    roles are what `document_roles` makes of the resource, so a sweep can tell without reading it again which
+    patients could get a card.
     A resource of a type the rules read that mentions what they read but cannot be read is *relevant*: the
     hook reports such a record as unreadable, so the sweep must hand it to the same intake for that patient.
     """
@@ -620,7 +641,7 @@ class Screen:
             mentions = self._mentioned(bytes(raw))
         if (kind := opening_type(raw)) is not None and kind != "OperationOutcome" and (
                 kind not in MODELS or (kind != "Patient" and not mentions)):
-            return kind, None, False
+            return kind, None, False, 0
         try:
             peek = _peek_decoder.decode(raw)
         except DECODE_ERRORS:
@@ -631,8 +652,8 @@ class Screen:
         if kind == "OperationOutcome":
             return "OperationOutcome (an error report, not data)"
         if kind in MODELS and (kind == "Patient" or mentions) and _is_relevant(peek, self._verdict):
-            return kind, _owner_of(peek), True
-        return kind, None, False
+            return kind, _owner_of(peek), True, 0 if kind == "Patient" else resource_roles(peek, self._verdict)
+        return kind, None, False, 0
 
     @staticmethod
     def _unreadable(raw: Buffer, mentions: bool) -> Screened | str:
@@ -648,15 +669,15 @@ class Screen:
         if kind != "Patient" and not mentions:
             return "unreadable resource that mentions nothing the rules read"
         if kind == "Patient":
-            return kind, owner.id if isinstance(owner.id, str) else None, True
+            return kind, owner.id if isinstance(owner.id, str) else None, True, 0
         for raw_reference in (owner.subject, owner.patient):
             if raw_reference:
                 try:
                     reference = _reference_decoder.decode(raw_reference)
                 except DECODE_ERRORS:
                     continue
-                return kind, _patient_of(reference.reference), True
-        return kind, None, True
+                return kind, _patient_of(reference.reference), True, EITHER
+        return kind, None, True, EITHER
 
 
 def collect(

@@ -77,24 +77,28 @@ class Mentions:
             return True
         return False
 
-    def lines(self, block: bytes) -> Iterator[tuple[int, int]]:
-        """(start, end) of each line of `block` (lines end at b"\\n") that mentions anything, in order. No
-        pattern holds a newline but a code's bound may be one: a match is placed by its last byte, or the one
-        before when that is the newline."""
+    def lines(self, data: bytes, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
+        """(start, end) in `data` of each line of data[start:stop] (lines end at b"\\n") that mentions anything,
+        in order. No pattern holds a newline but a code's bound may be one: a match is placed by its last byte,
+        or the one before when that is the newline."""
+        stop = len(data) if stop is None else stop
         ends: list[int] = []
-        self._database.scan(block, match_event_handler=_collector(ends), scratch=self._scratch())
+        with memoryview(data) as view, view[start:stop] as scanned:
+            # Any buffer scans (the stub says bytes or str): the range is searched where it lies, never copied.
+            self._database.scan(scanned, match_event_handler=_collector(ends),  # type: ignore[type-var]
+                                scratch=self._scratch())
         line_end = -1
-        for end in ends:  # reported in order of where each match ends
-            inside = end - 1
-            if block[inside] == _NEWLINE:
+        for end in ends:  # reported in order of where each match ends, from `start`
+            inside = start + end - 1
+            if data[inside] == _NEWLINE:
                 inside -= 1
             if inside < line_end:
                 continue  # the line is reported already
-            start = block.rfind(b"\n", 0, inside) + 1
-            line_end = block.find(b"\n", inside)
+            line_start = data.rfind(b"\n", start, inside) + 1 or start
+            line_end = data.find(b"\n", inside, stop)
             if line_end < 0:
-                line_end = len(block)
-            yield start, line_end
+                line_end = stop
+            yield line_start, line_end
 
 
 def _stop(*_: object) -> bool:

@@ -70,3 +70,7 @@ def test_lines_of_a_block_are_the_lines_that_mention_anything() -> None:
     spans = list(MENTIONS.lines(block))
     assert [block[start:end] for start, end in spans] == [line for line in lines if MENTIONS(line)]
     assert len(spans) < len(lines)
+    # A range of a larger read: the same lines, placed in the larger read.
+    padded = b'{"t":"pain"}\n' + block + b'{"code":"3002"}\n'
+    inner = list(MENTIONS.lines(padded, 13, 13 + len(block)))
+    assert [padded[start:end] for start, end in inner] == [block[start:end] for start, end in spans]

@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 from cds_hooks.settings import Settings
+from cds_hooks.sweep import reader
 from cds_hooks.sweep.reader import Chunk, LineCounts, export_files, plan_chunks, read_lines
 from cds_hooks.sweep.run import SweepError, SweepOptions, run_sweep
-from cds_hooks.sweep.screen import NO_PATIENT, screen_chunk, too_long
-from fhir_mapping.intake import Screen
+from cds_hooks.sweep.screen import NO_PATIENT, Screening, screen_chunk, screen_lines, too_long
+from fhir_mapping.intake import EITHER, HISTORY, TRIGGER, Screen
 from fhir_mapping.terminology import load_terminology
 from tests.scenarios.fhir_builders import back_pain, breast_cancer, heart_rate, patient
 
@@ -93,35 +94,36 @@ def test_a_line_longer_than_the_limit_is_skipped_not_read_whole(tmp_path: Path) 
 
 def test_screen_reads_patient_from_subject_patient_or_own_id() -> None:
     screen = Screen(TERMINOLOGY)
-    assert screen(orjson.dumps(breast_cancer(patient_id="p1"))) == ("Condition", "p1", True)
-    assert screen(orjson.dumps(patient(patient_id="p2"))) == ("Patient", "p2", True)
+    assert screen(orjson.dumps(breast_cancer(patient_id="p1"))) == ("Condition", "p1", True, HISTORY)
+    assert screen(orjson.dumps(patient(patient_id="p2"))) == ("Patient", "p2", True, 0)
     statement = {"resourceType": "MedicationStatement", "status": "active", "subject": {"reference": "Patient/p3"},
                  "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
                                                            "code": "282357", "display": "fulvestrant"}]}}
-    assert screen(orjson.dumps(statement))[:2] == ("MedicationStatement", "p3")
+    assert screen(orjson.dumps(statement)) == ("MedicationStatement", "p3", True, HISTORY)  # a tier A drug
+    assert screen(orjson.dumps(back_pain(patient_id="p3"))) == ("Condition", "p3", True, TRIGGER)
     # `patient` instead of `subject` (e.g. AllergyIntolerance, Immunization): not relevant, still read
     assert screen(b'{"resourceType":"Immunization","patient":{"reference":"Patient/p4"}}') == (
-        "Immunization", None, False)
-    assert screen(orjson.dumps(heart_rate(60, effective_days_ago=2))) == ("Observation", None, False)
+        "Immunization", None, False, 0)
+    assert screen(orjson.dumps(heart_rate(60, effective_days_ago=2))) == ("Observation", None, False, 0)
 
 
 def test_screen_keeps_a_broken_resource_of_a_type_the_rules_read_for_its_patient() -> None:
     screen = Screen(TERMINOLOGY)
     broken = {"resourceType": "Condition", "code": "back pain", "subject": {"reference": "Patient/p9"}}
-    assert screen(orjson.dumps(broken)) == ("Condition", "p9", True)
+    assert screen(orjson.dumps(broken)) == ("Condition", "p9", True, EITHER)  # unreadable: it may be either
     # A type the rules never read, written resourceType first as Bulk servers do: settled unread, as the hook
     # drops it unread; written otherwise, it is decoded, and a broken one is a broken line.
-    assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == ("Claim", None, False)
+    assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == ("Claim", None, False, 0)
     unread = screen(b'{"id":7,"resourceType":"Claim","patient":3}')
     assert unread == "unreadable resource of a type the rules do not read"
     # A broken resource that mentions nothing the rules read is not theirs, read or not: settled unread when
     # it opens with its type, and a line skipped for what it is when it must be decoded to be known.
     assert screen(b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/q"}}') == (
-        "Condition", None, False)
+        "Condition", None, False, 0)
     assert screen(b'{"code":"x","resourceType":"Condition","subject":{"reference":"Patient/q"}}') == (
         "unreadable resource that mentions nothing the rules read")
     assert screen(b'{"code":"x","resourceType":"Condition","subject":{"reference":"Patient/q"},"note":"pain"}') == (
-        "Condition", "q", True)
+        "Condition", "q", True, EITHER)
     assert screen(b"{not json") == "unreadable JSON"
     assert screen(b'{"id":"x"}') == "not a FHIR resource (no resourceType)"
     assert screen(b'[1,2]') == "unreadable JSON"
@@ -166,3 +168,47 @@ def test_sweep_reads_resource_type_not_file_names(tmp_path: Path) -> None:
 def test_sweep_refuses_a_folder_without_ndjson(tmp_path: Path) -> None:
     with pytest.raises(SweepError, match=r"no \.ndjson"):
         run_sweep(SweepOptions(tmp_path, tmp_path / "out", datetime.now(UTC)), Settings())
+
+
+@pytest.mark.parametrize("block_bytes", [1, 5, 64, 700, 1 << 22])
+@pytest.mark.parametrize("chunk_bytes", [97, 2000, 10**9])
+def test_reads_of_any_size_cut_lines_anywhere_and_lose_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           block_bytes: int, chunk_bytes: int) -> None:
+    # Lines cut by reads (and by chunk edges) are put together; a line over the limit is skipped whatever the
+    # reads do; every byte is counted once.
+    monkeypatch.setattr(reader, "BLOCK_BYTES", block_bytes)
+    lines = _lines(120)
+    long_line = b'{"resourceType":"Basic","pad":"' + b"y" * 900 + b'"}'
+    body = b"\n".join([*lines[:50], long_line, *lines[50:]]) + b"\n"
+    path = tmp_path / "x.ndjson"
+    path.write_bytes(body)
+    found: list[bytes] = []
+    total = LineCounts()
+    for chunk in plan_chunks([path], chunk_bytes):
+        counts = LineCounts()
+        found += read_lines(chunk, 600, counts)
+        total.lines, total.too_long, total.size = (total.lines + counts.lines, total.too_long + counts.too_long,
+                                                   total.size + counts.size)
+    assert found == lines
+    assert (total.lines, total.too_long, total.size) == (len(lines), 1, len(body))
+
+
+@pytest.mark.parametrize("block_bytes", [300, 1 << 22])
+def test_screening_a_chunk_whole_gives_what_screening_each_line_gives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int) -> None:
+    monkeypatch.setattr(reader, "BLOCK_BYTES", block_bytes)
+    conditions = [orjson.dumps(c) for c in (breast_cancer(patient_id="p1"), back_pain(patient_id="p2"))]
+    conditions += [orjson.dumps({"resourceType": "Condition", "id": f"c{i}", "code": {"text": "Gingivitis"},
+                                 "subject": {"reference": f"Patient/q{i}"}}) for i in range(40)]
+    conditions += [b'{"resourceType":"Condition","code":"low back pain","subject":{"reference":"Patient/p3"}}',
+                   b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/p4"}}']
+    mixed = [*conditions, orjson.dumps(patient(patient_id="p1"))]  # another type: screened line by line
+    for name, body in (("same.ndjson", conditions), ("mixed.ndjson", mixed)):
+        path = tmp_path / name
+        path.write_bytes(b"\n".join(body) + b"\n")
+        whole = screen_chunk(Chunk(str(path)), TERMINOLOGY, 1 << 20)
+        by_line = Screening()
+        screen_lines(read_lines(Chunk(str(path)), 1 << 20, counts := LineCounts()), Screen(TERMINOLOGY), by_line)
+        assert (whole.resources, whole.skipped, whole.relevant, whole.roles, whole.lines) == (
+            by_line.resources, by_line.skipped, by_line.relevant, by_line.roles, counts.lines)
+        assert set(whole.relevant) == {"p1", "p2", "p3"}

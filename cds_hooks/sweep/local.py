@@ -17,7 +17,7 @@ from cds_hooks.sweep.patient import evaluate_patient
 from cds_hooks.sweep.progress import Progress
 from cds_hooks.sweep.reader import Chunk, chunk_size
 from cds_hooks.sweep.screen import Screening, screen_chunk
-from fhir_mapping.intake import mention_test
+from fhir_mapping.intake import EITHER, mention_test
 from fhir_mapping.terminology import Terminology, load_terminology
 
 T = TypeVar("T")
@@ -93,10 +93,15 @@ def _sweep(chunks: list[Chunk], now: datetime, policy: Policy, max_line: int, pr
         total.merge(screening)
         progress.advance(bytes_done=screening.size, lines=screening.lines, patients=screening.patient_lines)
 
-    # A candidate has a relevant resource other than its Patient: nobody else can get a card.
-    candidates = frozenset(total.relevant)
+    # A candidate has a relevant resource other than its Patient: nobody else can get a card. Of them, only
+    # those whose resources could hold both a history and a trigger are evaluated: cards.evaluate would answer
+    # the others "no card" from these very roles, without validating anything.
+    candidates = len(total.relevant)
+    evaluated = frozenset(patient for patient, roles in total.roles.items() if roles == EITHER)
+    for patient in set(total.relevant) - evaluated:
+        del total.relevant[patient]
     progress.advance(stage="patients")
-    for screening in mapper(_patients_task, [(chunk, max_line, candidates) for chunk in holding_patients]):
+    for screening in mapper(_patients_task, [(chunk, max_line, evaluated) for chunk in holding_patients]):
         total.merge(screening)
 
     progress.advance(stage="evaluating")
@@ -104,7 +109,7 @@ def _sweep(chunks: list[Chunk], now: datetime, policy: Policy, max_line: int, pr
     batches = _batches(total, now, policy)
     for _, found in mapper(_evaluate_task, batches):
         rows.extend(found)
-    return total, len(candidates), rows
+    return total, candidates, rows
 
 
 def _batches(total: Screening, now: datetime,

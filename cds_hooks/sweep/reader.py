@@ -68,9 +68,9 @@ def read_lines(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterato
         yield from batch
 
 
-# What read_blocks hands out: a block of whole lines as bytes, each line ending in a newline (not yet counted in
-# LineCounts.lines: see lines_of), or a list of lines already made usable and counted.
-Block = bytes | list[bytes]
+# What read_blocks hands out: (data, start, stop), whole lines data[start:stop], each ending in a newline and not
+# yet counted in LineCounts.lines (see lines_of), or a list of lines already made usable and counted.
+Block = tuple[bytes, int, int] | list[bytes]
 
 
 def read_batches(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[list[bytes]]:
@@ -82,12 +82,13 @@ def read_batches(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Itera
 def lines_of(block: Block, counts: LineCounts) -> list[bytes]:
     if isinstance(block, list):
         return block
-    return _usable(block.split(b"\n")[:-1], counts)
+    data, start, stop = block
+    return _usable(data[start:stop].split(b"\n")[:-1], counts)
 
 
 def read_blocks(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[Block]:
-    """The chunk's lines, a block at a time: as bytes where every line of the block is ours and short enough
-    (the common case: a screen may then search the block without splitting it), else as a list."""
+    """The chunk's lines, a block at a time: as a range of what was read where every line of it is ours and short
+    enough (the common case: a screen may then search it without splitting or copying it), else as a list."""
     if chunk.path.endswith(".gz"):
         with gzip.open(chunk.path, "rb") as stream:
             yield from _batches(stream, 0, None, max_line_bytes, counts)
@@ -124,42 +125,60 @@ def _usable(lines: list[bytes], counts: LineCounts) -> list[bytes]:
 
 def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,
              counts: LineCounts) -> Iterator[Block]:
-    tail = b""
+    """`offset`: where in the file the next line starts. Each read is handed out as a range of itself (never
+    copied); only a line that two reads cut is put together, as a list of its own."""
+    tail = b""  # the part read so far of a line the last read cut
     skipping = False  # inside a line longer than max_line: drop bytes up to its newline
     at_start = offset == 0
     while True:
-        if end is not None and offset >= end:
+        if end is not None and offset >= end and not skipping:  # a skipped line is ours to its end, wherever
             return
-        block = stream.read(BLOCK_BYTES)
-        if not block:
+        data = stream.read(BLOCK_BYTES)
+        if not data:
             break
-        if at_start and block.startswith(_BOM):
+        if at_start and data.startswith(_BOM):
             # Some writers open a UTF-8 file with a byte-order mark: it is not part of the first resource.
-            block, offset, counts.size = block[len(_BOM) :], offset + len(_BOM), counts.size + len(_BOM)
+            data, offset, counts.size = data[len(_BOM) :], offset + len(_BOM), counts.size + len(_BOM)
         at_start = False
-        if skipping:
-            at = block.find(b"\n")
+        pos = 0  # where in `data` the next line starts
+        if skipping or tail:
+            at = data.find(b"\n")
             if at < 0:
-                offset += len(block)
-                counts.size += len(block)
+                if skipping:
+                    offset += len(data)
+                    counts.size += len(data)
+                else:
+                    tail += data
+                    skipping = _too_long(tail, max_line, counts)
+                    if skipping:
+                        offset, tail = offset + len(tail), b""
                 continue
-            skipping = False
-            offset += at + 1
-            counts.size += at + 1
-            block = block[at + 1 :]
-        joined = tail + block if tail else block
-        span = joined.rfind(b"\n") + 1  # the complete lines with their newlines
-        tail = joined[span:]
-        if (end is None or offset + span <= end) and _no_line_longer(joined, span, max_line):
-            # Every line of the block is ours and none is too long: the common case, handed out whole.
+            pos = at + 1
+            if skipping:
+                skipping = False
+                offset += pos
+                counts.size += pos
+            else:
+                line, tail = tail + data[:at], b""
+                offset += len(line) + 1
+                counts.size += len(line) + 1
+                if len(line) > max_line:
+                    counts.too_long += 1
+                else:
+                    yield _usable([line], counts)
+                if end is not None and offset >= end:
+                    return
+        stop = data.rfind(b"\n", pos) + 1 or pos  # data[pos:stop]: the complete lines
+        span = stop - pos
+        if (end is None or offset + span <= end) and _no_line_longer(data, pos, stop, max_line):
+            # Every line of the range is ours and none is too long: the common case, handed out whole.
             offset += span
             counts.size += span
             if span:
-                yield joined[:span]
+                yield data, pos, stop
         else:
-            parts = joined[:span].split(b"\n")[:-1]
             mine: list[bytes] = []
-            for line in parts:
+            for line in data[pos:stop].split(b"\n")[:-1]:
                 if end is not None and offset >= end:
                     yield _usable(mine, counts)
                     return
@@ -170,23 +189,33 @@ def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,
                 else:
                     mine.append(line)
             yield _usable(mine, counts)
-        if len(tail) > max_line:
-            counts.too_long += 1
-            offset += len(tail)
-            counts.size += len(tail)
-            tail, skipping = b"", True
+        if end is not None and offset >= end:
+            return  # the cut line starts at or past the end: the next range's
+        tail = data[stop:]
+        skipping = _too_long(tail, max_line, counts)
+        if skipping:
+            offset, tail = offset + len(tail), b""
     if tail and (end is None or offset < end):
         counts.size += len(tail)
         yield _usable([tail], counts)
 
 
-def _no_line_longer(joined: bytes, span: int, max_line: int) -> bool:
-    """Whether no line of joined[:span] is longer than max_line, without splitting it: every window of
+def _too_long(tail: bytes, max_line: int, counts: LineCounts) -> bool:
+    """A cut line already longer than max_line: counted too long, and its bytes so far counted read."""
+    if len(tail) <= max_line:
+        return False
+    counts.too_long += 1
+    counts.size += len(tail)
+    return True
+
+
+def _no_line_longer(data: bytes, start: int, stop: int, max_line: int) -> bool:
+    """Whether no line of data[start:stop] is longer than max_line, without splitting it: every window of
     max_line // 2 bytes holding a newline bounds each line below max_line (a few finds a block); else the
     lines are measured."""
-    if span <= max_line:
+    if stop - start <= max_line:
         return True
     step = max(max_line // 2, 1)
-    if all(joined.find(b"\n", start, start + step) >= 0 for start in range(0, span, step)):
+    if all(data.find(b"\n", at, at + step) >= 0 for at in range(start, stop, step)):
         return True
-    return max(map(len, joined[:span].split(b"\n"))) <= max_line
+    return max(map(len, data[start:stop].split(b"\n"))) <= max_line

@@ -1,9 +1,10 @@
 """Screen the lines of one chunk with the hook's relevance peek, keeping the relevant lines by patient.
 
-Two passes over an export (the local engine): the first keeps every relevant line except Patients and learns
+Two passes over an export (the local engine): the first keeps every relevant line except Patients, and learns
 who the candidates are (a patient with a relevant resource other than the Patient itself: nobody else can get
-a card); the second reads again only the chunks that held Patient lines, keeping the candidates' Patients.
-So memory holds the relevant resources of candidate patients, never one line per patient of the export.
+a card) and which of them could get one (whose relevant resources could hold both a history and a trigger:
+cards.evaluate answers the others unread); the second reads again only the chunks that held Patient lines,
+keeping those patients' Patients. Memory holds the relevant resources of candidates, never a line per patient.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Screening:
     resources: Counter[str] = field(default_factory=Counter)  # readable resources by type
     skipped: Counter[str] = field(default_factory=Counter)  # lines we could not use, by reason
     relevant: dict[str, list[bytes]] = field(default_factory=dict)  # patient id -> relevant lines but its Patient
+    roles: dict[str, int] = field(default_factory=dict)  # patient id -> what those lines can be evidence of
     patients: dict[str, list[bytes]] = field(default_factory=dict)  # patient id -> its Patient line(s)
     patient_lines: int = 0  # Patient resources seen (kept or not)
 
@@ -47,6 +49,8 @@ class Screening:
         self.resources.update(other.resources)
         self.skipped.update(other.skipped)
         self.patient_lines += other.patient_lines
+        for patient, roles in other.roles.items():
+            self.roles[patient] = self.roles.get(patient, 0) | roles
         for mine, theirs in ((self.relevant, other.relevant), (self.patients, other.patients)):
             for patient, lines in theirs.items():
                 held = mine.get(patient)
@@ -67,6 +71,7 @@ def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
     of `patients`, counting nothing (the first pass did).
     """
     relevant = result.relevant
+    roles = result.roles
     kept_patients = result.patients
     resources = result.resources
     skipped = result.skipped
@@ -77,7 +82,7 @@ def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
             if not second_pass:
                 skipped[got] += 1
             continue
-        kind, patient, keep = got
+        kind, patient, keep, patient_roles = got
         if kind == "Patient":
             if patients is not None:
                 if patient is not None and patient in patients:
@@ -99,30 +104,33 @@ def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
                 skipped[NO_PATIENT] += 1
             elif (held := relevant.get(patient)) is None:
                 relevant[patient] = [line]
+                roles[patient] = patient_roles
             else:
                 held.append(line)
+                roles[patient] |= patient_roles
 
 
-def screen_block(block: bytes, screen: Screen, mentioned: Mentions, result: Screening,
+def screen_block(block: tuple[bytes, int, int], screen: Screen, mentioned: Mentions, result: Screening,
                  counts: LineCounts) -> bool:
-    """A first-pass screen of a block of whole lines (each ending in a newline) that all open with the same
-    resourceType, other than Patient (whose every line is read) and OperationOutcome, without splitting it:
-    the lines are counted as that type, and only those that mention what the rules read (found in the bytes
-    by `mentioned`) are judged one by one, exactly as `screen_lines` judges each. False, doing nothing, for
-    any other block."""
-    kind = opening_type(block)
+    """A first-pass screen of whole lines data[start:stop] (each ending in a newline) that all open with the same
+    resourceType, other than Patient (whose every line is read) and OperationOutcome, without splitting them:
+    they are counted as that type, and only those that mention what the rules read (found in the bytes by
+    `mentioned`) are judged one by one, exactly as `screen_lines` judges each. False, doing nothing, for any
+    other range."""
+    data, start, stop = block
+    kind = opening_type(data[start:start + 81])
     if kind is None or kind in ("Patient", "OperationOutcome"):
         return False
-    lines = block.count(b"\n")
-    if block.count(b'\n{"resourceType":"%s"' % kind.encode()) + 1 != lines:  # the first line, then the rest
-        return False  # not every line opens with the same type
+    lines = data.count(b"\n", start, stop)
+    if data.count(b'\n{"resourceType":"%s"' % kind.encode(), start, stop) + 1 != lines:
+        return False  # not every line opens with the same type (the first does; then each after a newline)
     counts.lines += lines
     result.resources[kind] += lines
     if kind not in MODELS:
         return True
-    for start, end in mentioned.lines(block):
+    for line_start, line_end in mentioned.lines(data, start, stop):
         result.resources[kind] -= 1  # judged again below, as screen_lines does
-        screen_lines((block[start:end].rstrip(b"\r"),), screen, result, mentions=True)
+        screen_lines((data[line_start:line_end].rstrip(b"\r"),), screen, result, mentions=True)
     return True
 
 
@@ -133,7 +141,7 @@ def screen_chunk(chunk: Chunk, terminology: Terminology, max_line_bytes: int, *,
     screen = Screen(terminology)
     mentioned = mention_test(terminology)
     for block in read_blocks(chunk, max_line_bytes, counts):
-        if patients is None and isinstance(block, bytes) and screen_block(block, screen, mentioned, result, counts):
+        if patients is None and isinstance(block, tuple) and screen_block(block, screen, mentioned, result, counts):
             continue
         screen_lines(lines_of(block, counts), screen, result, patients=patients, keep_patients=keep_patients)
     if patients is None:
