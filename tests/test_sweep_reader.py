@@ -203,7 +203,9 @@ def test_screening_a_chunk_whole_gives_what_screening_each_line_gives(
     conditions += [b'{"resourceType":"Condition","code":"low back pain","subject":{"reference":"Patient/p3"}}',
                    b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/p4"}}']
     mixed = [*conditions, orjson.dumps(patient(patient_id="p1"))]  # another type: screened line by line
-    for name, body in (("same.ndjson", conditions), ("mixed.ndjson", mixed)):
+    reordered = [*conditions[:5], b'{"id":"r","resourceType":"Condition","code":{"text":"back pain"},'
+                 b'"subject":{"reference":"Patient/p5"}}', *conditions[5:]]  # resourceType not first
+    for name, body in (("same.ndjson", conditions), ("mixed.ndjson", mixed), ("reordered.ndjson", reordered)):
         path = tmp_path / name
         path.write_bytes(b"\n".join(body) + b"\n")
         whole = screen_chunk(Chunk(str(path)), TERMINOLOGY, 1 << 20)
@@ -211,4 +213,4 @@ def test_screening_a_chunk_whole_gives_what_screening_each_line_gives(
         screen_lines(read_lines(Chunk(str(path)), 1 << 20, counts := LineCounts()), Screen(TERMINOLOGY), by_line)
         assert (whole.resources, whole.skipped, whole.relevant, whole.roles, whole.lines) == (
             by_line.resources, by_line.skipped, by_line.relevant, by_line.roles, counts.lines)
-        assert set(whole.relevant) == {"p1", "p2", "p3"}
+        assert set(whole.relevant) == {"p1", "p2", "p3"} | ({"p5"} if body is reordered else set())

@@ -128,9 +128,9 @@ def screen_block(block: tuple[bytes, int, int], screen: Screen, mentioned: Menti
     result.resources[kind] += lines
     if kind not in MODELS:
         return True
-    for line_start, line_end in mentioned.lines(data, start, stop):
-        result.resources[kind] -= 1  # judged again below, as screen_lines does
-        screen_lines((data[line_start:line_end].rstrip(b"\r"),), screen, result, mentions=True)
+    mentioning = [data[at:end].rstrip(b"\r") for at, end in mentioned.lines(data, start, stop)]
+    result.resources[kind] -= len(mentioning)  # judged below, as screen_lines does
+    screen_lines(mentioning, screen, result, mentions=True)
     return True
 
 
