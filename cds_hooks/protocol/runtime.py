@@ -17,6 +17,7 @@ from cds_hooks.server.inflight import InflightBudget
 from cds_hooks.server.metrics import Metrics
 from cds_hooks.services.registry import Registry, registry_from_settings
 from cds_hooks.settings import Settings
+from fhir_mapping.intake import mention_test
 from fhir_mapping.terminology import Terminology, load_terminology
 
 
@@ -43,6 +44,7 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     terminology = load_terminology()
+    mention_test(terminology)  # compiled now (a few tenths of a second), not during the first request
     store = open_feedback_store(settings)
     verifier = build_verifier(settings, store.replay_cache())
     return Runtime(
