@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import orjson
 import pytest
@@ -74,3 +76,12 @@ def test_lines_of_a_block_are_the_lines_that_mention_anything() -> None:
     padded = b'{"t":"pain"}\n' + block + b'{"code":"3002"}\n'
     inner = list(MENTIONS.lines(padded, 13, 13 + len(block)))
     assert [padded[start:end] for start, end in inner] == [block[start:end] for start, end in spans]
+
+
+def test_the_characters_always_read_are_all_that_case_insensitive_regexes_equate_with_ascii_letters() -> None:
+    # The free-text and drug-name rules are case-insensitive Python regexes: outside ASCII, exactly these
+    # characters match an ASCII letter, so a text could spell a word with them that no ASCII token would find.
+    letter = re.compile("[a-z]", re.IGNORECASE)
+    equated = {chr(cp) for cp in range(0x80, 0x110000) if letter.fullmatch(chr(cp))}
+    assert equated == {"\u0130", "\u0131", "\u017f", "\u212a"}
+    assert all(MENTIONS(f'{{"text":"x{ch}y"}}'.encode()) for ch in equated)
