@@ -4,10 +4,11 @@ The export is planned into the local engine's chunks (byte ranges of plain files
 task reads one chunk with the local engine's reader and screens it with the hook's peek (mapInPandas over a
 range of chunk numbers), so the JVM never holds the export's lines (it used to read them as text, convert
 them to Arrow and hand them to Python: most of its CPU) and only the relevant lines are shuffled; they are
-grouped by patient and each group runs the very function the local engine runs (`evaluate_patient`,
+grouped by patient and, for the patients whose relevant lines could hold both a history and a trigger (as in
+the local engine), each group runs the very function the local engine runs (`evaluate_patient`,
 groupBy(...).applyInPandas). Lines, counts and skip reasons are the local engine's exactly. The DataFrame API
 only, so a Spark Connect URL (sc://) works as well as a classic master. Each screening task's counts travel
-through the same shuffle as one extra group, so the export is read once.
+through the same shuffle as one extra group; the screened lines are kept (persist), so the export is read once.
 
 The export folder must be readable at the same path by the driver and every executor (local mode, or a
 shared file system on a cluster).
@@ -29,10 +30,13 @@ from cards.policy import Policy
 from cds_hooks.sweep.patient import evaluate_patient
 from cds_hooks.sweep.reader import Chunk, chunk_size, plan_chunks
 from cds_hooks.sweep.screen import Screening, screen_chunk
+from fhir_mapping.intake import EITHER
 from fhir_mapping.terminology import load_terminology
 
 _STATS = "stats"  # the kind of the rows that carry a task's counts
-_SCREENED = "patient string, kind string, line binary"  # lines as the reader gave them: bytes
+# Lines as the reader gave them (bytes), each with what its patient's relevant lines in that chunk can be
+# evidence of (fhir_mapping.intake roles): only patients whose lines could hold both are evaluated.
+_SCREENED = "patient string, kind string, line binary, roles int"
 _RESULT = "row string, stats string"
 
 
@@ -106,16 +110,16 @@ def _screen_partitions(chunks: list[Chunk], max_line_bytes: int) -> Callable[[It
         for batch in batches:
             for number in batch["id"]:
                 part = screen_chunk(chunks[int(number)], terminology, max_line_bytes, keep_patients=True)
-                rows = [(p, "other", line) for p, held in part.relevant.items() for line in held]
-                rows += [(p, "Patient", line) for p, held in part.patients.items() for line in held]
+                rows = [(p, "other", line, part.roles[p]) for p, held in part.relevant.items() for line in held]
+                rows += [(p, "Patient", line, 0) for p, held in part.patients.items() for line in held]
                 part.relevant, part.patients = {}, {}
                 totals.merge(part)
                 if rows:
-                    yield pd.DataFrame(rows, columns=["patient", "kind", "line"], dtype=object)
+                    yield pd.DataFrame(rows, columns=["patient", "kind", "line", "roles"], dtype=object)
         stats = {"lines": totals.lines, "size": totals.size, "resources": totals.resources,
                  "skipped": totals.skipped, "patient_lines": totals.patient_lines}
-        yield pd.DataFrame([(f"\0{_STATS}-{uuid.uuid4()}", _STATS, orjson.dumps(stats))],
-                           columns=["patient", "kind", "line"], dtype=object)
+        yield pd.DataFrame([(f"\0{_STATS}-{uuid.uuid4()}", _STATS, orjson.dumps(stats), EITHER)],
+                           columns=["patient", "kind", "line", "roles"], dtype=object)
 
     return screen_batches
 
@@ -130,12 +134,10 @@ def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]
         if _STATS in kinds:
             return pd.DataFrame({"row": [None] * len(group), "stats": [bytes(b).decode() for b in group["line"]]},
                                 dtype=object)
-        if kinds == {"Patient"}:  # not a candidate: nothing but the Patient is relevant
-            return pd.DataFrame({"row": [], "stats": []}, dtype=object)
         lines = [bytes(line) for line in group["line"]]
         row = evaluate_patient(key[0], lines, now=now, policy=policy, terminology=load_terminology())
-        # One row per candidate (row None: no card), so the driver can count them.
-        return pd.DataFrame({"row": [orjson.dumps(row).decode() if row else None], "stats": [None]}, dtype=object)
+        return pd.DataFrame({"row": [orjson.dumps(row).decode()] if row else [], "stats": [None] if row else []},
+                            dtype=object)
 
     return evaluate_group
 
@@ -145,17 +147,25 @@ def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str
     # Largest first, as the local engine hands them out: the last tasks are the short ones.
     chunks = sorted(plan_chunks([path.resolve() for path in files], chunk_bytes), key=chunk_size, reverse=True)
     session = spark_session(master)
+    from pyspark.sql import functions as F  # importable: spark_session found PySpark
+
     try:
         # One partition per chunk, each holding the chunk's number (range works over Spark Connect too).
         numbers = session.range(0, len(chunks), 1, len(chunks))
-        screened = numbers.mapInPandas(_screen_partitions(chunks, max_line_bytes), schema=_SCREENED)
-        grouped = screened.groupBy("patient").applyInPandas(_evaluate_groups(now, policy), schema=_RESULT)
-        results = grouped.collect()  # one row per candidate and per screening task: small
+        # Kept once screened: it is read three times below, and screening is the costly part of the job.
+        screened = numbers.mapInPandas(_screen_partitions(chunks, max_line_bytes), schema=_SCREENED).persist()
+        candidates = screened.filter(F.col("kind") == "other").select("patient").distinct().count()
+        # A card needs a history and a trigger: the others get cards.evaluate's "no card" unread, as in the local
+        # engine (the screening tasks' counts travel as rows that pass too).
+        evaluated = (screened.groupBy("patient").agg(F.bit_or("roles").alias("roles"))
+                     .filter(F.col("roles") == EITHER).select("patient"))
+        grouped = (screened.join(evaluated, "patient", "left_semi").groupBy("patient")
+                   .applyInPandas(_evaluate_groups(now, policy), schema=_RESULT))
+        results = grouped.collect()  # a row per card and per screening task: small
     finally:
         session.stop()
     total = Screening()
     rows: list[dict[str, Any]] = []
-    candidates = 0
     for result in results:
         if result["stats"] is not None:
             stats = orjson.loads(result["stats"])
@@ -165,7 +175,5 @@ def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str
             total.skipped.update(stats["skipped"])
             total.patient_lines += stats["patient_lines"]
         else:
-            candidates += 1
-            if result["row"] is not None:
-                rows.append(orjson.loads(result["row"]))
+            rows.append(orjson.loads(result["row"]))
     return total, candidates, rows
