@@ -44,7 +44,7 @@ def evaluate_documents(
         # No card can follow, whatever the rest says: a card needs a history and a trigger. Nothing is validated,
         # and unreadable records are not reported: they could not have changed the answer.
         intake = Intake(seen=sum(d.seen for d in read))
-        record = build_record(intake, terminology, now)
+        record = ClinicalRecord()
         decision = Decision(None, why_not=NO_TRIGGER if roles & HISTORY else NO_HISTORY)
     else:
         # Old pain scores are dropped before validation: the decision would not read them (pain_score_horizon).

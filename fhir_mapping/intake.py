@@ -637,10 +637,12 @@ class Screen:
         # (Claim, ExplanationOfBenefit, DocumentReference...: over a quarter of a Synthea export's bytes), or a
         # resource other than a Patient that mentions nothing the rules read, is settled without decoding the
         # rest: the hook would drop it unread too, and it is counted as that type.
+        kind = opening_type(raw)
+        if kind is not None and kind != "OperationOutcome" and kind not in MODELS:
+            return kind, None, False, 0
         if mentions is None:
-            mentions = self._mentioned(bytes(raw))
-        if (kind := opening_type(raw)) is not None and kind != "OperationOutcome" and (
-                kind not in MODELS or (kind != "Patient" and not mentions)):
+            mentions = kind == "Patient" or self._mentioned(bytes(raw))
+        if kind is not None and kind not in ("OperationOutcome", "Patient") and not mentions:
             return kind, None, False, 0
         try:
             peek = _peek_decoder.decode(raw)
