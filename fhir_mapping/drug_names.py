@@ -51,6 +51,11 @@ def drug_name_words(terminology: Terminology) -> tuple[str, ...]:
     return tuple(sorted(_matcher(terminology)[1]))
 
 
+def drug_name_tiers(terminology: Terminology) -> dict[str, str]:
+    """Each name drug_named knows (lower-case) -> the tier of the drug it names, as names_drug_of_tier reads it."""
+    return {name: str(concept.attributes.get("tier", "")) for name, concept in sorted(_matcher(terminology)[1].items())}
+
+
 def drug_named(terminology: Terminology, text: str) -> Concept | None:
     if not text:
         return None

@@ -33,7 +33,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from fhir_mapping.dates import parse_span
-from fhir_mapping.drug_names import drug_name_words, drug_named, names_drug_of_tier
+from fhir_mapping.drug_names import drug_name_tiers, drug_named, names_drug_of_tier
 from fhir_mapping.mentions import Mentions, expressions
 from fhir_mapping.terminology import (
     CPT,
@@ -45,7 +45,14 @@ from fhir_mapping.terminology import (
     canonical_system,
     normalize_code,
 )
-from fhir_mapping.text import ANCHORS, breast_cancer_in, cord_compression_in, mentions_anything_relevant, spinal_pain_in
+from fhir_mapping.text import (
+    BREAST_CANCER_ANCHORS,
+    PAIN_AND_CORD_ANCHORS,
+    breast_cancer_in,
+    cord_compression_in,
+    mentions_anything_relevant,
+    spinal_pain_in,
+)
 
 MODELS: dict[str, type[Resource]] = {
     "Patient": Patient,
@@ -201,6 +208,15 @@ def _patient_json(patient: msgspec.Struct) -> bytes:
     return b"{" + b",".join(parts) + b"}"
 
 
+# What a coded concept can become in the record, as fhir_mapping.extract reads it and cards.decision uses it
+# (docs/clinical-rules.md §1.1-§1.3, §2.6): evidence of a breast-cancer history (a primary, history, in-situ or
+# metastasis code, a stage IV value, a tier A or B drug) or a trigger (spinal pain, a neurological feature, a
+# pain-location or symptom observation). Every card needs both; free text may be either, and an
+# unreadable record whatever its bytes mention (fhir_mapping.mentions).
+HISTORY, TRIGGER = 1, 2
+EITHER = HISTORY | TRIGGER
+
+
 @dataclass(frozen=True, slots=True)
 class SkippedResource:
     """A resource we could not use. `relevant` says whether it looked like evidence the rules read."""
@@ -209,6 +225,9 @@ class SkippedResource:
     resource_id: str | None
     reason: str
     relevant: bool
+    # What it could have been evidence of, read from its bytes (fhir_mapping.mentions): whatever it says, it
+    # holds no more than the roles of the codes and words it mentions.
+    roles: int = EITHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +286,9 @@ def read_document(raw: Buffer | PrefetchValue, terminology: Terminology) -> Docu
         if isinstance(peek, str):
             kind, rid = _type_and_id(resource)
             holds_outcome = holds_outcome or kind == "OperationOutcome"
-            if kind in MODELS and (kind == "Patient" or mentioned(bytes(resource))):
-                unreadable.append(SkippedResource(kind, rid, peek, True))
+            roles = (0 if kind == "Patient" else mentioned.roles(bytes(resource))) if kind in MODELS else None
+            if roles is not None:
+                unreadable.append(SkippedResource(kind, rid, peek, True, roles))
         elif peek.resourceType == "OperationOutcome":
             holds_outcome = True
         elif (peek.resourceType in MODELS and _is_relevant(peek, verdict)
@@ -364,12 +384,6 @@ READ_VALUE_SETS = (
     "breast-cancer-supporting", "spine-imaging", "end-of-life", "observation-codes", "stage-iv-values",
     "vertebral-fracture", "constitutional-symptoms", "hypercalcaemia", "treatment-differentials",
 )
-# What a coded concept can become in the record, as fhir_mapping.extract reads it and cards.decision uses it
-# (docs/clinical-rules.md §1.1-§1.3, §2.6): evidence of a breast-cancer history (a primary, history, in-situ or
-# metastasis code, a stage IV value, a tier A or B drug) or a trigger (spinal pain, a neurological feature, a
-# pain-location or symptom observation). Every card needs both; free text and unreadable records may be either.
-HISTORY, TRIGGER = 1, 2
-EITHER = HISTORY | TRIGGER
 _HISTORY_SETS = frozenset({"breast-cancer", "breast-cancer-history", "breast-carcinoma-in-situ", "bone-metastasis",
                            "stage-iv-values"})
 _HISTORY_DRUG_TIERS = frozenset({"A", "B"})  # tier C (e.g. paclitaxel) never implies a history (§1.1 H3)
@@ -410,10 +424,18 @@ def relevant_codes(terminology: Terminology) -> frozenset[tuple[str, str]]:
 
 @functools.cache
 def mention_test(terminology: Terminology) -> Mentions:
-    """Whether raw JSON mentions a code, word or drug name the rules read. A resource other than a Patient is
-    read only if it does (fhir_mapping/mentions.py): one that mentions none could not hold evidence, readable
-    or not, so the hook and the sweep, which never parses such a line of an export, see the same record."""
-    return Mentions(expressions(relevant_codes(terminology), [*ANCHORS, *drug_name_words(terminology)]))
+    """Whether raw JSON mentions a code, word or drug name the rules read, and what those could be evidence of.
+    A resource other than a Patient is read only if it mentions one (fhir_mapping/mentions.py): one that
+    mentions none could not hold evidence, readable or not, so the hook and the sweep, which never parses such
+    a line of an export, see the same record."""
+    codes = [(system, code, concept_roles(terminology, system, code)) for system, code in relevant_codes(terminology)]
+    # Each word with what a text holding it could be found to say (resource_roles reads texts with extract's
+    # own tests: every breast-cancer phrase holds a BREAST_CANCER_ANCHOR, every pain or cord-compression
+    # phrase one of PAIN_AND_CORD_ANCHORS), a drug name a history only if the drug's tier makes one.
+    words = [*((word, TRIGGER) for word in PAIN_AND_CORD_ANCHORS), *((word, HISTORY) for word in BREAST_CANCER_ANCHORS),
+             *((name, HISTORY if tier in _HISTORY_DRUG_TIERS else 0)
+               for name, tier in drug_name_tiers(terminology).items())]
+    return Mentions(expressions(codes, words, EITHER))
 
 
 class _CodingVerdicts:
@@ -559,14 +581,16 @@ def resource_roles(peek: _Peek, verdict: _CodingVerdicts) -> int:
 def document_roles(documents: Iterable[Document], terminology: Terminology) -> int:
     """What the relevant resources of these documents can be evidence of, together. A record short of either
     a history or a trigger gets no card whatever its resources hold, so nothing of it need be validated; a
-    resource other than a Patient that could not be read, or a document that is not one, might have been
-    either."""
+    resource other than a Patient that could not be read holds what its bytes mention, and a document that
+    is not one might have been either."""
     verdict = _verdicts(terminology)
     roles = 0
     for document in documents:
-        if not document.resource_type or any(
-                s.relevant and s.resource_type != "Patient" for s in document.unreadable):
+        if not document.resource_type:
             return EITHER
+        for skipped in document.unreadable:
+            if skipped.relevant and skipped.resource_type != "Patient":
+                roles |= skipped.roles
         for peek, _ in document.picked:
             if peek.resourceType != "Patient":
                 roles |= resource_roles(peek, verdict)
@@ -589,6 +613,7 @@ _reference_decoder = msgspec.json.Decoder(_Reference)
 
 # (resourceType, patient id, relevant, roles): what `Screen` says of one resource.
 Screened = tuple[str, str | None, bool, int]
+UNSCANNED = -1  # Screen: the caller has not looked for mentions (roles are never negative)
 
 
 _OPENING = b'{"resourceType":"'
@@ -631,8 +656,9 @@ class Screen:
         self._verdict = _verdicts(terminology)
         self._mentioned = mention_test(terminology)
 
-    def __call__(self, raw: Buffer, mentions: bool | None = None) -> Screened | str:
-        """`mentions`: whether the line mentions what the rules read, when the caller knows already."""
+    def __call__(self, raw: Buffer, found: int | None = UNSCANNED) -> Screened | str:
+        """`found`: what the line's mentions could be evidence of (Mentions.roles: None when it mentions
+        nothing the rules read), when the caller has scanned it already."""
         # Bulk servers write resourceType first. When the line opens with it, a type the rules never read
         # (Claim, ExplanationOfBenefit, DocumentReference...: over a quarter of a Synthea export's bytes), or a
         # resource other than a Patient that mentions nothing the rules read, is settled without decoding the
@@ -640,25 +666,36 @@ class Screen:
         kind = opening_type(raw)
         if kind is not None and kind != "OperationOutcome" and kind not in MODELS:
             return kind, None, False, 0
-        if mentions is None:
-            mentions = kind == "Patient" or self._mentioned(bytes(raw))
-        if kind is not None and kind not in ("OperationOutcome", "Patient") and not mentions:
+        if found == UNSCANNED:
+            found = 0 if kind == "Patient" else self._mentioned.roles(bytes(raw))
+        if kind is not None and kind not in ("OperationOutcome", "Patient") and found is None:
             return kind, None, False, 0
         try:
             peek = _peek_decoder.decode(raw)
         except DECODE_ERRORS:
-            return self._unreadable(raw, mentions)
+            return self._unreadable(raw, found)
         kind = peek.resourceType
         if not kind:
             return "not a FHIR resource (no resourceType)"
         if kind == "OperationOutcome":
             return "OperationOutcome (an error report, not data)"
-        if kind in MODELS and (kind == "Patient" or mentions) and _is_relevant(peek, self._verdict):
+        if kind in MODELS and (kind == "Patient" or found is not None) and _is_relevant(peek, self._verdict):
             return kind, _owner_of(peek), True, 0 if kind == "Patient" else resource_roles(peek, self._verdict)
         return kind, None, False, 0
 
     @staticmethod
-    def _unreadable(raw: Buffer, mentions: bool) -> Screened | str:
+    def owner(raw: Buffer, kind: str) -> str | None:
+        """The patient a resource of type `kind` (not Patient) is about, read from its subject or patient and
+        nothing else: as `__call__` reads it from a resource it can read, and as it reads it leniently from one
+        it cannot. None when the JSON cannot be read, is of another type, or names no patient."""
+        try:
+            owner = _owner_decoder.decode(raw)
+        except DECODE_ERRORS:
+            return None
+        return _lenient_owner(owner) if owner.resourceType == kind else None
+
+    @staticmethod
+    def _unreadable(raw: Buffer, found: int | None) -> Screened | str:
         try:
             owner = _owner_decoder.decode(raw)
         except DECODE_ERRORS:
@@ -668,18 +705,22 @@ class Screen:
             return "not a FHIR resource (no resourceType)"
         if kind not in MODELS:
             return "unreadable resource of a type the rules do not read"  # one reason: the names are the data's
-        if kind != "Patient" and not mentions:
-            return "unreadable resource that mentions nothing the rules read"
         if kind == "Patient":
             return kind, owner.id if isinstance(owner.id, str) else None, True, 0
-        for raw_reference in (owner.subject, owner.patient):
-            if raw_reference:
-                try:
-                    reference = _reference_decoder.decode(raw_reference)
-                except DECODE_ERRORS:
-                    continue
-                return kind, _patient_of(reference.reference), True, EITHER
-        return kind, None, True, EITHER
+        if found is None:
+            return "unreadable resource that mentions nothing the rules read"
+        return kind, _lenient_owner(owner), True, found
+
+
+def _lenient_owner(owner: _Owner) -> str | None:
+    for raw_reference in (owner.subject, owner.patient):
+        if raw_reference:
+            try:
+                reference = _reference_decoder.decode(raw_reference)
+            except DECODE_ERRORS:
+                continue
+            return _patient_of(reference.reference)
+    return None
 
 
 def collect(

@@ -6,7 +6,10 @@ spell it, and an ICD-10-CM code also without its dot; the word anchors of fhir_m
 them otherwise. Letters match whatever their ASCII case.
 
 The intake reads a resource only if it mentions one, so what this says is part of what the rules are: a
-resource that mentions none holds no code and no phrase the rules look for, readable or not. A Bulk export can
+resource that mentions none holds no code and no phrase the rules look for, readable or not. Each expression
+also carries what its match could be evidence of (fhir_mapping.intake roles, a bit set), so the bytes alone
+bound what a resource can be evidence of: whatever it says, readable or not, it holds no more than the roles
+of what it mentions. A Bulk export can
 then be screened a block of bytes at a time (`Mentions.lines`), never parsing the lines that mention nothing:
 most of an export. The matching is Hyperscan's (Intel's multi-pattern regex matcher, in C), which scans for a
 thousand patterns at once at gigabytes a second.
@@ -37,27 +40,34 @@ _ALWAYS = (rb"\\", rb"\xc4\xb0", rb"\xc4\xb1", rb"\xc5\xbf", rb"\xe2\x84\xaa")
 _NEWLINE = ord("\n")
 
 
-def expressions(codes: Iterable[tuple[str, str]], words: Iterable[str]) -> tuple[bytes, ...]:
-    """The Hyperscan expressions (matched without regard to ASCII case) for these (system, code) pairs and
-    words: each code (a short one as a whole value), and for ICD-10-CM also without its dot; each word
-    anywhere."""
-    found: set[bytes] = set()
-    for system, code in codes:
+def expressions(codes: Iterable[tuple[str, str, int]], words: Iterable[tuple[str, int]],
+                always: int) -> tuple[tuple[bytes, int], ...]:
+    """The Hyperscan expressions (matched without regard to ASCII case), each with its roles, for these
+    (system, code, roles) and (word, roles): each code (a short one as a whole value), and for ICD-10-CM also
+    without its dot; each word anywhere; and what could spell any of them otherwise, with `always` (every
+    role). Two codes or words with one spelling are one expression with the roles of both."""
+    found: dict[bytes, int] = {}
+    for system, code, roles in codes:
         spellings = {code.lower()}
         if system == ICD10CM:
             spellings.add(code.lower().replace(".", ""))  # "C50.911" is also sent as "C50911"
         for spelling in spellings:
             literal = re.escape(spelling.encode())
-            found.add(_CODE % literal if len(spelling) < _BOUNDED_BELOW else literal)
-    found.update(re.escape(word.lower().encode()) for word in words)
-    return (*_ALWAYS, *sorted(found))
+            expression = _CODE % literal if len(spelling) < _BOUNDED_BELOW else literal
+            found[expression] = found.get(expression, 0) | roles
+    for word, roles in words:
+        expression = re.escape(word.lower().encode())
+        found[expression] = found.get(expression, 0) | roles
+    return (*((expression, always) for expression in _ALWAYS), *sorted(found.items()))
 
 
 class Mentions:
     """Tests bytes for the expressions. Thread-safe: each thread scans with its own scratch space."""
 
-    def __init__(self, patterns: Iterable[bytes]) -> None:
-        compiled = list(patterns)
+    def __init__(self, patterns: Iterable[tuple[bytes, int]]) -> None:
+        pairs = list(patterns)
+        compiled = [expression for expression, _ in pairs]
+        self._roles = [roles for _, roles in pairs]
         self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         self._database.compile(expressions=compiled, ids=list(range(len(compiled))), elements=len(compiled),
                                flags=[hyperscan.HS_FLAG_CASELESS] * len(compiled))
@@ -77,38 +87,57 @@ class Mentions:
             return True
         return False
 
-    def lines(self, data: bytes, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
-        """(start, end) in `data` of each line of data[start:stop] (lines end at b"\\n") that mentions anything,
-        in order. No pattern holds a newline but a code's bound may be one: a match is placed by its last byte,
-        or the one before when that is the newline."""
+    def roles(self, data: bytes) -> int | None:
+        """What `data` could be evidence of, from all it mentions; None when it mentions nothing."""
+        found: list[int] = []
+        self._database.scan(data, match_event_handler=_collector(found, self._roles), scratch=self._scratch())
+        if not found:
+            return None
+        roles = 0
+        for ended in found[::2]:
+            roles |= ended
+        return roles
+
+    def lines(self, data: bytes, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int, int]]:
+        """(start, end, roles) of each line of data[start:stop] (lines end at b"\\n") that mentions anything,
+        in order, with what it could be evidence of (as `roles` says of the line). No pattern holds a newline
+        but a code's bound may be one: a match is placed by its last byte, or the one before when that is the
+        newline."""
         stop = len(data) if stop is None else stop
-        ends: list[int] = []
+        found: list[int] = []  # roles, end, roles, end...
         with memoryview(data) as view, view[start:stop] as scanned:
             # Any buffer scans (the stub says bytes or str): the range is searched where it lies, never copied.
-            self._database.scan(scanned, match_event_handler=_collector(ends),  # type: ignore[type-var]
+            self._database.scan(scanned, match_event_handler=_collector(found, self._roles),  # type: ignore[type-var]
                                 scratch=self._scratch())
-        line_end = -1
-        for end in ends:  # reported in order of where each match ends, from `start`
-            inside = start + end - 1
+        line_start = line_end = -1
+        roles = 0
+        for index in range(0, len(found), 2):  # reported in order of where each match ends, from `start`
+            inside = start + found[index + 1] - 1
             if data[inside] == _NEWLINE:
                 inside -= 1
             if inside < line_end:
-                continue  # the line is reported already
+                roles |= found[index]  # another match in the line just found
+                continue
+            if line_end >= 0:
+                yield line_start, line_end, roles
+            roles = found[index]
             line_start = data.rfind(b"\n", start, inside) + 1 or start
             line_end = data.find(b"\n", inside, stop)
             if line_end < 0:
                 line_end = stop
-            yield line_start, line_end
+        if line_end >= 0:
+            yield line_start, line_end, roles
 
 
 def _stop(*_: object) -> bool:
     return True  # a true return ends the scan (hyperscan.ScanTerminated)
 
 
-def _collector(ends: list[int]) -> Callable[[int, int, int, int, object], None]:
-    append = ends.append
+def _collector(found: list[int], roles: list[int]) -> Callable[[int, int, int, int, object], None]:
+    """Appends each match's roles and end offset (a flat list: the callback runs once per match)."""
+    extend = found.extend
 
-    def on_match(_id: int, _start: int, end: int, _flags: int, _context: object) -> None:
-        append(end)
+    def on_match(pattern: int, _start: int, end: int, _flags: int, _context: object) -> None:
+        extend((roles[pattern], end))
 
     return on_match

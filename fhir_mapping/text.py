@@ -94,12 +94,15 @@ _ANY_RELEVANT = re.compile(
 
 
 # Every phrase _ANY_RELEVANT matches contains one of these (each _PAIN word holds "pain", "ache" or "aching", or is
-# named here). Most texts in a chart (drug names, visit types) hold none of them and are settled with a few
-# substring tests instead of the regex. Only for ASCII text: there lower() is exactly the regex's IGNORECASE,
-# while elsewhere the regex also equates e.g. "ı" and "İ" with "i". tests/test_fast_matchers.py checks they agree.
-# fhir_mapping.mentions seeks them in raw JSON too.
-ANCHORS = ("pain", "ache", "aching", "lumbago", "dorsalgia", "sciatica", "cervicalgia", "breast", "cord compression",
-           "mscc", "cauda equina")
+# named here): every phrase of breast_cancer_in one of BREAST_CANCER_ANCHORS, every phrase of spinal_pain_in and
+# cord_compression_in one of PAIN_AND_CORD_ANCHORS. Most texts in a chart (drug names, visit types) hold none of
+# them and are settled with a few substring tests instead of the regex. Only for ASCII text: there lower() is
+# exactly the regex's IGNORECASE, while elsewhere the regex also equates e.g. "ı" and "İ" with "i".
+# tests/test_fast_matchers.py checks they agree. fhir_mapping.mentions seeks them in raw JSON too.
+BREAST_CANCER_ANCHORS = ("breast",)
+PAIN_AND_CORD_ANCHORS = ("pain", "ache", "aching", "lumbago", "dorsalgia", "sciatica", "cervicalgia",
+                         "cord compression", "mscc", "cauda equina")
+ANCHORS = (*PAIN_AND_CORD_ANCHORS, *BREAST_CANCER_ANCHORS)
 
 
 def mentions_anything_relevant(text: str) -> bool:

@@ -197,12 +197,17 @@ def test_unreadable_records_card_names_types_not_ids(service_client: Any, count:
 @pytest.mark.parametrize(("history", "broken"), [
     ([], fb.observation(fb.concept(fb.BACKACHE), valueQuantity="seven")),
     ([fb.breast_cancer()], fb.observation(fb.concept(fb.loinc("72514-3")), valueQuantity="seven")),
-], ids=["back-pain-without-history", "history-and-a-pain-score"])
+    ([], {**fb.breast_cancer(), "code": "Malignant neoplasm of breast"}),  # a code the peek cannot read
+], ids=["back-pain-without-history", "history-and-a-pain-score", "a-broken-history-and-no-pain"])
 def test_unreadable_records_that_could_not_make_a_card_give_none(service_client: Any, history: list[fb.JSON],
                                                                 broken: fb.JSON) -> None:
     # Back pain with no breast-cancer history, or a history with only a pain score: read or not, these records
-    # could not give a card (a pain score alone never makes pain new), so there is nothing to warn about.
-    body = fb.hook_request(fb.patient(), conditions=history, observations=[broken])
+    # could not give a card (a pain score alone never makes pain new), so there is nothing to warn about. Nor
+    # could a broken record whose bytes mention only a history, with no pain anywhere in the chart.
+    if broken["resourceType"] == "Condition":
+        body = fb.hook_request(fb.patient(), conditions=[*history, broken])
+    else:
+        body = fb.hook_request(fb.patient(), conditions=history, observations=[broken])
     assert call_service(service_client, body)["cards"] == []
 
 

@@ -35,6 +35,29 @@ def test_prefilter_never_drops_what_the_regex_matches(sample: str) -> None:
     assert mentions_anything_relevant(sample) == (text._ANY_RELEVANT.search(sample) is not None)
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(WORDS, st.text(max_size=12)), max_size=8).map(" ".join))
+def test_each_test_of_a_text_needs_an_anchor_of_its_own(sample: str) -> None:
+    # fhir_mapping.mentions bounds what a resource could be evidence of by which anchors its bytes hold: a
+    # breast-cancer phrase must hold a breast-cancer anchor, a pain or cord-compression phrase one of the others.
+    if not sample.isascii():
+        return  # outside ASCII the bytes are always read as anything (fhir_mapping.mentions)
+    lowered = sample.lower()
+    if text.breast_cancer_in(sample):
+        assert any(anchor in lowered for anchor in text.BREAST_CANCER_ANCHORS)
+    if text.spinal_pain_in(sample) or text.cord_compression_in(sample):
+        assert any(anchor in lowered for anchor in text.PAIN_AND_CORD_ANCHORS)
+
+
+@pytest.mark.parametrize("phrase", PHRASES)
+def test_each_known_phrase_holds_an_anchor_of_its_test(phrase: str) -> None:
+    lowered = phrase.lower()
+    if phrase.isascii() and text.breast_cancer_in(phrase):
+        assert any(anchor in lowered for anchor in text.BREAST_CANCER_ANCHORS)
+    if phrase.isascii() and (text.spinal_pain_in(phrase) or text.cord_compression_in(phrase)):
+        assert any(anchor in lowered for anchor in text.PAIN_AND_CORD_ANCHORS)
+
+
 def test_prefilter_settles_drug_names_and_visit_types_without_the_regex() -> None:
     assert not mentions_anything_relevant("Hydrochlorothiazide 25 MG Oral Tablet | Evaluation+Plan note")
     assert mentions_anything_relevant("Backache (finding)")

@@ -8,7 +8,18 @@ import msgspec
 import orjson
 import pytest
 
-from fhir_mapping.intake import MODELS, _is_relevant, _peek_decoder, _verdicts, mention_test
+from fhir_mapping.intake import (
+    EITHER,
+    HISTORY,
+    MODELS,
+    TRIGGER,
+    Screen,
+    _is_relevant,
+    _peek_decoder,
+    _verdicts,
+    mention_test,
+    resource_roles,
+)
 from fhir_mapping.terminology import load_terminology
 from tests.scenarios import bulk_export as bulk
 from tests.scenarios.test_clinical_scenarios import SCENARIOS
@@ -66,16 +77,53 @@ def test_mentions(raw: bytes, mentions: bool) -> None:
     assert MENTIONS(raw) is mentions
 
 
-def test_lines_of_a_block_are_the_lines_that_mention_anything() -> None:
+def test_lines_of_a_block_are_the_lines_that_mention_anything_with_their_roles() -> None:
     lines = [*RESOURCES[:3000], b'{"code":"3002"}', b'{"x":"9b1c-3002-4f"}', b"{}", b'{"t":"pain"}']
     block = b"\n".join(lines) + b"\n"
     spans = list(MENTIONS.lines(block))
-    assert [block[start:end] for start, end in spans] == [line for line in lines if MENTIONS(line)]
+    assert [(block[start:end], roles) for start, end, roles in spans] == [
+        (line, MENTIONS.roles(line)) for line in lines if MENTIONS(line)]
     assert len(spans) < len(lines)
     # A range of a larger read: the same lines, placed in the larger read.
     padded = b'{"t":"pain"}\n' + block + b'{"code":"3002"}\n'
     inner = list(MENTIONS.lines(padded, 13, 13 + len(block)))
-    assert [padded[start:end] for start, end in inner] == [block[start:end] for start, end in spans]
+    assert [(padded[start:end], roles) for start, end, roles in inner] == [
+        (block[start:end], roles) for start, end, roles in spans]
+
+
+@pytest.mark.parametrize(("raw", "roles"), [
+    (b'{"code":"8867-4","display":"Heart rate"}', None),
+    (b'{"code":"C50.911"}', HISTORY),  # malignant neoplasm of the right female breast
+    (b'{"code":"279039007","display":"Low back pain"}', TRIGGER),
+    (b'{"code":"583214","display":"paclitaxel 100 MG Injection"}', 0),  # tier C: never a history by itself
+    (b'{"text":"Tamoxifen 20 mg"}', HISTORY),  # tier A
+    (b'{"text":"breast lump"}', HISTORY),  # the anchor, not the phrase: the bound is what reading *could* find
+    (b'{"text":"p\\u0061in"}', EITHER),  # an escape could spell anything
+    (b'{"code":"C50.911","text":"back pain"}', EITHER),
+])
+def test_roles_bound_what_the_bytes_could_be_evidence_of(raw: bytes, roles: int | None) -> None:
+    assert MENTIONS.roles(raw) == roles
+
+
+def test_the_roles_of_the_bytes_bound_the_roles_the_peek_finds() -> None:
+    # The sweep keeps a line whose bytes could be no trigger without reading it, and the hook counts an
+    # unreadable resource as what its bytes could be: both rely on this bound never falling short.
+    verdict = _verdicts(TERMINOLOGY)
+    screen = Screen(TERMINOLOGY)
+    judged = 0
+    for line in RESOURCES:
+        try:
+            peek = _peek_decoder.decode(line)
+        except msgspec.ValidationError:
+            continue
+        if peek.resourceType in MODELS and peek.resourceType != "Patient" and _is_relevant(peek, verdict):
+            exact = resource_roles(peek, verdict)
+            bound = MENTIONS.roles(line)
+            assert bound is not None and exact & ~bound == 0, line[:200]
+            # ...and the subject read alone names the patient that reading the resource names.
+            assert Screen.owner(line, peek.resourceType) == screen(line)[1], line[:200]  # type: ignore[index]
+            judged += 1
+    assert judged > 500
 
 
 def test_the_characters_always_read_are_all_that_case_insensitive_regexes_equate_with_ascii_letters() -> None:

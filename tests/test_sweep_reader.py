@@ -110,7 +110,10 @@ def test_screen_reads_patient_from_subject_patient_or_own_id() -> None:
 def test_screen_keeps_a_broken_resource_of_a_type_the_rules_read_for_its_patient() -> None:
     screen = Screen(TERMINOLOGY)
     broken = {"resourceType": "Condition", "code": "back pain", "subject": {"reference": "Patient/p9"}}
-    assert screen(orjson.dumps(broken)) == ("Condition", "p9", True, EITHER)  # unreadable: it may be either
+    # Unreadable: it may be whatever its bytes mention ("pain": a trigger, never a history).
+    assert screen(orjson.dumps(broken)) == ("Condition", "p9", True, TRIGGER)
+    broken["note"] = "breast cancer"
+    assert screen(orjson.dumps(broken)) == ("Condition", "p9", True, EITHER)
     # A type the rules never read, written resourceType first as Bulk servers do: settled unread, as the hook
     # drops it unread; written otherwise, it is decoded, and a broken one is a broken line.
     assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == ("Claim", None, False, 0)
@@ -123,7 +126,7 @@ def test_screen_keeps_a_broken_resource_of_a_type_the_rules_read_for_its_patient
     assert screen(b'{"code":"x","resourceType":"Condition","subject":{"reference":"Patient/q"}}') == (
         "unreadable resource that mentions nothing the rules read")
     assert screen(b'{"code":"x","resourceType":"Condition","subject":{"reference":"Patient/q"},"note":"pain"}') == (
-        "Condition", "q", True, EITHER)
+        "Condition", "q", True, TRIGGER)
     assert screen(b"{not json") == "unreadable JSON"
     assert screen(b'{"id":"x"}') == "not a FHIR resource (no resourceType)"
     assert screen(b'[1,2]') == "unreadable JSON"
@@ -201,7 +204,9 @@ def test_screening_a_chunk_whole_gives_what_screening_each_line_gives(
     conditions += [orjson.dumps({"resourceType": "Condition", "id": f"c{i}", "code": {"text": "Gingivitis"},
                                  "subject": {"reference": f"Patient/q{i}"}}) for i in range(40)]
     conditions += [b'{"resourceType":"Condition","code":"low back pain","subject":{"reference":"Patient/p3"}}',
-                   b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/p4"}}']
+                   b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/p4"}}',
+                   # mentions "breast" (a history's anchor) but says nothing the rules read
+                   b'{"resourceType":"Condition","code":{"text":"Breast lump"},"subject":{"reference":"Patient/p6"}}']
     mixed = [*conditions, orjson.dumps(patient(patient_id="p1"))]  # another type: screened line by line
     reordered = [*conditions[:5], b'{"id":"r","resourceType":"Condition","code":{"text":"back pain"},'
                  b'"subject":{"reference":"Patient/p5"}}', *conditions[5:]]  # resourceType not first
@@ -211,6 +216,16 @@ def test_screening_a_chunk_whole_gives_what_screening_each_line_gives(
         whole = screen_chunk(Chunk(str(path)), TERMINOLOGY, 1 << 20)
         by_line = Screening()
         screen_lines(read_lines(Chunk(str(path)), 1 << 20, counts := LineCounts()), Screen(TERMINOLOGY), by_line)
-        assert (whole.resources, whole.skipped, whole.relevant, whole.roles, whole.lines) == (
-            by_line.resources, by_line.skipped, by_line.relevant, by_line.roles, counts.lines)
-        assert set(whole.relevant) == {"p1", "p2", "p3"} | ({"p5"} if body is reordered else set())
+        assert (whole.resources, whole.skipped, whole.lines) == (by_line.resources, by_line.skipped, counts.lines)
+        # Read whole, a line whose bytes could be no trigger is kept unread with the roles its bytes allow: the
+        # lines and roles kept are those of each line read, and more, never fewer.
+        for held, lines in by_line.relevant.items():
+            assert set(lines) <= set(whole.relevant[held])
+            assert by_line.roles[held] & ~whole.roles[held] == 0
+        assert set(by_line.relevant) == {"p1", "p2", "p3"} | ({"p5"} if body is reordered else set())
+        if block_bytes < len(b"".join(body)):
+            continue  # reads of 300 bytes: which lines share a range with lines of another type is by chance
+        if body is conditions:
+            assert set(whole.relevant) - set(by_line.relevant) == {"p6"} and whole.roles["p6"] == HISTORY
+        else:  # not every line of the read opens with the same type: each is read
+            assert whole.relevant == by_line.relevant and whole.roles == by_line.roles

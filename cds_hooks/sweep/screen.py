@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_hooks.sweep.reader import Chunk, LineCounts, lines_of, read_blocks
-from fhir_mapping.intake import MODELS, Screen, mention_test, opening_type
+from fhir_mapping.intake import MODELS, TRIGGER, UNSCANNED, Screen, mention_test, opening_type
 from fhir_mapping.mentions import Mentions
 from fhir_mapping.terminology import Terminology
 
@@ -43,6 +43,16 @@ class Screening:
             "linesSkipped": sum(self.skipped.values()), "skippedReasons": dict(sorted(self.skipped.items())),
         }
 
+    def keep(self, patient: str, line: bytes, roles: int) -> None:
+        """A line of this patient's record the rules may read, with what it could be evidence of."""
+        held = self.relevant.get(patient)
+        if held is None:
+            self.relevant[patient] = [line]
+            self.roles[patient] = roles
+        else:
+            held.append(line)
+            self.roles[patient] |= roles
+
     def merge(self, other: Screening) -> None:
         self.lines += other.lines
         self.size += other.size
@@ -62,7 +72,7 @@ class Screening:
 
 def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
                  patients: Collection[str] | None = None, keep_patients: bool = False,
-                 mentions: bool | None = None) -> None:
+                 found: int | None = UNSCANNED) -> None:
     """Judge each line and keep the relevant ones by patient (kept in one loop with local names: it runs once
     per line of the export).
 
@@ -70,14 +80,12 @@ def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
     when `keep_patients` (an engine that groups everything at once). Second pass: keep only the Patient lines
     of `patients`, counting nothing (the first pass did).
     """
-    relevant = result.relevant
-    roles = result.roles
     kept_patients = result.patients
     resources = result.resources
     skipped = result.skipped
     second_pass = patients is not None
     for line in lines:
-        got = screen(line, mentions)
+        got = screen(line, found)
         if isinstance(got, str):
             if not second_pass:
                 skipped[got] += 1
@@ -102,12 +110,8 @@ def screen_lines(lines: Iterable[bytes], screen: Screen, result: Screening, *,
         if keep:
             if patient is None:
                 skipped[NO_PATIENT] += 1
-            elif (held := relevant.get(patient)) is None:
-                relevant[patient] = [line]
-                roles[patient] = patient_roles
             else:
-                held.append(line)
-                roles[patient] |= patient_roles
+                result.keep(patient, line, patient_roles)
 
 
 def screen_block(block: tuple[bytes, int, int], screen: Screen, mentioned: Mentions, result: Screening,
@@ -115,8 +119,13 @@ def screen_block(block: tuple[bytes, int, int], screen: Screen, mentioned: Menti
     """A first-pass screen of whole lines data[start:stop] (each ending in a newline) that all open with the same
     resourceType, other than Patient (whose every line is read) and OperationOutcome, without splitting them:
     they are counted as that type, and only those that mention what the rules read (found in the bytes by
-    `mentioned`) are judged one by one, exactly as `screen_lines` judges each. False, doing nothing, for any
-    other range."""
+    `mentioned`) are looked at one by one. False, doing nothing, for any other range.
+
+    A line whose mentions could not make it evidence of a trigger is kept for its patient unread (only its
+    subject is decoded): with the roles its bytes allow, which bound what reading it could find, the patient is
+    evaluated if it could get a card, and the evaluation reads the line as the hook would. A line that could be
+    a trigger's evidence (a few in a thousand) is judged as `screen_lines` judges each, so that only patients
+    with a real trigger are evaluated."""
     data, start, stop = block
     kind = opening_type(data[start:start + 81])
     if kind is None or kind in ("Patient", "OperationOutcome"):
@@ -128,9 +137,14 @@ def screen_block(block: tuple[bytes, int, int], screen: Screen, mentioned: Menti
     result.resources[kind] += lines
     if kind not in MODELS:
         return True
-    mentioning = [data[at:end].rstrip(b"\r") for at, end in mentioned.lines(data, start, stop)]
-    result.resources[kind] -= len(mentioning)  # judged below, as screen_lines does
-    screen_lines(mentioning, screen, result, mentions=True)
+    owner = screen.owner
+    for at, end, roles in mentioned.lines(data, start, stop):
+        line = data[at:end].rstrip(b"\r")
+        if not roles & TRIGGER and (patient := owner(line, kind)) is not None:
+            result.keep(patient, line, roles)
+        else:
+            result.resources[kind] -= 1  # counted again below, as screen_lines counts each line
+            screen_lines((line,), screen, result, found=roles)
     return True
 
 
