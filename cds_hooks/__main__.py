@@ -1,3 +1,3 @@
-from cds_hooks.cli import main
+from cds_hooks.cli import run
 
-raise SystemExit(main())
+run()

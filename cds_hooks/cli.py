@@ -7,6 +7,7 @@ environment variables (README, "Configuration"); the options below override them
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import logging
 import os
@@ -16,12 +17,11 @@ import tempfile
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from pydantic import ValidationError
 
-from cds_hooks.server.metrics import MULTIPROC_ENV
 from cds_hooks.settings import Settings
 
 _log = logging.getLogger("mscc_alert")
@@ -127,6 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Where to point a browser or an EHR, and which database the feedback goes to (never its password).
     _log.info(f"mscc-alert {_version()} serving http://{host}:{port}/cds-services (Ctrl-C stops)",
               extra={"docs": f"http://{host}:{port}/docs", "database": shown_database(settings)})
+    from cds_hooks.server.metrics import MULTIPROC_ENV
+
     metrics_dir = None
     if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         # Each worker counts in its own process: a private folder where all of them write, so that /metrics
@@ -382,6 +384,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="also write a self-contained HTML report with charts (default: none)")
     report.set_defaults(run=_feedback_report)
     return parser
+
+
+def run() -> NoReturn:
+    """The console command (`mscc-alert`, `python -m cds_hooks`): main(), the exit handlers (log and stream
+    flushes, child processes, temporary folders), then exit without the interpreter freeing each object it
+    holds one by one: after a sweep that took 0.3-0.4 s, a tenth of the whole run on a 1 GB export."""
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

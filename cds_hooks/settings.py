@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cards.policy import Policy
-from cards.suppression import Windows
-from cds_hooks.protocol.fhir_client import FetchLimits
 from cds_hooks.protocol.fhir_servers import FhirServerPolicy, configured_server, is_loopback_host
-from cds_hooks.security.jwks import check_jwks_url
+
+if TYPE_CHECKING:
+    # Imported where used: every command loads the settings, and these bring in the HTTP client, PyJWT and
+    # the rules' models (a few tenths of a second that `mscc-alert sweep` has better uses for).
+    from cards.suppression import Windows
+    from cds_hooks.protocol.fhir_client import FetchLimits
 
 DEFAULT_CORS_ORIGINS = ("https://sandbox.cds-hooks.org",)
 # Any port on loopback: integrators run the sandbox and their own tools locally.
@@ -177,6 +180,10 @@ class Settings(BaseSettings):
     @field_validator("trusted_issuers")
     @classmethod
     def _issuer_urls(cls, value: dict[str, IssuerConfig]) -> dict[str, IssuerConfig]:
+        if not value:
+            return value
+        from cds_hooks.security.jwks import check_jwks_url
+
         for issuer, config in value.items():
             try:
                 check_jwks_url(config.jwks_url)
@@ -208,11 +215,15 @@ class Settings(BaseSettings):
         return FhirServerPolicy({}, [configured_server(url) for url in self.fhir_servers] or None)
 
     def fetch_limits(self) -> FetchLimits:
+        from cds_hooks.protocol.fhir_client import FetchLimits
+
         return FetchLimits(connect_timeout=self.fhir_connect_timeout, read_timeout=self.fhir_read_timeout,
                            max_pages=self.fhir_max_pages, total_seconds=self.fhir_total_seconds,
                            max_bytes=self.fhir_max_bytes)
 
     def suppression_windows(self) -> Windows:
+        from cards.suppression import Windows
+
         return Windows(
             override_days=self.suppress_override_days,
             accepted_critical_days=self.suppress_accepted_critical_days,

@@ -98,7 +98,7 @@ class Mentions:
             roles |= ended
         return roles
 
-    def lines(self, data: bytes, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int, int]]:
+    def lines(self, data: bytes | bytearray, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int, int]]:
         """(start, end, roles) of each line of data[start:stop] (lines end at b"\\n") that mentions anything,
         in order, with what it could be evidence of (as `roles` says of the line). No pattern holds a newline
         but a code's bound may be one: a match is placed by its last byte, or the one before when that is the
