@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 _log = logging.getLogger("mscc_alert.allocator")
@@ -24,6 +25,7 @@ MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's ceiling for it on 64-bit (DEFAULT_M
 TRIM_THRESHOLD = 128 * 1024 * 1024
 
 
+@functools.cache  # once a process (a forked child inherits the settings)
 def keep_freed_memory() -> bool:
     """True if the allocator took the settings; False on a libc without mallopt (musl, macOS)."""
     try:

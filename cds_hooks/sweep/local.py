@@ -1,16 +1,18 @@
 """The embedded engine: this package and the standard library only.
 
-Pass 1 screens every chunk (byte ranges of plain files, whole gzip files) in `workers` processes and keeps
-the relevant lines by patient; pass 2 reads again the chunks that held Patients, for the candidates' Patient
-resources; then each candidate is evaluated, batches of patients spread over the same processes.
+Pass 1 screens every chunk (byte ranges of plain files, whole gzip files) in `workers` processes, each keeping
+the relevant lines it found by patient (cds_hooks/sweep/workers.py) and answering with counts and roles; the
+lines of the patients who could get a card are then gathered, and pass 2 reads again the chunks that held
+Patients, for those patients' Patient resources; then each is evaluated, batches of patients spread over the
+same processes.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from cards.policy import Policy
 from cds_hooks.server.allocator import keep_freed_memory
@@ -18,11 +20,10 @@ from cds_hooks.sweep.patient import evaluate_patient
 from cds_hooks.sweep.progress import Progress
 from cds_hooks.sweep.reader import Chunk, chunk_size
 from cds_hooks.sweep.screen import Screening, screen_chunk
+from cds_hooks.sweep.workers import InProcess, Processes, Workers
 from fhir_mapping.intake import EITHER, mention_test
 from fhir_mapping.terminology import Terminology, load_terminology
 
-T = TypeVar("T")
-R = TypeVar("R")
 # A batch of candidates closes at this many patients or this many bytes of their lines, whichever comes first:
 # validation costs about the same per byte, and one patient can hold thousands of relevant resources while the
 # next holds one, so batches counted in patients alone left one worker validating while the other idled.
@@ -30,6 +31,9 @@ _BATCH_PATIENTS = 50
 _BATCH_BYTES = 1024 * 1024
 
 _terminology: Terminology | None = None  # one per worker process, loaded once
+# The relevant lines this process kept while screening (the parent's, for one worker), until `_lines_of` hands
+# over those of the patients to evaluate: the rest never leave the worker.
+_held = Screening()
 
 
 def _worker_terminology() -> Terminology:
@@ -41,8 +45,24 @@ def _worker_terminology() -> Terminology:
 
 
 def _screen_task(task: tuple[Chunk, int]) -> tuple[Chunk, Screening]:
+    """Screen a chunk, keep its relevant lines here, and answer with what it held but those lines."""
     chunk, max_line = task
-    return chunk, screen_chunk(chunk, _worker_terminology(), max_line)
+    screening = screen_chunk(chunk, _worker_terminology(), max_line)
+    for patient, lines in screening.relevant.items():
+        held = _held.relevant.get(patient)
+        if held is None:
+            _held.relevant[patient] = lines
+        else:
+            held.extend(lines)
+    screening.relevant = {}
+    return chunk, screening
+
+
+def _lines_of(patients: frozenset[str]) -> dict[str, list[bytes]]:
+    """The lines this process kept for these patients; everything it kept is let go."""
+    found = {patient: lines for patient, lines in _held.relevant.items() if patient in patients}
+    _held.relevant = {}
+    return found
 
 
 def _patients_task(task: tuple[Chunk, int, frozenset[str]]) -> Screening:
@@ -63,56 +83,47 @@ def sweep_local(chunks: list[Chunk], *, now: datetime, policy: Policy, workers: 
     # Each read of a block allocates it afresh: with glibc's defaults every one is mmap'd and faulted in page by
     # page, which cost more than the read itself (0.46 s vs 0.23 s per GB). Forked workers inherit the setting.
     keep_freed_memory()
+    _held.relevant = {}  # nothing left from a sweep that failed in this process
     if workers <= 1:
-        return _sweep(chunks, now, policy, max_line_bytes, progress, _in_process)
+        return _sweep(chunks, now, policy, max_line_bytes, progress, InProcess())
     # fork where there is one (Linux): workers inherit the loaded value sets and modules instead of importing
     # them again (seconds each on a loaded machine); the CLI parent runs no threads, so nothing is held locked.
     # Elsewhere spawn, and each worker loads them once.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     if method == "fork":
         mention_test(_worker_terminology())  # the compiled Hyperscan database too (a second or so to build)
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        def mapper(function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-            return pool.imap_unordered(function, tasks)
-
-        return _sweep(chunks, now, policy, max_line_bytes, progress, mapper)
-
-
-def _in_process(function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-    return map(function, tasks)
-
-
-Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+    with Processes(workers, multiprocessing.get_context(method)) as processes:
+        return _sweep(chunks, now, policy, max_line_bytes, progress, processes)
 
 
 def _sweep(chunks: list[Chunk], now: datetime, policy: Policy, max_line: int, progress: Progress,
-           mapper: Mapper) -> tuple[Screening, int, list[dict[str, Any]]]:
+           workers: Workers) -> tuple[Screening, int, list[dict[str, Any]]]:
     total = Screening()
     holding_patients: list[Chunk] = []
     # Largest first (files of one type differ in size tenfold): handed out in this order as workers free up, the
     # last tasks are small ones, so no worker is left with a large range while the other waits.
     chunks = sorted(chunks, key=chunk_size, reverse=True)
-    for chunk, screening in mapper(_screen_task, [(chunk, max_line) for chunk in chunks]):
+    for chunk, screening in workers.map(_screen_task, [(chunk, max_line) for chunk in chunks]):
         if screening.patient_lines:
             holding_patients.append(chunk)
         total.merge(screening)
         progress.advance(bytes_done=screening.size, lines=screening.lines, patients=screening.patient_lines)
 
-    # A candidate has a relevant resource other than its Patient: nobody else can get a card. Of them, only
-    # those whose resources could hold both a history and a trigger are evaluated: cards.evaluate would answer
-    # the others "no card" from these very roles, without validating anything.
-    candidates = len(total.relevant)
+    # A candidate has a line kept for it other than its Patient: nobody else can get a card. Of them, only those
+    # whose lines could hold both a history and a trigger are evaluated: cards.evaluate would answer the others
+    # "no card" from these very roles, without validating anything.
+    candidates = len(total.roles)
     evaluated = frozenset(patient for patient, roles in total.roles.items() if roles == EITHER)
-    for patient in set(total.relevant) - evaluated:
-        del total.relevant[patient]
+    for held in workers.each(_lines_of, evaluated):
+        total.merge(Screening(relevant=held))
     progress.advance(stage="patients")
-    for screening in mapper(_patients_task, [(chunk, max_line, evaluated) for chunk in holding_patients]):
+    for screening in workers.map(_patients_task, [(chunk, max_line, evaluated) for chunk in holding_patients]):
         total.merge(screening)
 
     progress.advance(stage="evaluating")
     rows: list[dict[str, Any]] = []
     batches = _batches(total, now, policy)
-    for _, found in mapper(_evaluate_task, batches):
+    for _, found in workers.map(_evaluate_task, batches):
         rows.extend(found)
     return total, candidates, rows
 

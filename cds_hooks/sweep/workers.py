@@ -1,0 +1,133 @@
+"""Worker processes for the local engine that keep what they screened.
+
+A multiprocessing.Pool sends every result back: for the sweep, every line kept for a patient (on the 1 GB
+benchmark export, 77,000 lines, 100 MB pickled, unpickled and copied through a pipe, to evaluate 114 patients
+whose lines are 276 of them). Here each worker holds the lines it kept and answers with counts and roles only;
+the parent then asks every worker for the lines of the patients it will evaluate. Tasks are still handed out
+one at a time to whichever worker is free, so a large chunk never leaves the other workers idle.
+
+`InProcess` runs the same tasks in this process, with the same calls, for one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class WorkerFailed(RuntimeError):
+    """A task raised in a worker process (its traceback is the message), or the worker died."""
+
+
+class Workers(Protocol):
+    def map(self, function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        """Each task's result, in the order they finish."""
+        ...
+
+    def each(self, function: Callable[[T], R], argument: T) -> list[R]:
+        """`function(argument)` once in every worker (e.g. to ask each for what it holds)."""
+        ...
+
+
+class InProcess:
+    def map(self, function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        return map(function, tasks)
+
+    def each(self, function: Callable[[T], R], argument: T) -> list[R]:
+        return [function(argument)]
+
+
+class Processes:
+    """`count` worker processes, each serving tasks over its own pipe until closed."""
+
+    def __init__(self, count: int, context: multiprocessing.context.BaseContext) -> None:
+        self._connections: list[Connection] = []
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+        for _ in range(count):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_serve, args=(theirs,), daemon=True)  # type: ignore[attr-defined]
+            process.start()
+            theirs.close()
+            self._connections.append(mine)
+            self._processes.append(process)
+
+    def map(self, function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        pending = iter(tasks)
+        busy: set[Connection] = set()
+        for connection in self._connections:
+            if not self._send(connection, function, pending):
+                break
+            busy.add(connection)
+        while busy:
+            for ready in wait(list(busy)):
+                assert isinstance(ready, Connection)
+                result = self._receive(ready)
+                if not self._send(ready, function, pending):
+                    busy.discard(ready)
+                yield result
+
+    def each(self, function: Callable[[T], R], argument: T) -> list[R]:
+        for connection in self._connections:
+            connection.send((function, argument))
+        return [self._receive(connection) for connection in self._connections]
+
+    def close(self) -> None:
+        for connection in self._connections:
+            with contextlib.suppress(OSError):  # that worker is gone already
+                connection.send(None)
+            connection.close()
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _send(connection: Connection, function: Callable[[T], Any], pending: Iterator[T]) -> bool:
+        for task in pending:
+            connection.send((function, task))
+            return True
+        return False
+
+    @staticmethod
+    def _receive(connection: Connection) -> Any:
+        try:
+            ok, value = connection.recv()
+        except EOFError:
+            raise WorkerFailed("a sweep worker process died") from None
+        if not ok:
+            raise WorkerFailed(value)
+        return value
+
+
+def _serve(connection: Connection) -> None:
+    """A worker's loop: run each (function, argument) it is sent and send back (True, result), or (False, the
+    traceback) when the function raised; stop at None or when the parent is gone."""
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if message is None:
+            return
+        function, argument = message
+        try:
+            reply: tuple[bool, Any] = (True, function(argument))
+        except Exception:  # reported to the parent, which raises it there
+            reply = (False, traceback.format_exc())
+        try:
+            connection.send(reply)
+        except BrokenPipeError:
+            return  # the parent stopped listening (another task failed): nothing to report to
