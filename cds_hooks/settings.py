@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Self
@@ -139,6 +140,9 @@ class Settings(BaseSettings):
     sweep_max_line_bytes: int = Field(128 * 1024 * 1024, gt=0)
     # Plain NDJSON files are screened in byte ranges of this size, so workers share a large file.
     sweep_chunk_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    # The compiled mention test is kept here between sweeps (one file of ~0.6 MB, only ever loaded from a folder
+    # and a file this user owns and only they can write: cds_hooks/sweep/pattern_cache.py). Empty: no cache.
+    sweep_cache_dir: Path | None = Field(default_factory=lambda: _default_cache_dir())
     # `--since` (cds_hooks/sweep/delta.py): each patient with a relevant change in the delta export is fetched
     # whole from the FHIR server (the fhir_* limits above apply to each). Beyond this many the sweep stops before
     # fetching any; this many are fetched at once (each runs up to 4 searches at once).
@@ -161,6 +165,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @field_validator("sweep_cache_dir", mode="before")
+    @classmethod
+    def _no_cache_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("trusted_issuers", mode="before")
     @classmethod
@@ -289,3 +298,8 @@ def https_or_loopback(url: str) -> bool:
     if not parts.hostname or "@" in parts.netloc:  # credentials in a URL would go out as Basic auth
         return False
     return parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname))
+
+
+def _default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/mscc-alert, else ~/.cache/mscc-alert (the XDG Base Directory default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mscc-alert"

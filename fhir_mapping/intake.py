@@ -318,6 +318,7 @@ class Intake:
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?$")
 
 
+@functools.lru_cache(maxsize=4096)  # a patient's references repeat in every resource of the record
 def _patient_of(reference: str | None) -> str | None:
     """The patient id a subject reference names, or None if it names no patient we can tell."""
     if not reference:
@@ -423,11 +424,8 @@ def relevant_codes(terminology: Terminology) -> frozenset[tuple[str, str]]:
 
 
 @functools.cache
-def mention_test(terminology: Terminology) -> Mentions:
-    """Whether raw JSON mentions a code, word or drug name the rules read, and what those could be evidence of.
-    A resource other than a Patient is read only if it mentions one (fhir_mapping/mentions.py): one that
-    mentions none could not hold evidence, readable or not, so the hook and the sweep, which never parses such
-    a line of an export, see the same record."""
+def mention_patterns(terminology: Terminology) -> tuple[tuple[bytes, int], ...]:
+    """The expressions of `mention_test`, each with what its match could be evidence of."""
     codes = [(system, code, concept_roles(terminology, system, code)) for system, code in relevant_codes(terminology)]
     # Each word with what a text holding it could be found to say (resource_roles reads texts with extract's
     # own tests: every breast-cancer phrase holds a BREAST_CANCER_ANCHOR, every pain or cord-compression
@@ -435,7 +433,28 @@ def mention_test(terminology: Terminology) -> Mentions:
     words = [*((word, TRIGGER) for word in PAIN_AND_CORD_ANCHORS), *((word, HISTORY) for word in BREAST_CANCER_ANCHORS),
              *((name, HISTORY if tier in _HISTORY_DRUG_TIERS else 0)
                for name, tier in drug_name_tiers(terminology).items())]
-    return Mentions(expressions(codes, words, EITHER))
+    return expressions(codes, words, EITHER)
+
+
+_mention_tests: dict[Terminology, Mentions] = {}
+
+
+def mention_test(terminology: Terminology) -> Mentions:
+    """Whether raw JSON mentions a code, word or drug name the rules read, and what those could be evidence of.
+    A resource other than a Patient is read only if it mentions one (fhir_mapping/mentions.py): one that
+    mentions none could not hold evidence, readable or not, so the hook and the sweep, which never parses such
+    a line of an export, see the same record. Built once (a few tenths of a second), or handed in already
+    built (`use_mention_test`)."""
+    found = _mention_tests.get(terminology)
+    if found is None:
+        found = _mention_tests[terminology] = Mentions(mention_patterns(terminology))
+    return found
+
+
+def use_mention_test(terminology: Terminology, mentions: Mentions) -> None:
+    """Use this test, built from `mention_patterns(terminology)` (e.g. loaded already compiled by the sweep's
+    cache, cds_hooks/sweep/pattern_cache.py), instead of compiling one."""
+    _mention_tests[terminology] = mentions
 
 
 class _CodingVerdicts:
@@ -609,6 +628,18 @@ class _Owner(msgspec.Struct, gc=False):
 
 
 _owner_decoder = msgspec.json.Decoder(_Owner)
+
+
+class _Subject(msgspec.Struct, gc=False):
+    """Whose a resource is, typed as the peek types it (a sweep reads only this of most lines it keeps)."""
+
+    resourceType: str = ""
+    id: str | None = None
+    subject: _Reference | None = None
+    patient: _Reference | None = None
+
+
+_subject_decoder = msgspec.json.Decoder(_Subject)
 _reference_decoder = msgspec.json.Decoder(_Reference)
 
 # (resourceType, patient id, relevant, roles): what `Screen` says of one resource.
@@ -631,7 +662,7 @@ def opening_type(raw: Buffer) -> str | None:
     return kind if kind.isalpha() else None
 
 
-def _owner_of(peek: _Peek) -> str | None:
+def _owner_of(peek: _Peek | _Subject) -> str | None:
     """The patient a peeked resource is about, exactly as `_admit` reads it."""
     if peek.resourceType == "Patient":
         return peek.id
@@ -686,13 +717,14 @@ class Screen:
     @staticmethod
     def owner(raw: Buffer, kind: str) -> str | None:
         """The patient a resource of type `kind` (not Patient) is about, read from its subject or patient and
-        nothing else: as `__call__` reads it from a resource it can read, and as it reads it leniently from one
-        it cannot. None when the JSON cannot be read, is of another type, or names no patient."""
+        nothing else, with the peek's own types: what `__call__` reads when it can read the resource. None when
+        those fields cannot be read so (then only `__call__` can tell), the resource is of another type, or it
+        names no patient."""
         try:
-            owner = _owner_decoder.decode(raw)
+            found = _subject_decoder.decode(raw)
         except DECODE_ERRORS:
             return None
-        return _lenient_owner(owner) if owner.resourceType == kind else None
+        return _owner_of(found) if found.resourceType == kind else None
 
     @staticmethod
     def _unreadable(raw: Buffer, found: int | None) -> Screened | str:

@@ -17,6 +17,7 @@ thousand patterns at once at gigabytes a second.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,7 @@ _ALWAYS = (rb"\\", rb"\xc4\xb0", rb"\xc4\xb1", rb"\xc5\xbf", rb"\xe2\x84\xaa")
 
 
 _NEWLINE = ord("\n")
+_FLAGS = hyperscan.HS_FLAG_CASELESS
 
 
 def expressions(codes: Iterable[tuple[str, str, int]], words: Iterable[tuple[str, int]],
@@ -64,14 +66,35 @@ def expressions(codes: Iterable[tuple[str, str, int]], words: Iterable[tuple[str
 class Mentions:
     """Tests bytes for the expressions. Thread-safe: each thread scans with its own scratch space."""
 
-    def __init__(self, patterns: Iterable[tuple[bytes, int]]) -> None:
+    def __init__(self, patterns: Iterable[tuple[bytes, int]], compiled: bytes | None = None) -> None:
+        """`compiled`: these very patterns compiled already (`serialized()`, from a `fingerprint` it matches),
+        loaded instead of compiling them again; ValueError if Hyperscan cannot load it."""
         pairs = list(patterns)
-        compiled = [expression for expression, _ in pairs]
         self._roles = [roles for _, roles in pairs]
-        self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self._database.compile(expressions=compiled, ids=list(range(len(compiled))), elements=len(compiled),
-                               flags=[hyperscan.HS_FLAG_CASELESS] * len(compiled))
+        if compiled is not None:
+            try:
+                self._database = hyperscan.loadb(compiled, mode=hyperscan.HS_MODE_BLOCK)
+            except hyperscan.error as exc:  # Hyperscan checks its header and a CRC of the bytecode
+                raise ValueError(f"not a compiled database this Hyperscan can load ({exc})") from None
+        else:
+            expressions = [expression for expression, _ in pairs]
+            self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            self._database.compile(expressions=expressions, ids=list(range(len(expressions))),
+                                   elements=len(expressions), flags=[_FLAGS] * len(expressions))
         self._local = threading.local()
+
+    def serialized(self) -> bytes:
+        """The compiled database, for `Mentions(patterns, compiled=...)` in another process or run."""
+        return bytes(hyperscan.dumpb(self._database))
+
+    @staticmethod
+    def fingerprint(patterns: Iterable[tuple[bytes, int]]) -> str:
+        """What a compiled database depends on (the expressions, their flags, this Hyperscan), as a name for it."""
+        version = getattr(hyperscan, "__version__", "unknown")  # not in the type stubs
+        digest = hashlib.sha256(f"hyperscan {version} flags {_FLAGS}\n".encode())
+        for expression, _ in patterns:
+            digest.update(expression + b"\n")
+        return digest.hexdigest()[:32]
 
     def _scratch(self) -> hyperscan.Scratch:
         scratch = getattr(self._local, "scratch", None)

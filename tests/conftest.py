@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,12 @@ SERVICE_ID = "breast-cancer-back-pain"
 # Outside data the tests read (Synthea patients, CDS Hooks examples, captured client requests), copied into the
 # repository unchanged; provenance in tests/data/README.md.
 TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+# Sweeps keep their compiled mention test in a cache folder (cds_hooks/sweep/pattern_cache.py): the suite's own
+# for the session (subprocesses inherit it), never the home folder of whoever runs the tests.
+_SWEEP_CACHE = tempfile.TemporaryDirectory(prefix="mscc-alert-test-sweep-cache-")
+os.environ.setdefault("MSCC_ALERT_SWEEP_CACHE_DIR", _SWEEP_CACHE.name)
 
 
 # Tests that need these fixtures start a server or a subprocess: marked `e2e`, whatever file they are in, so that

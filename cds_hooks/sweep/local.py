@@ -12,16 +12,18 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cards.policy import Policy
 from cds_hooks.server.allocator import keep_freed_memory
 from cds_hooks.sweep.patient import evaluate_patient
+from cds_hooks.sweep.pattern_cache import prepare_mention_test
 from cds_hooks.sweep.progress import Progress
 from cds_hooks.sweep.reader import Chunk, chunk_size
 from cds_hooks.sweep.screen import Screening, screen_chunk
 from cds_hooks.sweep.workers import InProcess, Processes, Workers
-from fhir_mapping.intake import EITHER, mention_test
+from fhir_mapping.intake import EITHER
 from fhir_mapping.terminology import Terminology, load_terminology
 
 # A batch of candidates closes at this many patients or this many bytes of their lines, whichever comes first:
@@ -39,9 +41,17 @@ _held = Screening()
 def _worker_terminology() -> Terminology:
     global _terminology
     if _terminology is None:
-        keep_freed_memory()  # a spawned worker (see sweep_local)
         _terminology = load_terminology()
     return _terminology
+
+
+def _prepare(cache_dir: Path | None) -> None:
+    """What each worker needs before its first task: the value sets and the compiled mention test (a spawned
+    worker has neither; a forked one inherits both)."""
+    # Each read of a block allocated it afresh: with glibc's defaults every one was mmap'd and faulted in page by
+    # page, which cost more than the read itself (0.46 s vs 0.23 s per GB). Forked workers inherit the setting.
+    keep_freed_memory()
+    prepare_mention_test(_worker_terminology(), cache_dir)
 
 
 def _screen_task(task: tuple[Chunk, int]) -> tuple[Chunk, Screening]:
@@ -78,21 +88,22 @@ def _evaluate_task(task: tuple[list[tuple[str, list[bytes]]], datetime, Policy])
 
 
 def sweep_local(chunks: list[Chunk], *, now: datetime, policy: Policy, workers: int, max_line_bytes: int,
-                progress: Progress) -> tuple[Screening, int, list[dict[str, Any]]]:
-    """(what the export held, how many candidates, worklist rows in no particular order)."""
-    # Each read of a block allocates it afresh: with glibc's defaults every one is mmap'd and faulted in page by
-    # page, which cost more than the read itself (0.46 s vs 0.23 s per GB). Forked workers inherit the setting.
-    keep_freed_memory()
+                progress: Progress, cache_dir: Path | None = None) -> tuple[Screening, int, list[dict[str, Any]]]:
+    """(what the export held, how many candidates, worklist rows in no particular order). `cache_dir`: where
+    the compiled mention test is kept between sweeps (cds_hooks/sweep/pattern_cache.py), None for none."""
     _held.relevant = {}  # nothing left from a sweep that failed in this process
     if workers <= 1:
+        _prepare(cache_dir)
         return _sweep(chunks, now, policy, max_line_bytes, progress, InProcess())
     # fork where there is one (Linux): workers inherit the loaded value sets and modules instead of importing
     # them again (seconds each on a loaded machine); the CLI parent runs no threads, so nothing is held locked.
     # Elsewhere spawn, and each worker loads them once.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "fork":
-        mention_test(_worker_terminology())  # the compiled Hyperscan database too (a second or so to build)
-    with Processes(workers, multiprocessing.get_context(method)) as processes:
+    if "fork" in multiprocessing.get_all_start_methods():
+        _prepare(cache_dir)
+        processes = Processes(workers, multiprocessing.get_context("fork"))
+    else:
+        processes = Processes(workers, multiprocessing.get_context("spawn"), _prepare, cache_dir)
+    with processes:
         return _sweep(chunks, now, policy, max_line_bytes, progress, processes)
 
 

@@ -47,7 +47,8 @@ def run_sweep(options: SweepOptions, settings: Settings) -> dict[str, Any]:
         try:
             screening, candidates, rows = sweep_spark(
                 files, now=options.now, policy=policy, master=options.spark_master,
-                max_line_bytes=settings.sweep_max_line_bytes, chunk_bytes=settings.sweep_chunk_bytes)
+                max_line_bytes=settings.sweep_max_line_bytes, chunk_bytes=settings.sweep_chunk_bytes,
+                cache_dir=settings.sweep_cache_dir)
         except SparkUnavailable as exc:
             raise SweepError(str(exc)) from None
     else:
@@ -56,7 +57,7 @@ def run_sweep(options: SweepOptions, settings: Settings) -> dict[str, Any]:
         chunks = plan_chunks(files, settings.sweep_chunk_bytes)
         screening, candidates, rows = sweep_local(
             chunks, now=options.now, policy=policy, workers=options.workers,
-            max_line_bytes=settings.sweep_max_line_bytes, progress=progress)
+            max_line_bytes=settings.sweep_max_line_bytes, progress=progress, cache_dir=settings.sweep_cache_dir)
     progress.close()
     summary = summarise(
         rows,

@@ -28,6 +28,7 @@ import orjson
 
 from cards.policy import Policy
 from cds_hooks.sweep.patient import evaluate_patient
+from cds_hooks.sweep.pattern_cache import prepare_mention_test
 from cds_hooks.sweep.reader import Chunk, chunk_size, plan_chunks
 from cds_hooks.sweep.screen import Screening, screen_chunk
 from fhir_mapping.intake import EITHER
@@ -99,13 +100,15 @@ def _sql_settings(master: str | None) -> dict[str, str]:
     return settings
 
 
-def _screen_partitions(chunks: list[Chunk], max_line_bytes: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def _screen_partitions(chunks: list[Chunk], max_line_bytes: int,
+                       cache_dir: Path | None) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """Each task screens the chunks whose numbers it is handed (one a task), reading them with the local
     engine's own reader: the JVM never holds the export's lines, only the relevant ones it shuffles."""
     def screen_batches(batches: Iterator[Any]) -> Iterator[Any]:
         import pandas as pd
 
         terminology = load_terminology()
+        prepare_mention_test(terminology, cache_dir)  # once a Python worker (the executor's own cache folder)
         totals = Screening()
         for batch in batches:
             for number in batch["id"]:
@@ -143,7 +146,7 @@ def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]
 
 
 def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str | None, max_line_bytes: int,
-                chunk_bytes: int) -> tuple[Screening, int, list[dict[str, Any]]]:
+                chunk_bytes: int, cache_dir: Path | None = None) -> tuple[Screening, int, list[dict[str, Any]]]:
     # Largest first, as the local engine hands them out: the last tasks are the short ones.
     chunks = sorted(plan_chunks([path.resolve() for path in files], chunk_bytes), key=chunk_size, reverse=True)
     session = spark_session(master)
@@ -153,7 +156,8 @@ def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str
         # One partition per chunk, each holding the chunk's number (range works over Spark Connect too).
         numbers = session.range(0, len(chunks), 1, len(chunks))
         # Kept once screened: it is read three times below, and screening is the costly part of the job.
-        screened = numbers.mapInPandas(_screen_partitions(chunks, max_line_bytes), schema=_SCREENED).persist()
+        screen = _screen_partitions(chunks, max_line_bytes, cache_dir)
+        screened = numbers.mapInPandas(screen, schema=_SCREENED).persist()
         candidates = screened.filter(F.col("kind") == "other").select("patient").distinct().count()
         # A card needs a history and a trigger: the others get cards.evaluate's "no card" unread, as in the local
         # engine (the screening tasks' counts travel as rows that pass too).

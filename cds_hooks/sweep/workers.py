@@ -47,12 +47,15 @@ class InProcess:
 class Processes:
     """`count` worker processes, each serving tasks over its own pipe until closed."""
 
-    def __init__(self, count: int, context: multiprocessing.context.BaseContext) -> None:
+    def __init__(self, count: int, context: multiprocessing.context.BaseContext,
+                 initializer: Callable[[T], object] | None = None, argument: object = None) -> None:
+        """`initializer(argument)` runs first in each worker (one that was spawned has loaded nothing)."""
         self._connections: list[Connection] = []
         self._processes: list[multiprocessing.process.BaseProcess] = []
         for _ in range(count):
             mine, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs,), daemon=True)  # type: ignore[attr-defined]
+            process = context.Process(target=_serve, args=(theirs, initializer, argument),  # type: ignore[attr-defined]
+                                      daemon=True)
             process.start()
             theirs.close()
             self._connections.append(mine)
@@ -112,9 +115,11 @@ class Processes:
         return value
 
 
-def _serve(connection: Connection) -> None:
+def _serve(connection: Connection, initializer: Callable[[Any], object] | None, argument: object) -> None:
     """A worker's loop: run each (function, argument) it is sent and send back (True, result), or (False, the
     traceback) when the function raised; stop at None or when the parent is gone."""
+    if initializer is not None:
+        initializer(argument)
     while True:
         try:
             message = connection.recv()
