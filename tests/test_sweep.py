@@ -313,5 +313,22 @@ def test_spark_shuffle_partitions_follow_the_local_cores(master: str | None, cor
     assert settings.get("spark.sql.shuffle.partitions") == (str(4 * cores) if cores else None)
 
 
+def test_spark_screening_tasks_share_the_chunks_evenly_on_a_local_master(tmp_path: Path) -> None:
+    from cds_hooks.sweep.reader import Chunk, chunk_size
+    from cds_hooks.sweep.spark import _task_chunks
+
+    sizes = [64, 64, 64, 40, 33, 20, 12, 9, 5, 5, 3, 1]  # MiB
+    starts = [sum(sizes[:i]) << 20 for i in range(len(sizes))]
+    chunks = [Chunk(str(tmp_path / "export.ndjson"), start, start + (size << 20)) for start, size in zip(
+        starts, sizes, strict=True)]
+    tasks = _task_chunks(chunks, "local[2]")
+    assert len(tasks) == 4
+    assert sorted(c.start for task in tasks for c in task) == starts  # each chunk once
+    loads = [sum(map(chunk_size, task)) for task in tasks]
+    assert max(loads) - min(loads) <= max(map(chunk_size, chunks))  # no task waits on more than one chunk's work
+    assert _task_chunks(chunks, "spark://host:7077") == [[chunk] for chunk in chunks]  # a cluster: one a task
+    assert len(_task_chunks(chunks[:3], "local[8]")) == 3  # never an empty task
+
+
 def _comparable_row(row: JSON) -> JSON:
     return {**{k: v for k, v in row.items() if k != "cards"}, "cards": [_comparable(c) for c in row["cards"]]}
