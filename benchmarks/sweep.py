@@ -5,7 +5,8 @@ tests/data/synthea copied again and again with new ids (every resource id made u
 id), one resource type per file and each type split over several files, plus every clinical scenario of the
 suite as a patient of its own, buried among them. Then, side by side in one run, each as its own process on the
 same (page-cached) files:
-- `orjson.loads` of every line (the naive floor: what any sweep that parses everything pays), one process;
+- `orjson.loads` of every line (the naive floor: what any sweep that parses everything pays), one process
+  (benchmarks/orjson_floor.py: a plain loop over each file's lines, nothing of this project);
 - `mscc-alert sweep --engine local` with 1 worker, then 2 workers;
 - `mscc-alert sweep --engine spark --spark-master local[2]` (skipped with a message if PySpark or Java is missing);
 each with the compiled mention test in its cache, as every sweep after a machine's first has it.
@@ -187,19 +188,6 @@ def measure(name: str, cores: int, command: list[str], env: dict[str, str] | Non
     return run
 
 
-def _orjson_floor(folder: str) -> None:
-    """Child process: orjson.loads every line of every file (the sweep's own line reader hands them out)."""
-    from cds_hooks.sweep.reader import Chunk, LineCounts, export_files, read_lines
-
-    files, _ = export_files(Path(folder))
-    parsed = 0
-    for path in files:
-        for line in read_lines(Chunk(str(path)), 1 << 30, LineCounts()):
-            orjson.loads(line)
-            parsed += 1
-    print(parsed)
-
-
 def _warm_pattern_cache(work: Path) -> None:
     """Every sweep after a machine's first loads the compiled mention test from its cache
     (cds_hooks/sweep/pattern_cache.py) instead of compiling it (0.2-0.4 s): a sweep of one line warms it, so
@@ -223,11 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gigabytes", type=float, default=1.05, help="export size (default 1.05 GB)")
     parser.add_argument("--keep", action="store_true", help="keep the generated export (its path is printed)")
     parser.add_argument("--no-spark", action="store_true")
-    parser.add_argument("--orjson-floor", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.orjson_floor:
-        _orjson_floor(args.orjson_floor)
-        return 0
 
     work = Path(tempfile.mkdtemp(prefix="mscc-sweep-bench-"))
     export = work / "export"
@@ -242,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = [sys.executable, "-m", "cds_hooks", "sweep", str(export), "--now", now]
         _warm_pattern_cache(work)
         runs = [measure("orjson.loads every line", 1,
-                        [sys.executable, "-m", "benchmarks.sweep", "--orjson-floor", str(export)])]
+                        [sys.executable, "-m", "benchmarks.orjson_floor", str(export)])]
         for workers in (1, 2):
             out = work / f"local-{workers}"
             run = measure(f"local engine, {workers} worker{'s' if workers > 1 else ''}", workers,

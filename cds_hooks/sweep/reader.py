@@ -84,7 +84,8 @@ def lines_of(block: Block, counts: LineCounts) -> list[bytes]:
     if isinstance(block, list):
         return block
     data, start, stop = block
-    return _usable(data[start:stop].split(b"\n")[:-1], counts)
+    with memoryview(data) as view:
+        return _usable(bytes(view[start:stop]).split(b"\n")[:-1], counts)  # one copy out of the reader's buffer
 
 
 def read_blocks(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[Block]:
@@ -183,7 +184,7 @@ def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,
                 yield data, pos, stop
         else:
             mine: list[bytes | bytearray] = []
-            for piece in data[pos:stop].split(b"\n")[:-1]:
+            for piece in bytes(memoryview(data)[pos:stop]).split(b"\n")[:-1]:
                 if end is not None and offset >= end:
                     yield _usable(mine, counts)
                     return
