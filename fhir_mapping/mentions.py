@@ -9,10 +9,9 @@ The intake reads a resource only if it mentions one, so what this says is part o
 resource that mentions none holds no code and no phrase the rules look for, readable or not. Each expression
 also carries what its match could be evidence of (fhir_mapping.intake roles, a bit set), so the bytes alone
 bound what a resource can be evidence of: whatever it says, readable or not, it holds no more than the roles
-of what it mentions. A Bulk export can
-then be screened a block of bytes at a time (`Mentions.lines`), never parsing the lines that mention nothing:
-most of an export. The matching is Hyperscan's (Intel's multi-pattern regex matcher, in C), which scans for a
-thousand patterns at once at gigabytes a second.
+of what it mentions. A Bulk export can then be screened a block of bytes at a time (`Mentions.lines`), never
+parsing the lines that mention nothing: most of an export. The matching is Hyperscan's (Intel's multi-pattern
+regex matcher, in C), which scans for a thousand patterns at once at about a gigabyte a second here.
 """
 
 from __future__ import annotations
@@ -117,8 +116,8 @@ class Mentions:
         if not found:
             return None
         roles = 0
-        for ended in found[::2]:
-            roles |= ended
+        for matched in found[::2]:  # roles, end, roles, end...
+            roles |= matched
         return roles
 
     def lines(self, data: bytes | bytearray, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int, int]]:

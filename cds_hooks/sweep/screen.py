@@ -1,10 +1,11 @@
 """Screen the lines of one chunk with the hook's relevance peek, keeping the relevant lines by patient.
 
-Two passes over an export (the local engine): the first keeps every relevant line except Patients, and learns
-who the candidates are (a patient with a relevant resource other than the Patient itself: nobody else can get
-a card) and which of them could get one (whose relevant resources could hold both a history and a trigger:
-cards.evaluate answers the others unread); the second reads again only the chunks that held Patient lines,
-keeping those patients' Patients. Memory holds the relevant resources of candidates, never a line per patient.
+Two passes over an export (the local engine): the first keeps every line the rules may read except Patients,
+with what each patient's lines could be evidence of, and so learns who the candidates are (a patient with such
+a line other than the Patient itself: nobody else can get a card) and which of them could get one (whose lines
+could hold both a history and a trigger: cards.evaluate answers the others unread); the second reads again
+only the chunks that held Patient lines, keeping those patients' Patients. Memory holds the kept lines of
+candidates, never a line per patient.
 """
 
 from __future__ import annotations
