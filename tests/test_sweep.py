@@ -233,6 +233,19 @@ def test_worklist_files_sorted_critical_first_then_most_recent_pain(population: 
     assert page.count("<tr class=") == len(rows)
 
 
+@pytest.mark.e2e
+def test_spawned_workers_give_the_hooks_answer_too(population: Population, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where there is no fork (macOS, Windows) each worker starts afresh and prepares the value sets and the
+    # compiled mention test itself (from the cache folder, once one of them has saved it).
+    from cds_hooks.sweep import local
+
+    monkeypatch.setattr(local.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    summary = run_sweep(SweepOptions(population.export, tmp_path, population.now, workers=2), Settings())
+    _assert_same_as_hook(_worklist(tmp_path), population)
+    assert summary["workers"] == 2 and summary["resources"] == len(population.resources)
+
+
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cds_hooks", "sweep", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, check=False)
