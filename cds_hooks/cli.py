@@ -224,6 +224,7 @@ def _readable(evaluation: Any, cards: list[dict[str, Any]]) -> str:
 def _sweep(args: argparse.Namespace) -> int:
     from cds_hooks.server.logs import configure_logging
     from cds_hooks.sweep.run import SweepError, SweepOptions, run_sweep
+    from cds_hooks.sweep.workers import WorkerFailed
 
     settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -262,6 +263,9 @@ def _sweep(args: argparse.Namespace) -> int:
     except SweepError as exc:
         print(f"mscc-alert: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:  # an internal failure: its type and place, never its text (it may quote data)
+        print(f"mscc-alert: the sweep failed: {exc}", file=sys.stderr)
+        return 1
     tiers = summary["patientsByIndicator"]
     print(f"{summary['patients']:,} patients, {summary['resources']:,} resources in {summary['seconds']:.1f} s: "
           f"{tiers.get('critical', 0)} critical, {tiers.get('warning', 0)} warning, {tiers.get('info', 0)} info; "

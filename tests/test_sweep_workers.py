@@ -55,10 +55,11 @@ def test_fewer_tasks_than_workers_and_no_tasks() -> None:
         assert sorted(workers.map(_square, [1, 2])) == [1, 4]
 
 
-def test_a_task_that_raises_is_raised_in_the_parent_with_its_traceback() -> None:
+def test_a_task_that_raises_is_raised_in_the_parent_by_type_and_place_never_its_text() -> None:
     with Processes(2, multiprocessing.get_context("fork")) as workers, pytest.raises(WorkerFailed) as failed:
         list(workers.map(_fail, range(3)))
-    assert "ValueError: no square for" in str(failed.value) and "_fail" in str(failed.value)
+    assert "ValueError" in str(failed.value) and "test_sweep_workers.py" in str(failed.value)
+    assert "_fail" in str(failed.value) and "no square" not in str(failed.value)  # its text could quote data
 
 
 def test_a_worker_that_dies_is_an_error_not_a_hang() -> None:

@@ -23,7 +23,8 @@ R = TypeVar("R")
 
 
 class WorkerFailed(RuntimeError):
-    """A task raised in a worker process (its traceback is the message), or the worker died."""
+    """A task raised in a worker process, or the worker died. The message names the exception's type and
+    where it was raised, never its text: that can quote the data (a resource, a patient id)."""
 
 
 class Workers(Protocol):
@@ -130,8 +131,10 @@ def _serve(connection: Connection, initializer: Callable[[Any], object] | None, 
         function, argument = message
         try:
             reply: tuple[bool, Any] = (True, function(argument))
-        except Exception:  # reported to the parent, which raises it there
-            reply = (False, traceback.format_exc())
+        except Exception as exc:  # reported to the parent, which raises it there
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            reply = (False, f"{type(exc).__name__} in a sweep worker, at {frame.filename}:{frame.lineno} "
+                            f"({frame.name})")
         try:
             connection.send(reply)
         except BrokenPipeError:
