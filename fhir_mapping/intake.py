@@ -318,9 +318,24 @@ class Intake:
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?$")
 
 
-@functools.lru_cache(maxsize=4096)  # a patient's references repeat in every resource of the record
 def _patient_of(reference: str | None) -> str | None:
     """The patient id a subject reference names, or None if it names no patient we can tell."""
+    if reference is not None and len(reference) <= _CACHED_REFERENCE:
+        return _short_patient_of(reference)
+    return _reference_patient(reference)
+
+
+# A patient's references repeat in every resource of the record; remembered only when short, so that the cache
+# (4,096 entries) never holds more than about two million characters, whatever references hostile requests send.
+_CACHED_REFERENCE = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _short_patient_of(reference: str) -> str | None:
+    return _reference_patient(reference)
+
+
+def _reference_patient(reference: str | None) -> str | None:
     if not reference:
         return None
     if reference.startswith("urn:uuid:"):
@@ -461,7 +476,10 @@ class _CodingVerdicts:
     """(system, code) exactly as sent -> (relevant, in a standard system). Charts repeat the same few
     codes thousands of times, so canonicalising each once is most of the saving on a large prefetch."""
 
-    _MAX = 100_000  # bounded: a hostile request could send a million distinct codes
+    # Bounded in entries and in what each key may hold: hostile requests could send a million distinct codes, or
+    # megabyte-long displays. A longer key is judged every time and never remembered, so the five caches hold
+    # at most 5 x 20,000 keys of up to 256 characters (~26 million characters), whatever clients send.
+    _MAX = 20_000
 
     def __init__(self, terminology: Terminology) -> None:
         self.terminology = terminology
@@ -480,7 +498,7 @@ class _CodingVerdicts:
         if verdict is None:
             named = medication and drug_named(self.terminology, text) is not None
             verdict = named or mentions_anything_relevant(text)
-            if len(self.texts) < self._MAX:
+            if len(self.texts) < self._MAX and len(text) <= _MAX_KEY:
                 self.texts[(medication, text)] = verdict
         return verdict
 
@@ -492,7 +510,7 @@ class _CodingVerdicts:
                 canonical is not None and (canonical, normalize_code(canonical, code)) in self.relevant,
                 canonical in _STANDARD_SYSTEMS,
             )
-            if len(self.verdicts) < self._MAX:
+            if len(self.verdicts) < self._MAX and _short_code(system, code):
                 self.verdicts[(system, code)] = verdict
         return verdict
 
@@ -501,7 +519,7 @@ class _CodingVerdicts:
         verdict = self.history_drugs.get(text)
         if verdict is None:
             verdict = names_drug_of_tier(self.terminology, text, _HISTORY_DRUG_TIERS)
-            if len(self.history_drugs) < self._MAX:
+            if len(self.history_drugs) < self._MAX and len(text) <= _MAX_KEY:
                 self.history_drugs[text] = verdict
         return verdict
 
@@ -513,7 +531,7 @@ class _CodingVerdicts:
             roles = HISTORY if condition and breast_cancer_in(text) else 0
             if cord_compression_in(text) or spinal_pain_in(text) is not None:
                 roles |= TRIGGER
-            if len(self.text_role_cache) < self._MAX:
+            if len(self.text_role_cache) < self._MAX and len(text) <= _MAX_KEY:
                 self.text_role_cache[(condition, text)] = roles
         return roles
 
@@ -521,9 +539,16 @@ class _CodingVerdicts:
         roles = self.roles.get((system, code))
         if roles is None:
             roles = concept_roles(self.terminology, system, code)
-            if len(self.roles) < self._MAX:
+            if len(self.roles) < self._MAX and _short_code(system, code):
                 self.roles[(system, code)] = roles
         return roles
+
+
+_MAX_KEY = 256  # characters of a text, or of a system and code together, that _CodingVerdicts remembers
+
+
+def _short_code(system: str | None, code: str | int) -> bool:
+    return len(system or "") + (len(code) if isinstance(code, str) else 0) <= _MAX_KEY
 
 
 @functools.cache

@@ -133,3 +133,24 @@ def test_the_characters_always_read_are_all_that_case_insensitive_regexes_equate
     equated = {chr(cp) for cp in range(0x80, 0x110000) if letter.fullmatch(chr(cp))}
     assert equated == {"\u0130", "\u0131", "\u017f", "\u212a"}
     assert all(MENTIONS(f'{{"text":"x{ch}y"}}'.encode()) for ch in equated)
+
+
+def test_what_the_intake_remembers_is_bounded_whatever_clients_send() -> None:
+    # The verdict caches live as long as the service: entries and the size of each key are capped, so hostile
+    # requests (a million distinct codes, megabyte-long displays) can neither grow them without end nor make
+    # them hold large strings.
+    from fhir_mapping.intake import _MAX_KEY, _CodingVerdicts, _patient_of, _short_patient_of
+
+    verdict = _CodingVerdicts(TERMINOLOGY)
+    long_text = "back pain " * 1000
+    assert verdict.text_roles(True, long_text) == TRIGGER and verdict.text(False, long_text)  # still judged
+    assert verdict.history_drug("tamoxifen " + "x" * 5000)
+    assert verdict("http://snomed.info/sct", "1" * 5000) == (False, True)
+    assert not verdict.text_role_cache and not verdict.texts and not verdict.history_drugs and not verdict.verdicts
+    for n in range(verdict._MAX + 50):
+        verdict("http://snomed.info/sct", str(n))
+    assert len(verdict.verdicts) == verdict._MAX
+    assert all(len(system or "") + len(str(code)) <= _MAX_KEY for system, code in verdict.verdicts)
+    _short_patient_of.cache_clear()
+    assert _patient_of("Patient/" + "p" * 5000) == "p" * 5000 and _short_patient_of.cache_info().currsize == 0
+    assert _patient_of("Patient/p1") == "p1" and _short_patient_of.cache_info().currsize == 1
