@@ -46,11 +46,6 @@ def _trie(words: list[str]) -> str:
     return f"(?:{pattern(root)})"
 
 
-def drug_name_words(terminology: Terminology) -> tuple[str, ...]:
-    """Every name drug_named knows, lower-case."""
-    return tuple(sorted(_matcher(terminology)[1]))
-
-
 def drug_name_tiers(terminology: Terminology) -> dict[str, str]:
     """Each name drug_named knows (lower-case) -> the tier of the drug it names, as names_drug_of_tier reads it."""
     return {name: str(concept.attributes.get("tier", "")) for name, concept in sorted(_matcher(terminology)[1].items())}

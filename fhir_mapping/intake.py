@@ -472,14 +472,22 @@ def use_mention_test(terminology: Terminology, mentions: Mentions) -> None:
     _mention_tests[terminology] = mentions
 
 
+# What _CodingVerdicts remembers lives as long as the service, so it is bounded in entries and in what each key
+# may hold: hostile requests could send a million distinct codes, or megabyte-long displays. A longer key is judged
+# every time and never remembered, so its five caches hold at most 5 x 20,000 keys of up to 256 characters
+# (~26 million characters), whatever clients send.
+_MAX_ENTRIES = 20_000
+_MAX_KEY = 256  # characters of a text, or of a system and code together
+
+
+def _remember(cache: dict[Any, Any], key: object, value: object, key_length: int) -> None:
+    if key_length <= _MAX_KEY and len(cache) < _MAX_ENTRIES:
+        cache[key] = value
+
+
 class _CodingVerdicts:
     """(system, code) exactly as sent -> (relevant, in a standard system). Charts repeat the same few
     codes thousands of times, so canonicalising each once is most of the saving on a large prefetch."""
-
-    # Bounded in entries and in what each key may hold: hostile requests could send a million distinct codes, or
-    # megabyte-long displays. A longer key is judged every time and never remembered, so the five caches hold
-    # at most 5 x 20,000 keys of up to 256 characters (~26 million characters), whatever clients send.
-    _MAX = 20_000
 
     def __init__(self, terminology: Terminology) -> None:
         self.terminology = terminology
@@ -498,8 +506,7 @@ class _CodingVerdicts:
         if verdict is None:
             named = medication and drug_named(self.terminology, text) is not None
             verdict = named or mentions_anything_relevant(text)
-            if len(self.texts) < self._MAX and len(text) <= _MAX_KEY:
-                self.texts[(medication, text)] = verdict
+            _remember(self.texts, (medication, text), verdict, len(text))
         return verdict
 
     def __call__(self, system: str | None, code: str | int) -> tuple[bool, bool]:
@@ -510,8 +517,7 @@ class _CodingVerdicts:
                 canonical is not None and (canonical, normalize_code(canonical, code)) in self.relevant,
                 canonical in _STANDARD_SYSTEMS,
             )
-            if len(self.verdicts) < self._MAX and _short_code(system, code):
-                self.verdicts[(system, code)] = verdict
+            _remember(self.verdicts, (system, code), verdict, _code_length(system, code))
         return verdict
 
 
@@ -519,8 +525,7 @@ class _CodingVerdicts:
         verdict = self.history_drugs.get(text)
         if verdict is None:
             verdict = names_drug_of_tier(self.terminology, text, _HISTORY_DRUG_TIERS)
-            if len(self.history_drugs) < self._MAX and len(text) <= _MAX_KEY:
-                self.history_drugs[text] = verdict
+            _remember(self.history_drugs, text, verdict, len(text))
         return verdict
 
     def text_roles(self, condition: bool, text: str) -> int:
@@ -531,24 +536,19 @@ class _CodingVerdicts:
             roles = HISTORY if condition and breast_cancer_in(text) else 0
             if cord_compression_in(text) or spinal_pain_in(text) is not None:
                 roles |= TRIGGER
-            if len(self.text_role_cache) < self._MAX and len(text) <= _MAX_KEY:
-                self.text_role_cache[(condition, text)] = roles
+            _remember(self.text_role_cache, (condition, text), roles, len(text))
         return roles
 
     def role(self, system: str | None, code: str | int) -> int:
         roles = self.roles.get((system, code))
         if roles is None:
             roles = concept_roles(self.terminology, system, code)
-            if len(self.roles) < self._MAX and _short_code(system, code):
-                self.roles[(system, code)] = roles
+            _remember(self.roles, (system, code), roles, _code_length(system, code))
         return roles
 
 
-_MAX_KEY = 256  # characters of a text, or of a system and code together, that _CodingVerdicts remembers
-
-
-def _short_code(system: str | None, code: str | int) -> bool:
-    return len(system or "") + (len(code) if isinstance(code, str) else 0) <= _MAX_KEY
+def _code_length(system: str | None, code: str | int) -> int:
+    return len(system or "") + (len(code) if isinstance(code, str) else 0)
 
 
 @functools.cache

@@ -15,6 +15,7 @@ from fhir_mapping.intake import (
     TRIGGER,
     Screen,
     _is_relevant,
+    _Peek,
     _peek_decoder,
     _verdicts,
     mention_test,
@@ -41,18 +42,29 @@ def _resources() -> list[bytes]:
 RESOURCES = _resources()
 
 
-def test_every_resource_the_peek_finds_relevant_mentions_what_the_rules_read() -> None:
-    # The test only ever narrows: a resource whose codes or words the peek judges relevant always passes it.
+def _relevant_peeks() -> list[tuple[bytes, _Peek]]:
+    """Each resource of RESOURCES, other than a Patient, that the peek reads and finds relevant, with its peek."""
     verdict = _verdicts(TERMINOLOGY)
-    relevant = 0
+    found = []
     for line in RESOURCES:
         try:
             peek = _peek_decoder.decode(line)
         except msgspec.ValidationError:
             continue  # the scenarios' deliberately broken resources
         if peek.resourceType in MODELS and peek.resourceType != "Patient" and _is_relevant(peek, verdict):
-            relevant += 1
-            assert MENTIONS(line), line[:200]
+            found.append((line, peek))
+    return found
+
+
+RELEVANT = _relevant_peeks()
+
+
+def test_every_resource_the_peek_finds_relevant_mentions_what_the_rules_read() -> None:
+    # The test only ever narrows: a resource whose codes or words the peek judges relevant always passes it.
+    relevant = 0
+    for line, _ in RELEVANT:
+        relevant += 1
+        assert MENTIONS(line), line[:200]
     assert relevant > 500
     # ...and it narrows: most of a real record mentions nothing the rules read.
     assert sum(map(MENTIONS, RESOURCES)) < len(RESOURCES) / 3
@@ -111,18 +123,13 @@ def test_the_roles_of_the_bytes_bound_the_roles_the_peek_finds() -> None:
     verdict = _verdicts(TERMINOLOGY)
     screen = Screen(TERMINOLOGY)
     judged = 0
-    for line in RESOURCES:
-        try:
-            peek = _peek_decoder.decode(line)
-        except msgspec.ValidationError:
-            continue
-        if peek.resourceType in MODELS and peek.resourceType != "Patient" and _is_relevant(peek, verdict):
-            exact = resource_roles(peek, verdict)
-            bound = MENTIONS.roles(line)
-            assert bound is not None and exact & ~bound == 0, line[:200]
-            # ...and the subject read alone names the patient that reading the resource names.
-            assert Screen.owner(line, peek.resourceType) == screen(line)[1], line[:200]  # type: ignore[index]
-            judged += 1
+    for line, peek in RELEVANT:
+        exact = resource_roles(peek, verdict)
+        bound = MENTIONS.roles(line)
+        assert bound is not None and exact & ~bound == 0, line[:200]
+        # ...and the subject read alone names the patient that reading the resource names.
+        assert Screen.owner(line, peek.resourceType) == screen(line)[1], line[:200]  # type: ignore[index]
+        judged += 1
     assert judged > 500
 
 
@@ -139,7 +146,7 @@ def test_what_the_intake_remembers_is_bounded_whatever_clients_send() -> None:
     # The verdict caches live as long as the service: entries and the size of each key are capped, so hostile
     # requests (a million distinct codes, megabyte-long displays) can neither grow them without end nor make
     # them hold large strings.
-    from fhir_mapping.intake import _MAX_KEY, _CodingVerdicts, _patient_of, _short_patient_of
+    from fhir_mapping.intake import _MAX_ENTRIES, _MAX_KEY, _CodingVerdicts, _patient_of, _short_patient_of
 
     verdict = _CodingVerdicts(TERMINOLOGY)
     long_text = "back pain " * 1000
@@ -147,9 +154,9 @@ def test_what_the_intake_remembers_is_bounded_whatever_clients_send() -> None:
     assert verdict.history_drug("tamoxifen " + "x" * 5000)
     assert verdict("http://snomed.info/sct", "1" * 5000) == (False, True)
     assert not verdict.text_role_cache and not verdict.texts and not verdict.history_drugs and not verdict.verdicts
-    for n in range(verdict._MAX + 50):
+    for n in range(_MAX_ENTRIES + 50):
         verdict("http://snomed.info/sct", str(n))
-    assert len(verdict.verdicts) == verdict._MAX
+    assert len(verdict.verdicts) == _MAX_ENTRIES
     assert all(len(system or "") + len(str(code)) <= _MAX_KEY for system, code in verdict.verdicts)
     _short_patient_of.cache_clear()
     assert _patient_of("Patient/" + "p" * 5000) == "p" * 5000 and _short_patient_of.cache_info().currsize == 0

@@ -58,12 +58,7 @@ def _screen_task(task: tuple[Chunk, int]) -> tuple[Chunk, Screening]:
     """Screen a chunk, keep its relevant lines here, and answer with what it held but those lines."""
     chunk, max_line = task
     screening = screen_chunk(chunk, _worker_terminology(), max_line)
-    for patient, lines in screening.relevant.items():
-        held = _held.relevant.get(patient)
-        if held is None:
-            _held.relevant[patient] = lines
-        else:
-            held.extend(lines)
+    _held.merge(Screening(relevant=screening.relevant))
     screening.relevant = {}
     return chunk, screening
 

@@ -67,20 +67,14 @@ class LineCounts:
 
 def read_lines(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[bytes]:
     """The non-blank lines of a chunk (without the newline), in file order."""
-    for batch in read_batches(chunk, max_line_bytes, counts):
-        yield from batch
+    for block in read_blocks(chunk, max_line_bytes, counts):
+        yield from lines_of(block, counts)
 
 
 # What read_blocks hands out: (data, start, stop), whole lines data[start:stop], each ending in a newline and not
 # yet counted in LineCounts.lines (see lines_of), valid until the next block is asked for (data is the reader's
 # buffer, filled again by the next read), or a list of lines already made usable and counted.
 Block = tuple[bytes | bytearray, int, int] | list[bytes]
-
-
-def read_batches(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[list[bytes]]:
-    """The same lines, a block's worth at a time (the screen runs over lists: no generator step per line)."""
-    for block in read_blocks(chunk, max_line_bytes, counts):
-        yield lines_of(block, counts)
 
 
 def lines_of(block: Block, counts: LineCounts) -> list[bytes]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -117,25 +118,42 @@ def _task_chunks(chunks: list[Chunk], master: str | None) -> list[list[Chunk]]:
     return tasks
 
 
+def _screenings(tasks: list[list[Chunk]], batches: Iterator[Any], max_line_bytes: int, cache_dir: Path | None,
+                keep_patients: bool) -> Iterator[Screening]:
+    """What each chunk of the task numbers a partition is handed (one a partition) holds, read with the local
+    engine's own reader and screen."""
+    terminology = load_terminology()
+    prepare_mention_test(terminology, cache_dir)  # once a Python worker (the executor's own cache folder)
+    for batch in batches:
+        for number in batch["id"]:
+            for chunk in tasks[int(number)]:
+                yield screen_chunk(chunk, terminology, max_line_bytes, keep_patients=keep_patients)
+
+
+def _tallies(screening: Screening) -> str:
+    """A task's counts, as they travel to the driver."""
+    return orjson.dumps({"lines": screening.lines, "size": screening.size, "resources": screening.resources,
+                         "skipped": screening.skipped, "patient_lines": screening.patient_lines}).decode()
+
+
+def _untallied(tallies: str) -> Screening:
+    found = orjson.loads(tallies)
+    return Screening(lines=found["lines"], size=found["size"], resources=Counter(found["resources"]),
+                     skipped=Counter(found["skipped"]), patient_lines=found["patient_lines"])
+
+
 def _roles_partitions(tasks: list[list[Chunk]], max_line_bytes: int,
                       cache_dir: Path | None) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """First pass: each task screens the chunks of the task numbers it is handed (one a partition) and answers
-    with each patient's roles and its counts, never a line."""
+    """First pass: each task answers with each patient's roles and its counts, never a line."""
     def screen_batches(batches: Iterator[Any]) -> Iterator[Any]:
         import pandas as pd
 
-        terminology = load_terminology()
-        prepare_mention_test(terminology, cache_dir)  # once a Python worker (the executor's own cache folder)
         totals = Screening()
-        for batch in batches:
-            for chunk in (chunk for number in batch["id"] for chunk in tasks[int(number)]):
-                part = screen_chunk(chunk, terminology, max_line_bytes)
-                part.relevant = {}
-                totals.merge(part)
-        stats = {"lines": totals.lines, "size": totals.size, "resources": totals.resources,
-                 "skipped": totals.skipped, "patient_lines": totals.patient_lines}
+        for part in _screenings(tasks, batches, max_line_bytes, cache_dir, keep_patients=False):
+            part.relevant = {}
+            totals.merge(part)
         rows: list[tuple[str | None, int, str | None]] = [(p, r, None) for p, r in totals.roles.items()]
-        rows.append((None, 0, orjson.dumps(stats).decode()))
+        rows.append((None, 0, _tallies(totals)))
         yield pd.DataFrame(rows, columns=["patient", "roles", "stats"], dtype=object)
 
     return screen_batches
@@ -147,15 +165,11 @@ def _lines_partitions(tasks: list[list[Chunk]], max_line_bytes: int, cache_dir: 
     def screen_batches(batches: Iterator[Any]) -> Iterator[Any]:
         import pandas as pd
 
-        terminology = load_terminology()
-        prepare_mention_test(terminology, cache_dir)
-        for batch in batches:
-            for chunk in (chunk for number in batch["id"] for chunk in tasks[int(number)]):
-                part = screen_chunk(chunk, terminology, max_line_bytes, keep_patients=True)
-                rows = [(p, line) for held in (part.relevant, part.patients) for p, lines in held.items()
-                        if p in patients for line in lines]
-                if rows:
-                    yield pd.DataFrame(rows, columns=["patient", "line"], dtype=object)
+        for part in _screenings(tasks, batches, max_line_bytes, cache_dir, keep_patients=True):
+            rows = [(p, line) for held in (part.relevant, part.patients) for p, lines in held.items()
+                    if p in patients for line in lines]
+            if rows:
+                yield pd.DataFrame(rows, columns=["patient", "line"], dtype=object)
 
     return screen_batches
 
@@ -184,9 +198,9 @@ def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str
     try:
         # One partition per task, each holding the task's number (range works over Spark Connect too).
         numbers = session.range(0, len(tasks), 1, len(tasks))
-        # Small (a row per patient with kept lines, per task), and read three times below: kept.
+        # Small (a row per patient with kept lines, per task), and read twice below: kept.
         screened = numbers.mapInPandas(_roles_partitions(tasks, max_line_bytes, cache_dir), schema=_ROLES).persist()
-        stats = [orjson.loads(row["stats"]) for row in screened.filter(F.col("patient").isNull()).collect()]
+        stats = [row["stats"] for row in screened.filter(F.col("patient").isNull()).collect()]
         roles = screened.filter(F.col("patient").isNotNull()).groupBy("patient").agg(F.bit_or("roles").alias("roles"))
         # A card needs a history and a trigger: the others get cards.evaluate's "no card" unread, as in the local
         # engine. One job for both: how many candidates, and which of them to evaluate.
@@ -201,10 +215,6 @@ def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str
     finally:
         session.stop()
     total = Screening()
-    for counted in stats:
-        total.lines += counted["lines"]
-        total.size += counted["size"]
-        total.resources.update(counted["resources"])
-        total.skipped.update(counted["skipped"])
-        total.patient_lines += counted["patient_lines"]
+    for tallies in stats:
+        total.merge(_untallied(tallies))
     return total, candidates, [orjson.loads(result["row"]) for result in results]
