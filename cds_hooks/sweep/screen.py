@@ -15,15 +15,13 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from cds_hooks.sweep.reader import Chunk, LineCounts, lines_of, read_blocks
+from fhir_mapping._lines import count_lines
 from fhir_mapping.intake import MODELS, TRIGGER, UNSCANNED, Screen, mention_test, opening_type
 from fhir_mapping.mentions import Mentions
 from fhir_mapping.terminology import Terminology
 
 NO_PATIENT = "relevant resource with no patient reference"
-_NEWLINE = ord("\n")
 
 
 @dataclass(slots=True)
@@ -134,9 +132,8 @@ def screen_block(block: tuple[bytes | bytearray, int, int], screen: Screen, ment
     kind = opening_type(data[start:start + 81])
     if kind is None or kind in ("Patient", "OperationOutcome"):
         return False
-    # numpy counts a byte five times faster than bytes.count does; a longer pattern bytes.count finds fast.
-    lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8, count=stop - start, offset=start) == _NEWLINE))
-    if data.count(b'\n{"resourceType":"%s"' % kind.encode(), start, stop) + 1 != lines:
+    lines = count_lines(data, start, stop, b'{"resourceType":"%s"' % kind.encode())
+    if lines < 0:
         return False  # not every line opens with the same type (the first does; then each after a newline)
     counts.lines += lines
     result.resources[kind] += lines
