@@ -15,7 +15,6 @@ import shutil
 import sys
 import tempfile
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -334,16 +333,31 @@ def _feedback_report(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
+    # Imported here: importlib.metadata and the lookup cost ~40 ms, paid by every command if done up front.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("mscc-alert")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """--version, looking the version up only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> NoReturn:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mscc-alert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the CDS Hooks service", description="Run the CDS Hooks service.")
     serve.add_argument("--host", default="127.0.0.1",
