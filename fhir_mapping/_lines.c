@@ -91,8 +91,8 @@ place(PyObject *module, PyObject *args)
         }
         if (data[inside] == '\n' && inside > start)
             inside--;
-        if (inside < line_end) {
-            roles |= matched; /* another match in the line just found */
+        if (inside <= line_end) {
+            roles |= matched; /* another match in the line just found (a newline belongs to the line it ends) */
             continue;
         }
         if (line_end >= 0) {
