@@ -55,6 +55,12 @@ def test_a_match_outside_the_range_is_refused() -> None:
             place(b"abc\n", 0, 4, found)
 
 
+def test_a_match_ending_at_the_newline_after_a_line_is_in_that_line_once() -> None:
+    # The second match ends on the blank line's newline: it is placed by the byte before, the newline that ends
+    # "ab", so both are in "ab" (a read with blank lines is screened line by line; the C must agree anyway).
+    assert place(b"ab\n\ncd\n", 0, 7, [1, 3, 2, 4]) == [(0, 2, 3)]
+
+
 def _places(data: bytes, start: int, stop: int, found: list[int]) -> list[tuple[int, int, int]]:
     """What `place` means: each match is in the line holding its last byte (the byte before, when the last is
     a newline); each line with a match, once, in order, with the roles of all its matches."""
