@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import IO, Protocol
 
 SUFFIXES = (".ndjson", ".ndjson.gz")
-# A read: small enough that the buffer stays in a core's cache while the screen makes its
-# few passes over it (4 MiB reads were slower, more so with two workers sharing the cache), large enough that
-# Python's per-read steps are nothing beside the work.
+# A read: small enough that the buffer stays in a core's cache while the screen makes its few passes over it
+# (4 MiB reads were slower, more so with two workers sharing the cache), large enough that Python's per-read
+# steps are nothing beside the work.
 BLOCK_BYTES = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 
