@@ -210,9 +210,10 @@ def test_screening_a_chunk_whole_gives_what_screening_each_line_gives(
     mixed = [*conditions, orjson.dumps(patient(patient_id="p1"))]  # another type: screened line by line
     reordered = [*conditions[:5], b'{"id":"r","resourceType":"Condition","code":{"text":"back pain"},'
                  b'"subject":{"reference":"Patient/p5"}}', *conditions[5:]]  # resourceType not first
-    for name, body in (("same.ndjson", conditions), ("mixed.ndjson", mixed), ("reordered.ndjson", reordered)):
+    for name, body, newline in (("same.ndjson", conditions, b"\n"), ("crlf.ndjson", conditions, b"\r\n"),
+                                ("mixed.ndjson", mixed, b"\n"), ("reordered.ndjson", reordered, b"\n")):
         path = tmp_path / name
-        path.write_bytes(b"\n".join(body) + b"\n")
+        path.write_bytes(newline.join(body) + newline)
         whole = screen_chunk(Chunk(str(path)), TERMINOLOGY, 1 << 20)
         by_line = Screening()
         screen_lines(read_lines(Chunk(str(path)), 1 << 20, counts := LineCounts()), Screen(TERMINOLOGY), by_line)
