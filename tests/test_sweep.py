@@ -285,6 +285,22 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert _cli(str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0").returncode == 2
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_a_file_that_cannot_be_read_fails_the_sweep_naming_it(tmp_path: Path, workers: str) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "Patient.ndjson").write_bytes(b'{"resourceType":"Patient","id":"p1"}\n')
+    (export / "Condition.ndjson.gz").write_bytes(b"secret-patient-42 is not compressed")
+    result = _cli(str(export), "--out", str(tmp_path / "out"), "--workers", workers)
+    # An internal failure, not a worklist missing that file's patients; one line, no traceback, no bytes of it.
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"mscc-alert: the sweep failed: {export / 'Condition.ndjson.gz'}: not a gzip file"
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
+    assert not (tmp_path / "out" / "worklist.ndjson").exists()
+
+
 def _spark_missing() -> str | None:
     try:
         import pyspark  # noqa: F401
@@ -312,6 +328,36 @@ def test_spark_engine_same_worklist_as_local(population: Population, tmp_path: P
     for key in ("patients", "candidates", "resources", "resourcesByType", "lines", "bytes", "skippedReasons",
                 "patientsByIndicator"):
         assert spark[key] == local[key], key
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_spark_engine_names_a_file_it_cannot_read(tmp_path: Path) -> None:
+    missing = _spark_missing()
+    if missing:
+        pytest.skip(missing)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "Condition.ndjson.gz").write_bytes(b"not compressed")
+    result = _cli(str(export), "--out", str(tmp_path / "out"), "--engine", "spark", "--spark-master", "local[1]",
+                  timeout=900)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"mscc-alert: the sweep failed: {(export / 'Condition.ndjson.gz').resolve()}: not a gzip file"
+
+
+def test_a_spark_task_failure_is_said_by_type_unless_made_to_be_shown() -> None:
+    from cds_hooks.sweep.spark import _task_failure
+
+    # As PySpark reports a Python worker's exception (the text of a real report, cut).
+    report = ("[PYTHON_EXCEPTION] An exception was thrown from the Python worker: Traceback (most recent call "
+              "last):\n  File \"/x/cds_hooks/sweep/reader.py\", line 98, in read_blocks\n    raise UnreadableFile("
+              "...)\n{}\n SQLSTATE: 38000")
+    shown = "cds_hooks.sweep.reader.UnreadableFile: /data/Condition.ndjson.gz: not a gzip file"
+    assert _task_failure(report.format(shown)) == "/data/Condition.ndjson.gz: not a gzip file"
+    quoting = "ValueError: invalid value for patient secret-42"
+    assert _task_failure(report.format(quoting)) == "ValueError in a Spark task"
+    assert _task_failure("the JVM said something else") == "a Spark task failed"
 
 
 @pytest.mark.parametrize(("master", "cores"), [

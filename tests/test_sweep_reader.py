@@ -11,7 +11,7 @@ import pytest
 
 from cds_hooks.settings import Settings
 from cds_hooks.sweep import reader
-from cds_hooks.sweep.reader import Chunk, LineCounts, export_files, plan_chunks, read_lines
+from cds_hooks.sweep.reader import Chunk, LineCounts, UnreadableFile, export_files, plan_chunks, read_lines
 from cds_hooks.sweep.run import SweepError, SweepOptions, run_sweep
 from cds_hooks.sweep.screen import NO_PATIENT, Screening, screen_chunk, screen_lines, too_long
 from fhir_mapping.intake import EITHER, HISTORY, TRIGGER, Screen
@@ -230,3 +230,29 @@ def test_screening_a_chunk_whole_gives_what_screening_each_line_gives(
             assert set(whole.relevant) - set(by_line.relevant) == {"p6"} and whole.roles["p6"] == HISTORY
         else:  # not every line of the read opens with the same type: each is read
             assert whole.relevant == by_line.relevant and whole.roles == by_line.roles
+
+
+def _broken_exports(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files a sweep cannot read to their end, each with what the sweep must say of it."""
+    lines = b"".join(b'{"resourceType":"Patient","id":"secret-%d"}\n' % n for n in range(5000))
+    packed = gzip.compress(lines)
+    cases = {"not gzip": (b"secret-1 is not compressed", "not a gzip file"),
+             "cut short": (packed[: len(packed) // 2], "its gzip data ends early"),
+             "corrupt": (packed[:12] + bytes(64) + packed[76:], "its gzip data is corrupt"),
+             "bad checksum": (packed[:-8] + bytes(4) + packed[-4:], "its gzip data is corrupt")}
+    found = {}
+    for name, (data, why) in cases.items():
+        path = folder / name.replace(" ", "-") / "Patient.ndjson.gz"
+        path.parent.mkdir()
+        path.write_bytes(data)
+        found[name] = (path, why)
+    return found
+
+
+def test_a_file_that_cannot_be_read_to_its_end_is_named_with_why_never_its_bytes(tmp_path: Path) -> None:
+    for path, why in _broken_exports(tmp_path).values():
+        with pytest.raises(UnreadableFile) as failed:
+            list(read_lines(Chunk(str(path)), 1 << 20, LineCounts()))
+        assert str(failed.value).startswith(f"{path}: {why}") and "secret" not in str(failed.value)
+    with pytest.raises(UnreadableFile, match="No such file"):
+        list(read_lines(Chunk(str(tmp_path / "gone.ndjson")), 1 << 20, LineCounts()))

@@ -73,3 +73,11 @@ def test_in_process_runs_the_same_calls_here() -> None:
     assert list(workers.map(_square, range(4))) == [0, 1, 4, 9]
     assert set(workers.map(_keep, [5, 6])) == {os.getpid()}
     assert workers.each(_hand_over, None) == [(os.getpid(), [5, 6])]
+
+
+def test_in_process_reports_a_task_that_raises_as_a_worker_does() -> None:
+    for call in (lambda workers: list(workers.map(_fail, range(3))), lambda workers: workers.each(_fail, 4)):
+        with pytest.raises(WorkerFailed) as failed:
+            call(InProcess())
+        assert "ValueError in the sweep" in str(failed.value) and "_fail" in str(failed.value)
+        assert "no square" not in str(failed.value) and failed.value.__cause__ is None  # its text could quote data

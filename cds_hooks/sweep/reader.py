@@ -5,10 +5,13 @@ the longest line we accept; a longer line is skipped and counted, never read who
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
+
+from cds_hooks.sweep.workers import ShownFailure
 
 SUFFIXES = (".ndjson", ".ndjson.gz")
 # A read: small enough that the buffer stays in a core's cache while the screen makes its few passes over it
@@ -87,7 +90,31 @@ def lines_of(block: Block, counts: LineCounts) -> list[bytes]:
 
 def read_blocks(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[Block]:
     """The chunk's lines, a block at a time: as a range of what was read where every line of it is ours and short
-    enough (the common case: a screen may then search it without splitting or copying it), else as a list."""
+    enough (the common case: a screen may then search it without splitting or copying it), else as a list.
+    UnreadableFile if the file cannot be read to its end: a sweep that went on would miss its patients unsaid."""
+    try:
+        yield from _read_blocks(chunk, max_line_bytes, counts)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnreadableFile(f"{chunk.path}: {_why(exc)}") from None
+
+
+class UnreadableFile(ShownFailure):
+    """An export file that cannot be read to its end (gone, not gzip, cut short): its path and why, which is safe
+    to show (the reason is our own words, never the error's text, which can quote the file's bytes)."""
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, gzip.BadGzipFile) and str(exc).startswith("Not a gzipped file"):
+        return "not a gzip file"  # its header; a bad checksum or length at the end is corrupt data
+    if isinstance(exc, EOFError):
+        return "its gzip data ends early (a download cut short?)"
+    if isinstance(exc, zlib.error | gzip.BadGzipFile):
+        return "its gzip data is corrupt"
+    assert isinstance(exc, OSError)
+    return exc.strerror or type(exc).__name__
+
+
+def _read_blocks(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[Block]:
     if chunk.path.endswith(".gz"):
         with gzip.open(chunk.path, "rb") as stream:
             yield from _batches(stream, 0, None, max_line_bytes, counts)

@@ -19,6 +19,7 @@ shared file system on a cluster).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,8 +32,9 @@ import orjson
 from cards.policy import Policy
 from cds_hooks.sweep.patient import evaluate_patient
 from cds_hooks.sweep.pattern_cache import prepare_mention_test
-from cds_hooks.sweep.reader import Chunk, chunk_size, plan_chunks
+from cds_hooks.sweep.reader import Chunk, UnreadableFile, chunk_size, plan_chunks
 from cds_hooks.sweep.screen import Screening, screen_chunk
+from cds_hooks.sweep.workers import WorkerFailed
 from fhir_mapping.intake import EITHER
 from fhir_mapping.terminology import load_terminology
 
@@ -187,12 +189,29 @@ def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]
     return evaluate_group
 
 
+def _task_failure(report: str) -> str:
+    """What a failed Spark task says, from the Python traceback Spark reports: the message of an UnreadableFile
+    (made to be shown), else the exception's type alone (its text can quote the data)."""
+    raised = [line for line in report.splitlines() if _RAISED.match(line)]
+    if not raised:
+        return "a Spark task failed"
+    kind, _, message = raised[-1].partition(": ")
+    if kind == f"{UnreadableFile.__module__}.{UnreadableFile.__qualname__}":
+        return message.strip()
+    return f"{kind.rsplit('.', 1)[-1]} in a Spark task"
+
+
+# The line of a Python traceback naming what was raised: `module.Type: message`, at the start of a line.
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*: ")
+
+
 def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str | None, max_line_bytes: int,
                 chunk_bytes: int, cache_dir: Path | None = None) -> tuple[Screening, int, list[dict[str, Any]]]:
     # Largest first, as the local engine hands them out: the last tasks are the short ones.
     chunks = sorted(plan_chunks([path.resolve() for path in files], chunk_bytes), key=chunk_size, reverse=True)
     tasks = _task_chunks(chunks, master)
     session = spark_session(master)
+    from pyspark.errors import PythonException
     from pyspark.sql import functions as F  # importable: spark_session found PySpark
 
     try:
@@ -212,6 +231,8 @@ def sweep_spark(files: list[Path], *, now: datetime, policy: Policy, master: str
         if evaluated:
             lines = numbers.mapInPandas(_lines_partitions(tasks, max_line_bytes, cache_dir, evaluated), schema=_LINES)
             results = lines.groupBy("patient").applyInPandas(_evaluate_groups(now, policy), schema=_RESULT).collect()
+    except PythonException as exc:  # a task raised: said as the local engine's workers say it
+        raise WorkerFailed(_task_failure(str(exc))) from None
     finally:
         session.stop()
     total = Screening()

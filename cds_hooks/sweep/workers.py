@@ -22,6 +22,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class ShownFailure(Exception):
+    """An exception whose message is safe to show as it is (it says what failed in our own words, with nothing of
+    the data): a failed task reports it whole, not by type and place alone."""
+
+
 class WorkerFailed(RuntimeError):
     """A task raised in a worker process, or the worker died. The message names the exception's type and
     where it was raised, never its text: that can quote the data (a resource, a patient id)."""
@@ -38,11 +43,21 @@ class Workers(Protocol):
 
 
 class InProcess:
+    """The tasks run here, one after another (one worker); a task that raises is reported as a worker's is."""
+
     def map(self, function: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-        return map(function, tasks)
+        for task in tasks:
+            yield self._run(function, task)
 
     def each(self, function: Callable[[T], R], argument: T) -> list[R]:
-        return [function(argument)]
+        return [self._run(function, argument)]
+
+    @staticmethod
+    def _run(function: Callable[[T], R], argument: T) -> R:
+        try:
+            return function(argument)
+        except Exception as exc:
+            raise WorkerFailed(_failure(exc, "the sweep")) from None
 
 
 class Processes:
@@ -132,10 +147,17 @@ def _serve(connection: Connection, initializer: Callable[[Any], object] | None, 
         try:
             reply: tuple[bool, Any] = (True, function(argument))
         except Exception as exc:  # reported to the parent, which raises it there
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            reply = (False, f"{type(exc).__name__} in a sweep worker, at {frame.filename}:{frame.lineno} "
-                            f"({frame.name})")
+            reply = (False, _failure(exc, "a sweep worker"))
         try:
             connection.send(reply)
         except BrokenPipeError:
             return  # the parent stopped listening (another task failed): nothing to report to
+
+
+def _failure(exc: Exception, where: str) -> str:
+    """What a failed task says: the exception's type and the place it was raised, never its text (but for a
+    ShownFailure, made to be shown)."""
+    if isinstance(exc, ShownFailure):
+        return str(exc)
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{type(exc).__name__} in {where}, at {frame.filename}:{frame.lineno} ({frame.name})"
