@@ -51,6 +51,18 @@ count_lines(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(lines);
 }
 
+/* Appends (start, end, roles) to spans; -1 with an exception set on failure. */
+static int
+append_span(PyObject *spans, Py_ssize_t start, Py_ssize_t end, long roles)
+{
+    PyObject *span = Py_BuildValue("(nnl)", start, end, roles);
+    if (span == NULL)
+        return -1;
+    int appended = PyList_Append(spans, span);
+    Py_DECREF(span);
+    return appended;
+}
+
 PyDoc_STRVAR(place_doc,
 "place(data, start, stop, found) -> list[tuple[int, int, int]]\n\n"
 "(start, end, roles) of each line of data[start:stop] holding a match, in order. `found`: the matches of a\n"
@@ -95,14 +107,8 @@ place(PyObject *module, PyObject *args)
             roles |= matched; /* another match in the line just found (a newline belongs to the line it ends) */
             continue;
         }
-        if (line_end >= 0) {
-            PyObject *span = Py_BuildValue("(nnl)", line_start, line_end, roles);
-            if (span == NULL || PyList_Append(spans, span) < 0) {
-                Py_XDECREF(span);
-                goto failed;
-            }
-            Py_DECREF(span);
-        }
+        if (line_end >= 0 && append_span(spans, line_start, line_end, roles) < 0)
+            goto failed;
         roles = matched;
         line_start = start;
         for (Py_ssize_t at = inside; at > start; at--) {
@@ -114,14 +120,8 @@ place(PyObject *module, PyObject *args)
         const char *newline = memchr(data + inside, '\n', (size_t)(stop - inside));
         line_end = newline == NULL ? stop : newline - data;
     }
-    if (line_end >= 0) {
-        PyObject *span = Py_BuildValue("(nnl)", line_start, line_end, roles);
-        if (span == NULL || PyList_Append(spans, span) < 0) {
-            Py_XDECREF(span);
-            goto failed;
-        }
-        Py_DECREF(span);
-    }
+    if (line_end >= 0 && append_span(spans, line_start, line_end, roles) < 0)
+        goto failed;
     goto done;
 failed:
     Py_CLEAR(spans);

@@ -32,9 +32,9 @@ import orjson
 from cards.policy import Policy
 from cds_hooks.sweep.patient import evaluate_patient
 from cds_hooks.sweep.pattern_cache import prepare_mention_test
-from cds_hooks.sweep.reader import Chunk, UnreadableFile, chunk_size, plan_chunks
+from cds_hooks.sweep.reader import Chunk, chunk_size, plan_chunks
 from cds_hooks.sweep.screen import Screening, screen_chunk
-from cds_hooks.sweep.workers import WorkerFailed
+from cds_hooks.sweep.workers import ShownFailure, WorkerFailed
 from fhir_mapping.intake import EITHER
 from fhir_mapping.terminology import load_terminology
 
@@ -190,15 +190,25 @@ def _evaluate_groups(now: datetime, policy: Policy) -> Callable[[Any, Any], Any]
 
 
 def _task_failure(report: str) -> str:
-    """What a failed Spark task says, from the Python traceback Spark reports: the message of an UnreadableFile
-    (made to be shown), else the exception's type alone (its text can quote the data)."""
+    """What a failed Spark task says, from the Python traceback Spark reports, by the local engine's rule: the
+    message of a ShownFailure (made to be shown), else the exception's type alone (its text can quote the data)."""
     raised = [line for line in report.splitlines() if _RAISED.match(line)]
     if not raised:
         return "a Spark task failed"
     kind, _, message = raised[-1].partition(": ")
-    if kind == f"{UnreadableFile.__module__}.{UnreadableFile.__qualname__}":
+    if kind in _shown_failures():
         return message.strip()
     return f"{kind.rsplit('.', 1)[-1]} in a Spark task"
+
+
+def _shown_failures() -> set[str]:
+    """The qualified names of every ShownFailure, as a traceback names them."""
+    found, todo = set(), [ShownFailure]
+    while todo:
+        kind = todo.pop()
+        found.add(f"{kind.__module__}.{kind.__qualname__}")
+        todo += kind.__subclasses__()
+    return found
 
 
 # The line of a Python traceback naming what was raised: `module.Type: message`, at the start of a line.
