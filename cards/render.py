@@ -121,15 +121,15 @@ def _date(span: DateSpan, now: datetime) -> str:
         return span.text
     if re.fullmatch(r"\d{4}-\d{2}", span.text):
         return f"{_MONTHS[int(span.text[5:7]) - 1]} {span.text[:4]}"
-    day = span.earliest.date()
-    if (now.date() - day).days >= 365:
+    day, today = span.first_day(), span.today(now)
+    if (today - day).days >= 365:
         return f"{_MONTHS[day.month - 1]} {day.year}"
-    return f"{day.day} {_MONTHS[day.month - 1]}" + ("" if day.year == now.year else f" {day.year}")
+    return f"{day.day} {_MONTHS[day.month - 1]}" + ("" if day.year == today.year else f" {day.year}")
 
 
 def _elapsed(span: DateSpan, now: datetime) -> int:
-    """Calendar days from the span's last day to today (negative: in the future)."""
-    return (now.date() - span.latest.date()).days
+    """Calendar days from the span's last day to today, both as the record's own dates (negative: in the future)."""
+    return (span.today(now) - span.last_day()).days
 
 
 def _duration(days: int) -> str:

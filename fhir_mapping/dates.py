@@ -3,6 +3,8 @@
 A partial date is a span: "2019" runs from 2019-01-01 to the end of 2019. docs/clinical-rules.md §3 item 9: compare on
 the earliest instant for "before" questions and on the latest instant for "within the window" questions.
 A dateTime without a timezone (not valid FHIR, sent anyway) is read as UTC and flagged.
+A dateTime keeps the UTC offset it was written with, so that its calendar day is the one the record shows: 22:00 on
+12 Nov at -05:00 is 12 Nov to the clinician, though it is 13 Nov in UTC.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
@@ -21,9 +23,26 @@ class DateSpan:
     latest: datetime
     text: str  # as written in the record, for display
     assumed_utc: bool = False
+    offset: timedelta | None = None  # the UTC offset written in the record; None for a date or a zoneless time
 
     def __str__(self) -> str:
         return self.text
+
+    def first_day(self) -> date:
+        """The calendar day the span starts on, as the record shows it."""
+        return self._day(self.earliest)
+
+    def last_day(self) -> date:
+        """The calendar day the span ends on, as the record shows it."""
+        return self._day(self.latest)
+
+    def today(self, now: datetime) -> date:
+        """Today's date where the record was written (in its offset), so that "today" and "yesterday" agree with
+        the record's own dates; `now`'s own date for a value written without an offset."""
+        return now.date() if self.offset is None else now.astimezone(timezone(self.offset)).date()
+
+    def _day(self, moment: datetime) -> date:
+        return moment.date() if self.offset is None else moment.astimezone(timezone(self.offset)).date()
 
 
 def _span_of_date_parts(year: int, month: int | None, day: int | None, text: str) -> DateSpan:
@@ -44,7 +63,7 @@ def parse_span(value: object) -> DateSpan | None:
     if isinstance(value, datetime):
         assumed = value.tzinfo is None
         moment = value.replace(tzinfo=UTC) if assumed else value.astimezone(UTC)
-        return DateSpan(moment, moment, value.isoformat(), assumed)
+        return DateSpan(moment, moment, value.isoformat(), assumed, value.utcoffset())
     if isinstance(value, date):
         return _span_of_date_parts(value.year, value.month, value.day, value.isoformat())
     if not isinstance(value, str):
@@ -62,7 +81,7 @@ def parse_span(value: object) -> DateSpan | None:
         return None
     assumed = parsed.tzinfo is None
     moment = parsed.replace(tzinfo=UTC) if assumed else parsed.astimezone(UTC)
-    return DateSpan(moment, moment, text, assumed)
+    return DateSpan(moment, moment, text, assumed, parsed.utcoffset())
 
 
 def span_of_period(start: object, end: object) -> DateSpan | None:
@@ -71,7 +90,7 @@ def span_of_period(start: object, end: object) -> DateSpan | None:
     if first is None:
         return None
     latest = last.latest if last is not None else first.latest
-    return DateSpan(first.earliest, max(latest, first.latest), first.text, first.assumed_utc)
+    return DateSpan(first.earliest, max(latest, first.latest), first.text, first.assumed_utc, first.offset)
 
 
 def span_after_birth(birth: DateSpan, years: float) -> DateSpan:
@@ -82,6 +101,6 @@ def span_after_birth(birth: DateSpan, years: float) -> DateSpan:
 
 def age_in_years(birth: DateSpan, now: datetime) -> int:
     """Completed years, using the latest possible birth date (the youngest the patient can be)."""
-    born = birth.latest.date()
-    today = now.date()
+    born = birth.last_day()
+    today = birth.today(now)
     return today.year - born.year - ((today.month, today.day) < (born.month, born.day))

@@ -10,6 +10,7 @@ component loses only itself.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -75,7 +76,8 @@ def test_pain_location_component_is_new_spinal_pain(service_client: Any) -> None
     body = call_service(service_client, request(pain_assessment(location(LOWER_BACK), severity(4))))
     assert highest_indicator(body) == "warning"
     card = body["cards"][0]
-    assert "low back pain noted 2" in card["detail"]
+    noted = r"low back pain noted \d{1,2} [A-Z][a-z]{2}( \d{4})? \(2 days ago\)"
+    assert re.search(noted, card["detail"]), card["detail"]
     observation_id = body["cards"][0]["extension"]["org.mscc-alert.evidence"]
     assert any(r.startswith("Observation/flowsheet") for r in observation_id)
 

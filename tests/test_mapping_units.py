@@ -125,3 +125,19 @@ def test_card_says_how_long_ago_in_words_a_clinician_reads(days: int, words: str
     span = parse_span((now - timedelta(days=days)).isoformat())
     assert span is not None
     assert _on(span, now) == words
+
+
+@pytest.mark.parametrize(
+    ("written", "now", "words"),
+    [("2026-11-12T18:00:00-05:00", "2026-11-13T02:00:00+00:00", "today"),  # 21:00 on the 12th where written
+     ("2026-11-12T22:00:00-05:00", "2026-11-21T12:00:00+00:00", "12 Nov (9 days ago)"),  # not 13 Nov, UTC's day
+     ("2026-11-13T01:00:00+09:00", "2026-11-13T10:00:00+00:00", "today"),  # 19:00 on the 13th where written
+     ("2026-11-12", "2026-11-13T02:00:00+00:00", "yesterday"),  # a date alone: `now`'s own day
+     ("2026-11-12", "2026-11-12T21:00:00-05:00", "today")],
+)
+def test_card_dates_a_finding_by_the_day_the_record_shows(written: str, now: str, words: str) -> None:
+    from cards.render import _on
+
+    span = parse_span(written)
+    assert span is not None
+    assert _on(span, datetime.fromisoformat(now)) == words

@@ -73,7 +73,7 @@ def worklist_row(patient_id: str, evaluation: Evaluation, resources: list[bytes]
 
 
 def _day(span: DateSpan) -> str:
-    return span.text if len(span.text) < 10 else span.earliest.date().isoformat()
+    return span.text if len(span.text) < 10 else span.first_day().isoformat()
 
 
 def _earliest(spans: Any) -> DateSpan | None:
