@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from cards.decision import NO_HISTORY, NO_TRIGGER, Decision, decide, pain_score_horizon
@@ -27,6 +27,7 @@ class Evaluation:
     resources_seen: int
     resources_used: int
     now: datetime  # the instant evaluated at: cards rendered later (the order services') date from it too
+    zone: tzinfo | None = None  # the zone those cards count days in (Policy.display_zone)
 
 
 def evaluate_documents(
@@ -52,8 +53,9 @@ def evaluate_documents(
         record = build_record(intake, terminology, now, include_unconfirmed=policy.count_unconfirmed)
         decision = decide(record, policy, now)
     subject = patient_id or _patient_id_of(intake.resources) or "unknown"
-    cards = render_cards(decision, CardContext(patient_id=subject, user_id=user_id, now=now))
-    return Evaluation(cards, decision, record, intake.seen, len(intake.resources), now)
+    zone = policy.display_zone
+    cards = render_cards(decision, CardContext(patient_id=subject, user_id=user_id, now=now, zone=zone))
+    return Evaluation(cards, decision, record, intake.seen, len(intake.resources), now, zone)
 
 
 def _patient_id_of(resources: list[Any]) -> str | None:

@@ -142,7 +142,7 @@ def _reason(draft: SpineImagingOrder) -> str:
 def _detail(decision: Decision, sentence: str, context: CardContext) -> str:
     # The one who orders may not have seen the chart's card (it is shown once): suspected MSCC is an emergency.
     action = f"\n\n{CRITICAL_ACTIONS[0]}" if decision.kind == "mscc" else ""
-    why = evidence_line(decision, context.now, _DETAIL_LIMIT - len(sentence) - len(action))
+    why = evidence_line(decision, context.calendar, _DETAIL_LIMIT - len(sentence) - len(action))
     return f"{sentence}\n\n**Why:** {why}{action}"
 
 

@@ -6,6 +6,7 @@ The numbers are design choices, not guideline rules (docs/clinical-rules.md says
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Literal
 
 
@@ -29,3 +30,6 @@ class Policy:
     minimum_age_years: int = 18
     # Hospice/palliative care: keep the card with goals-of-care wording, or downgrade to info (§1.5 item 4).
     end_of_life_mode: Literal["keep", "downgrade"] = "keep"
+    # Not clinical: the zone a card's reader counts days in ("today", "12 Nov"). None: each dateTime in the offset
+    # the record wrote (fhir_mapping/dates.py says why a site should set it).
+    display_zone: tzinfo | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Final
 
 from cards.content import (
@@ -40,7 +40,7 @@ from cards.content import (
 from cards.decision import Decision
 from cards.service_request import mri_whole_spine_request
 from cards.version import CARD_EXTENSION_KEY, rules_version, source_label
-from fhir_mapping.dates import DateSpan
+from fhir_mapping.dates import Calendar, DateSpan
 from fhir_mapping.findings import Evidence, ImagingFinding, NeuroFinding, PainFinding
 
 # Read at import (~20 ms: hashing the package's own files), not while the first clinician waits for a card.
@@ -81,6 +81,11 @@ class CardContext:
     patient_id: str
     user_id: str | None
     now: datetime
+    zone: tzinfo | None = None  # the zone the card's reader counts days in; None: each record's own offset
+
+    @property
+    def calendar(self) -> Calendar:
+        return Calendar(self.now, self.zone)
 
 
 def render_cards(decision: Decision, context: CardContext) -> list[dict[str, Any]]:
@@ -115,21 +120,21 @@ def _words(evidence: Evidence) -> str:
     return _escape(_clip(text))
 
 
-def _date(span: DateSpan, now: datetime) -> str:
+def _date(span: DateSpan, cal: Calendar) -> str:
     """12 Nov (this year), 12 Nov 2025 (within a year), Nov 2023 (older); partial dates as recorded."""
     if re.fullmatch(r"\d{4}", span.text):
         return span.text
     if re.fullmatch(r"\d{4}-\d{2}", span.text):
         return f"{_MONTHS[int(span.text[5:7]) - 1]} {span.text[:4]}"
-    day, today = span.first_day(), span.today(now)
+    day, today = span.first_day(cal.zone), span.today(cal.now, cal.zone)
     if (today - day).days >= 365:
         return f"{_MONTHS[day.month - 1]} {day.year}"
     return f"{day.day} {_MONTHS[day.month - 1]}" + ("" if day.year == today.year else f" {day.year}")
 
 
-def _elapsed(span: DateSpan, now: datetime) -> int:
+def _elapsed(span: DateSpan, cal: Calendar) -> int:
     """Calendar days from the span's last day to today, both as the record's own dates (negative: in the future)."""
-    return (span.today(now) - span.last_day()).days
+    return (span.today(cal.now, cal.zone) - span.last_day(cal.zone)).days
 
 
 def _duration(days: int) -> str:
@@ -140,51 +145,51 @@ def _duration(days: int) -> str:
     return f"{days // 365} years"
 
 
-def _dated(span: DateSpan, now: datetime, near: tuple[str, str], far: str, future: str) -> str:
+def _dated(span: DateSpan, cal: Calendar, near: tuple[str, str], far: str, future: str) -> str:
     """`near` for today and yesterday; otherwise `far` or `future` with the date and how long ago filled in."""
-    days = _elapsed(span, now)
+    days = _elapsed(span, cal)
     if days < 0:
-        return future.format(date=_date(span, now))
+        return future.format(date=_date(span, cal))
     if days <= 1:
         return near[days]
-    return far.format(date=_date(span, now), duration=_duration(days))
+    return far.format(date=_date(span, cal), duration=_duration(days))
 
 
-def _on(span: DateSpan, now: datetime) -> str:
+def _on(span: DateSpan, cal: Calendar) -> str:
     """A point in time: "today", "yesterday", "12 Nov (9 days ago)"."""
-    return _dated(span, now, ("today", "yesterday"), "{date} ({duration} ago)", "{date} (in the future)")
+    return _dated(span, cal, ("today", "yesterday"), "{date} ({duration} ago)", "{date} (in the future)")
 
 
-def _since(span: DateSpan, now: datetime) -> str:
+def _since(span: DateSpan, cal: Calendar) -> str:
     """An onset: "since today", "since yesterday", "since 12 Nov (9 days)"."""
-    return _dated(span, now, ("since today", "since yesterday"), "since {date} ({duration})",
+    return _dated(span, cal, ("since today", "since yesterday"), "since {date} ({duration})",
                   "dated {date} (in the future)")
 
 
-def _when(evidence: Evidence, now: datetime) -> str:
+def _when(evidence: Evidence, cal: Calendar) -> str:
     """How the record dates the finding, in words: onset, recorded only, a visit, an order, a result."""
     span = evidence.date
     if span is None:
         return "date not documented"
     if evidence.resource_type == "Encounter":
-        return f"at a visit {_on(span, now)}"
+        return f"at a visit {_on(span, cal)}"
     if evidence.date_kind == "onset":
-        return _since(span, now)
+        return _since(span, cal)
     if evidence.date_kind == "recorded":
-        return f"recorded {_on(span, now)}, onset not documented"
+        return f"recorded {_on(span, cal)}, onset not documented"
     verb = {"authored": "ordered", "performed": "done", "started": "done"}.get(evidence.date_kind or "", "noted")
-    return f"{verb} {_on(span, now)}"
+    return f"{verb} {_on(span, cal)}"
 
 
-def _finding(evidence: Evidence, now: datetime, words: str | None = None) -> str:
-    return f"{words or _words(evidence)} {_when(evidence, now)}"
+def _finding(evidence: Evidence, cal: Calendar, words: str | None = None) -> str:
+    return f"{words or _words(evidence)} {_when(evidence, cal)}"
 
 
-def _history_date(evidence: Evidence, now: datetime) -> str:
+def _history_date(evidence: Evidence, cal: Calendar) -> str:
     """ (Nov 2023, 3 years ago)": the date and how long ago, for a history rather than an onset."""
     if evidence.date is None:
         return " (date not documented)"
-    return _dated(evidence.date, now, (" (today)", " (yesterday)"), " ({date}, {duration} ago)",
+    return _dated(evidence.date, cal, (" (today)", " (yesterday)"), " ({date}, {duration} ago)",
                   " ({date}, in the future)")
 
 
@@ -196,29 +201,29 @@ class _Part:
     short: str | None = None  # the same advice without its particulars, used before anything of level 1 goes
 
 
-def _history(decision: Decision, now: datetime) -> list[_Part]:
+def _history(decision: Decision, cal: Calendar) -> list[_Part]:
     if decision.history:
         dated = [c for c in decision.history if c.evidence.date is not None]
         first = min(dated, key=lambda c: c.evidence.date.earliest) if dated else decision.history[0]  # type: ignore[union-attr]
         words = {"primary": "breast cancer", "history": "breast cancer (history)",
                  "in-situ": "breast carcinoma in situ only"}.get(first.category) or _words(first.evidence)
-        return [_Part(words + _history_date(first.evidence, now), 0)]
+        return [_Part(words + _history_date(first.evidence, cal), 0)]
     if not decision.history_drugs:
         return []
     names = sorted({d.ingredient for d in decision.history_drugs})
     drugs = ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "")
     latest = max((d.evidence for d in decision.history_drugs if d.evidence.date), key=lambda e: e.date.latest,  # type: ignore[union-attr]
                  default=None)
-    when = _history_date(latest, now) if latest is not None else ""
+    when = _history_date(latest, cal) if latest is not None else ""
     if decision.weak_history == "tier-b-drug":
         parts = [_Part(f"no breast cancer coded; on {_escape(drugs)}{when}, also used without cancer", 0)]
     else:
         parts = [_Part(f"breast cancer **inferred** from {_escape(drugs)}{when}: no diagnosis coded", 0)]
-    parts += [_Part(_words(s.evidence) + _history_date(s.evidence, now), 2) for s in decision.history_support[:2]]
+    parts += [_Part(_words(s.evidence) + _history_date(s.evidence, cal), 2) for s in decision.history_support[:2]]
     return parts
 
 
-def _metastases(decision: Decision, now: datetime) -> list[_Part]:
+def _metastases(decision: Decision, cal: Calendar) -> list[_Part]:
     if not decision.metastases:
         return []
     first = decision.metastases[0]
@@ -230,7 +235,7 @@ def _metastases(decision: Decision, now: datetime) -> list[_Part]:
         words = "known bone metastases"
     else:
         words = "known metastatic disease"
-    return [_Part(words + _history_date(first.evidence, now), 1)]
+    return [_Part(words + _history_date(first.evidence, cal), 1)]
 
 
 def _pain_words(pain: PainFinding) -> str:
@@ -239,7 +244,7 @@ def _pain_words(pain: PainFinding) -> str:
     return _words(pain.evidence)
 
 
-def _pain(decision: Decision, now: datetime) -> tuple[list[_Part], set[str | None]]:
+def _pain(decision: Decision, cal: Calendar) -> tuple[list[_Part], set[str | None]]:
     """The new pain with its onset (and why it counts as new when it is not plainly new onset)."""
     episode = decision.episode
     findings = list(episode.findings) if episode else decision.current_pain
@@ -251,7 +256,7 @@ def _pain(decision: Decision, now: datetime) -> tuple[list[_Part], set[str | Non
     others = sorted({p.region for p in findings if p.region not in ("unspecified", first.region)})
     if others:
         words += f" (also {' and '.join(_REGION_WORDS[r] for r in others)})"
-    text = short = _finding(first.evidence, now, words)
+    text = short = _finding(first.evidence, cal, words)
     if episode is not None and episode.why_new != "new onset":
         text += f": {_escape(episode.why_new)}"
     if decision.pain_before_cancer:
@@ -259,40 +264,41 @@ def _pain(decision: Decision, now: datetime) -> tuple[list[_Part], set[str | Non
     return [_Part(text, 0, short if short != text else None)], {p.evidence.reference for p in findings}
 
 
-def _neuro(decision: Decision, now: datetime, pain_shown: set[str | None]) -> list[_Part]:
+def _neuro(decision: Decision, cal: Calendar, pain_shown: set[str | None]) -> list[_Part]:
     """One item per neurological feature (the earliest record of it), cord compression and cauda equina
     first; the first always shown."""
     by_feature: dict[str, NeuroFinding] = {}
     for n in sorted(decision.neuro, key=lambda n: (not n.alone, n.evidence.date is None,
-                                                   n.evidence.date.earliest if n.evidence.date else now)):
+                                                   n.evidence.date.earliest if n.evidence.date else cal.now)):
         by_feature.setdefault(n.feature, n)
     parts: list[_Part] = []
     for n in by_feature.values():
         # A radiculopathy code is both the pain and the neurological feature: name it once.
         if n.evidence.reference is not None and n.evidence.reference in pain_shown and n.feature == "radicular":
             continue
-        parts.append(_Part(_finding(n.evidence, now), 0 if not parts else 1))
+        parts.append(_Part(_finding(n.evidence, cal), 0 if not parts else 1))
     return parts
 
 
-def _supporting(decision: Decision, now: datetime) -> list[_Part]:
-    return [_Part(_finding(m.evidence, now), 3) for m in decision.modifiers
+def _supporting(decision: Decision, cal: Calendar) -> list[_Part]:
+    return [_Part(_finding(m.evidence, cal), 3) for m in decision.modifiers
             if m.kind in ("vertebral-fracture", "constitutional")][:3]
 
 
-def _imaging_words(studies: list[ImagingFinding], now: datetime) -> str:
-    return "; ".join(_finding(i.evidence, now) for i in studies[:2])
+def _imaging_words(studies: list[ImagingFinding], cal: Calendar) -> str:
+    return "; ".join(_finding(i.evidence, cal) for i in studies[:2])
 
 
-def _actions(decision: Decision, now: datetime) -> list[_Part]:
+def _actions(decision: Decision, cal: Calendar) -> list[_Part]:
     if decision.kind == "mscc":
         # Downgraded to info for end-of-life care, the last line may go first.
         actions = [_Part(line, 0) for line in CRITICAL_ACTIONS]
         if decision.downgraded_for_end_of_life:
             actions[-1].drop = 1
         if decision.imaging_ordered:
-            ordered = min(decision.imaging_ordered, key=lambda i: i.evidence.date.earliest if i.evidence.date else now)
-            actions[1] = _Part(MRI_ORDERED_ACTION.format(when=_when(ordered.evidence, now)), 0,
+            ordered = min(decision.imaging_ordered,
+                          key=lambda i: i.evidence.date.earliest if i.evidence.date else cal.now)
+            actions[1] = _Part(MRI_ORDERED_ACTION.format(when=_when(ordered.evidence, cal)), 0,
                                MRI_ORDERED_ACTION.format(when="already"))
     elif decision.kind == "spinal-metastases":
         actions = [_Part(line, 0) for line in WARNING_ACTIONS]
@@ -305,27 +311,27 @@ def _actions(decision: Decision, now: datetime) -> list[_Part]:
         actions = [_Part(WEAK_HISTORY_ACTION, 0)]
     if decision.imaging_partial:  # part of the MRI line: it changes what to image
         study = decision.imaging_partial[0].evidence
-        what = f"{_words(study)} {_on(study.date, now)}" if study.date else _words(study)
+        what = f"{_words(study)} {_on(study.date, cal)}" if study.date else _words(study)
         mri = actions[1 if decision.kind == "mscc" else 0]
         partial = PARTIAL_IMAGING_ACTION.format(what=what[0].upper() + what[1:])
         unnamed = PARTIAL_IMAGING_ACTION.format(what="Imaging so far")
         mri.text, mri.short = f"{mri.text} {partial}", f"{mri.text} {unnamed}"
     for m in decision.modifiers:
         if m.kind == "hypercalcaemia":
-            when = f" {_on(m.evidence.date, now)}" if m.evidence.date else ""
+            when = f" {_on(m.evidence.date, cal)}" if m.evidence.date else ""
             actions.append(_Part(HYPERCALCAEMIA_ACTION.format(when=when), 0, HYPERCALCAEMIA_ACTION.format(when="")))
             break
     if decision.end_of_life:
         actions.append(_Part(END_OF_LIFE_ACTION, 0))
     if decision.imaging_context:
-        what = _imaging_words(decision.imaging_context, now)
+        what = _imaging_words(decision.imaging_context, cal)
         actions.append(_Part(CONTEXT_IMAGING_ACTION.format(what=what[0].upper() + what[1:]), 2))
     return actions
 
 
-def _differentials(decision: Decision, now: datetime) -> list[_Part]:
+def _differentials(decision: Decision, cal: Calendar) -> list[_Part]:
     items = [f"{_escape(d)} can cause back pain" for d in sorted({d.ingredient for d in decision.differentials})]
-    items += [_finding(m.evidence, now) for m in decision.modifiers if m.kind == "treatment-differential"][:2]
+    items += [_finding(m.evidence, cal) for m in decision.modifiers if m.kind == "treatment-differential"][:2]
     if not items:
         return []
     return [_Part(DIFFERENTIAL_LINE.format(items="; ".join(items)), 1)]
@@ -354,12 +360,12 @@ def _assemble(why: list[_Part], actions: list[_Part], tail: list[_Part], dropped
     return why_text + rest
 
 
-def _detail(decision: Decision, now: datetime) -> str:
-    pain, pain_shown = _pain(decision, now)
-    why = _history(decision, now) + _metastases(decision, now) + pain + _neuro(decision, now, pain_shown)
-    why += _supporting(decision, now)
-    actions = _actions(decision, now)
-    tail = _differentials(decision, now)
+def _detail(decision: Decision, cal: Calendar) -> str:
+    pain, pain_shown = _pain(decision, cal)
+    why = _history(decision, cal) + _metastases(decision, cal) + pain + _neuro(decision, cal, pain_shown)
+    why += _supporting(decision, cal)
+    actions = _actions(decision, cal)
+    tail = _differentials(decision, cal)
     note = _skipped(decision) if decision.skipped else None
     # The room follows the advice the card carries: MSCC's actions keep the critical card's room when the card is
     # downgraded to info for end-of-life care (its summary still names MSCC).
@@ -448,7 +454,7 @@ def _clinical_card(decision: Decision, context: CardContext) -> dict[str, Any]:
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": _summary(decision),
-        "detail": _detail(decision, context.now),
+        "detail": _detail(decision, context.calendar),
         "indicator": decision.indicator,
         "source": {"label": source_label(), "url": SOURCE_URL},
     }
@@ -495,11 +501,11 @@ def _unreadable_card(decision: Decision) -> dict[str, Any]:
 
 
 # --- for other cards that rest on the same decision (cards/order_advice.py) ------------------------------------
-def evidence_line(decision: Decision, now: datetime, limit: int) -> str:
+def evidence_line(decision: Decision, cal: Calendar, limit: int) -> str:
     """The findings of the card's why line (history, metastases, the new pain, neurological features), worded and
     dated as on the patient-view card, joined by " · " and at most `limit` characters."""
-    pain, pain_shown = _pain(decision, now)
-    parts = _history(decision, now) + _metastases(decision, now) + pain + _neuro(decision, now, pain_shown)
+    pain, pain_shown = _pain(decision, cal)
+    parts = _history(decision, cal) + _metastases(decision, cal) + pain + _neuro(decision, cal, pain_shown)
     while len(parts) > 1 and len(" · ".join(p.text for p in parts)) > limit:
         del parts[max(range(len(parts)), key=lambda i: (parts[i].drop, i))]
     text = " · ".join(p.text for p in parts)

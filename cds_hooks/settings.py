@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -158,6 +159,9 @@ class Settings(BaseSettings):
     any_cancer: bool = False
     minimum_age_years: int = Field(18, ge=0, le=120)
     end_of_life_mode: Literal["keep", "downgrade"] = "keep"
+    # The site's IANA time zone, in which cards count days (cards.policy.Policy.display_zone); unset: each record's
+    # own offset.
+    time_zone: str | None = None
 
     @field_validator("cors_origins", "jwt_algorithms", "fhir_servers", "bulk_token_origins", mode="before")
     @classmethod
@@ -170,6 +174,13 @@ class Settings(BaseSettings):
     @classmethod
     def _no_cache_when_empty(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            _zone(value)
+        return value
 
     @field_validator("trusted_issuers", mode="before")
     @classmethod
@@ -276,7 +287,15 @@ class Settings(BaseSettings):
             any_cancer=self.any_cancer,
             minimum_age_years=self.minimum_age_years,
             end_of_life_mode=self.end_of_life_mode,
+            display_zone=_zone(self.time_zone) if self.time_zone else None,
         )
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not an IANA time zone name (e.g. Europe/London, America/New_York)") from None
 
 
 def _check_fhir_servers(urls: tuple[str, ...], owner: str) -> None:

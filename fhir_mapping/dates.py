@@ -3,8 +3,10 @@
 A partial date is a span: "2019" runs from 2019-01-01 to the end of 2019. docs/clinical-rules.md §3 item 9: compare on
 the earliest instant for "before" questions and on the latest instant for "within the window" questions.
 A dateTime without a timezone (not valid FHIR, sent anyway) is read as UTC and flagged.
-A dateTime keeps the UTC offset it was written with, so that its calendar day is the one the record shows: 22:00 on
-12 Nov at -05:00 is 12 Nov to the clinician, though it is 13 Nov in UTC.
+Calendar days are read as a card's reader sees them (`Calendar`): in the site's time zone when one is configured,
+for an EHR shows its users times in their own zone whatever offset its FHIR API writes (many write UTC);
+otherwise in the offset the dateTime was written with, so that 22:00 on 12 Nov at -05:00 is
+12 Nov, as the record shows it, though it is 13 Nov in UTC. A date alone is the date written, in any zone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
@@ -28,21 +30,33 @@ class DateSpan:
     def __str__(self) -> str:
         return self.text
 
-    def first_day(self) -> date:
-        """The calendar day the span starts on, as the record shows it."""
-        return self._day(self.earliest)
+    def first_day(self, zone: tzinfo | None = None) -> date:
+        """The calendar day the span starts on, in `zone` (None: in the offset the record wrote)."""
+        return self._day(self.earliest, zone)
 
-    def last_day(self) -> date:
-        """The calendar day the span ends on, as the record shows it."""
-        return self._day(self.latest)
+    def last_day(self, zone: tzinfo | None = None) -> date:
+        """The calendar day the span ends on, in `zone` (None: in the offset the record wrote)."""
+        return self._day(self.latest, zone)
 
-    def today(self, now: datetime) -> date:
-        """Today's date where the record was written (in its offset), so that "today" and "yesterday" agree with
-        the record's own dates; `now`'s own date for a value written without an offset."""
+    def today(self, now: datetime, zone: tzinfo | None = None) -> date:
+        """Today's date to set this span's days against: in `zone`; else in the offset the record wrote, so that
+        "today" and "yesterday" agree with the record's own dates; else `now`'s own date."""
+        if zone is not None:
+            return now.astimezone(zone).date()
         return now.date() if self.offset is None else now.astimezone(timezone(self.offset)).date()
 
-    def _day(self, moment: datetime) -> date:
-        return moment.date() if self.offset is None else moment.astimezone(timezone(self.offset)).date()
+    def _day(self, moment: datetime, zone: tzinfo | None) -> date:
+        if self.offset is None:  # a date (or a zoneless time): the day written
+            return moment.date()
+        return moment.astimezone(zone or timezone(self.offset)).date()
+
+
+@dataclass(frozen=True, slots=True)
+class Calendar:
+    """The instant evaluated at and the zone its reader counts days in (None: each record's own offset)."""
+
+    now: datetime
+    zone: tzinfo | None = None
 
 
 def _span_of_date_parts(year: int, month: int | None, day: int | None, text: str) -> DateSpan:

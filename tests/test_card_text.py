@@ -268,3 +268,41 @@ def test_record_text_with_a_slash_never_reads_like_a_reference(service_client: A
         fb.concept(text="Thoracic/Lumbar back pain, see Condition/abc-1"), onset_days_ago=5, recorded_days_ago=5)])
     detail = only_card(service_client, body)["detail"]  # the validator checks no Type/id pattern is left
     assert "“Thoracic / Lumbar back pain, see Condition / abc-1” since " in detail
+
+
+def test_a_site_time_zone_dates_findings_by_its_own_calendar() -> None:
+    """Servers write many dateTimes in UTC; a site's clinicians read their own calendar. Noon UTC ten days ago is
+    the next day on Kiritimati (UTC+14), whatever the time the suite runs."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from fastapi.testclient import TestClient
+
+    from cds_hooks.protocol.app import create_app
+    from cds_hooks.settings import Settings
+
+    noon = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=10)
+    pain = fb.back_pain(onset_days_ago=None)
+    pain["onsetDateTime"] = pain["recordedDate"] = noon.isoformat().replace("+00:00", "Z")
+    body = fb.hook_request(fb.patient(), conditions=[fb.breast_cancer(), pain])
+
+    def pain_date(**settings: Any) -> str:
+        with TestClient(create_app(Settings(database_url="memory://", **settings))) as client:
+            found = re.search(r"low back pain since (\d{1,2} [A-Z][a-z]{2})", only_card(client, body)["detail"])
+        assert found is not None
+        return found.group(1)
+
+    local = noon.astimezone(ZoneInfo("Pacific/Kiritimati"))
+    assert pain_date(time_zone="Pacific/Kiritimati") == f"{local.day} {local:%b}"
+    assert pain_date() == f"{noon.day} {noon:%b}"  # unset: the offset the record wrote
+
+
+def test_an_unknown_time_zone_is_refused_at_start_up() -> None:
+    from pydantic import ValidationError
+
+    from cds_hooks.settings import Settings
+
+    with pytest.raises(ValidationError, match="not an IANA time zone name"):
+        Settings(time_zone="Mars/Olympus_Mons")
+    with pytest.raises(ValidationError, match="not an IANA time zone name"):
+        Settings(time_zone="../../etc/passwd")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from fhir_mapping.dates import age_in_years, parse_span, span_of_period
+from fhir_mapping.dates import Calendar, age_in_years, parse_span, span_of_period
 from fhir_mapping.intake import collect, repair
 from fhir_mapping.terminology import load_terminology
 from fhir_mapping.text import breast_cancer_in, spinal_pain_in
@@ -124,20 +124,29 @@ def test_card_says_how_long_ago_in_words_a_clinician_reads(days: int, words: str
     now = datetime(2026, 11, 21, 12, tzinfo=UTC)
     span = parse_span((now - timedelta(days=days)).isoformat())
     assert span is not None
-    assert _on(span, now) == words
+    assert _on(span, Calendar(now)) == words
 
 
 @pytest.mark.parametrize(
-    ("written", "now", "words"),
-    [("2026-11-12T18:00:00-05:00", "2026-11-13T02:00:00+00:00", "today"),  # 21:00 on the 12th where written
-     ("2026-11-12T22:00:00-05:00", "2026-11-21T12:00:00+00:00", "12 Nov (9 days ago)"),  # not 13 Nov, UTC's day
-     ("2026-11-13T01:00:00+09:00", "2026-11-13T10:00:00+00:00", "today"),  # 19:00 on the 13th where written
-     ("2026-11-12", "2026-11-13T02:00:00+00:00", "yesterday"),  # a date alone: `now`'s own day
-     ("2026-11-12", "2026-11-12T21:00:00-05:00", "today")],
+    ("written", "now", "zone", "words"),
+    [("2026-11-12T18:00:00-05:00", "2026-11-13T02:00:00+00:00", None, "today"),  # 21:00 on the 12th where written
+     ("2026-11-12T22:00:00-05:00", "2026-11-21T12:00:00+00:00", None, "12 Nov (9 days ago)"),  # not UTC's 13 Nov
+     ("2026-11-13T01:00:00+09:00", "2026-11-13T10:00:00+00:00", None, "today"),  # 19:00 on the 13th where written
+     ("2026-11-12", "2026-11-13T02:00:00+00:00", None, "yesterday"),  # a date alone: `now`'s own day
+     ("2026-11-12", "2026-11-12T21:00:00-05:00", None, "today"),
+     # A zone set for the site: every dateTime in it, whatever offset the server wrote (UTC here, as many do).
+     ("2026-11-13T03:00:00Z", "2026-11-13T04:00:00Z", "America/New_York", "today"),  # 22:00 and 23:00 on the 12th
+     ("2026-11-13T03:00:00Z", "2026-11-21T12:00:00Z", "America/New_York", "12 Nov (9 days ago)"),
+     ("2026-11-12T23:30:00Z", "2026-11-13T14:00:00Z", "Australia/Sydney", "yesterday"),  # 13th 10:30, 14th 01:00
+     ("2026-11-12", "2026-11-13T02:00:00Z", "America/New_York", "today"),  # 21:00 on the 12th in New York
+     ("2026-03-08T12:00:00Z", "2026-03-09T04:30:00Z", "America/New_York", "yesterday")],  # 00:30 EDT, 23:30 EST
 )
-def test_card_dates_a_finding_by_the_day_the_record_shows(written: str, now: str, words: str) -> None:
+def test_card_dates_a_finding_by_the_day_its_reader_sees(written: str, now: str, zone: str | None,
+                                                         words: str) -> None:
+    from zoneinfo import ZoneInfo
+
     from cards.render import _on
 
     span = parse_span(written)
     assert span is not None
-    assert _on(span, datetime.fromisoformat(now)) == words
+    assert _on(span, Calendar(datetime.fromisoformat(now), ZoneInfo(zone) if zone else None)) == words

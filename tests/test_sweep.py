@@ -391,3 +391,24 @@ def test_spark_screening_tasks_share_the_chunks_evenly_on_a_local_master(tmp_pat
 
 def _comparable_row(row: JSON) -> JSON:
     return {**{k: v for k, v in row.items() if k != "cards"}, "cards": [_comparable(c) for c in row["cards"]]}
+
+
+def test_worklist_dates_in_the_sites_time_zone(tmp_path: Path) -> None:
+    """A pain coded at noon UTC is the next day on Kiritimati (UTC+14): the worklist's key date and card say so
+    when the site's zone is set, and say the day the record wrote when it is not."""
+    from datetime import timedelta
+
+    now = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    pain = fb.back_pain(onset_days_ago=None)
+    pain["onsetDateTime"] = pain["recordedDate"] = (now - timedelta(days=10)).replace(hour=12).isoformat()
+    bulk.write_export(tmp_path / "export", [fb.patient(), fb.breast_cancer(), pain], files_per_type=1)
+
+    def onset(out: str, settings: Settings) -> tuple[str, str]:
+        run_sweep(SweepOptions(tmp_path / "export", tmp_path / out, now), settings)
+        [row] = _worklist(tmp_path / out)
+        return row["keyDates"]["painOnset"], row["cards"][0]["detail"]
+
+    day, detail = onset("site", Settings(time_zone="Pacific/Kiritimati"))
+    assert day == "2026-11-11" and "low back pain since 11 Nov (9 days)" in detail
+    day, detail = onset("unset", Settings())
+    assert day == "2026-11-10" and "low back pain since 10 Nov (10 days)" in detail

@@ -65,7 +65,8 @@ class _OrderService(CdsService):
         return _Checked(drafts, self._judged(request, drafts))
 
     def cards(self, request: HookRequest[Any, Any], evaluation: Evaluation, checked: _Checked) -> list[Card]:
-        context = CardContext(request.context.patientId, request.context.userId, evaluation.now)
+        context = CardContext(request.context.patientId, request.context.userId, evaluation.now,
+                              evaluation.zone)
         return order_cards(evaluation.decision, checked.drafts, checked.judged, context)
 
     def _drafts(self, request: HookRequest[Any, Any]) -> DraftOrders:

@@ -6,7 +6,7 @@ find the patient and act: MRN and name from the Patient resource, key dates, the
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
@@ -53,13 +53,13 @@ def worklist_row(patient_id: str, evaluation: Evaluation, resources: list[bytes]
     row.update(who(patient_id, resources))
     dates: dict[str, str] = {}
     if decision.history and (history := _earliest(c.evidence.date for c in decision.history)):
-        dates["history"] = _day(history)
+        dates["history"] = _day(history, evaluation.zone)
     pain = decision.episode.onset if decision.episode else _latest(p.evidence.date for p in decision.current_pain)
     if pain is not None:
-        dates["painOnset"] = _day(pain)
+        dates["painOnset"] = _day(pain, evaluation.zone)
         row["painLatest"] = pain.latest.isoformat()
     if decision.neuro and (neuro := _earliest(n.evidence.date for n in decision.neuro)):
-        dates["neurological"] = _day(neuro)
+        dates["neurological"] = _day(neuro, evaluation.zone)
     if dates:
         row["keyDates"] = dates
     action = ACTIONS[decision.kind]
@@ -72,8 +72,8 @@ def worklist_row(patient_id: str, evaluation: Evaluation, resources: list[bytes]
     return row
 
 
-def _day(span: DateSpan) -> str:
-    return span.text if len(span.text) < 10 else span.first_day().isoformat()
+def _day(span: DateSpan, zone: tzinfo | None) -> str:
+    return span.text if len(span.text) < 10 else span.first_day(zone).isoformat()
 
 
 def _earliest(spans: Any) -> DateSpan | None:
