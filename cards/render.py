@@ -133,7 +133,7 @@ def _date(span: DateSpan, cal: Calendar) -> str:
 
 
 def _elapsed(span: DateSpan, cal: Calendar) -> int:
-    """Calendar days from the span's last day to today, both as the record's own dates (negative: in the future)."""
+    """Calendar days from the span's last day to today, both in the reader's calendar (negative: in the future)."""
     return (span.today(cal.now, cal.zone) - span.last_day(cal.zone)).days
 
 
