@@ -317,7 +317,7 @@ def _feedback_report(args: argparse.Namespace) -> int:
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     try:
-        report = store.report()
+        report = store.report(settings.policy().display_zone)
     finally:
         store.close()
     print(f"Feedback database: {shown_database(settings)}\n")

@@ -132,6 +132,17 @@ def test_cards_per_clinician_per_day() -> None:
     ]
 
 
+def test_a_clinician_day_is_the_sites_day() -> None:
+    """An evening shift in New York runs past midnight UTC: one clinician-day there, two in UTC."""
+    from zoneinfo import ZoneInfo
+
+    evening = [IssuedFact(S, uuid, "warning", at(3, hour), "v1", "A", "U1") for uuid, hour in (("e1", 23), ("e2", 25))]
+    [utc] = build_report({"warning": 2}, [], evening).clinicians[:1]
+    [local] = build_report({"warning": 2}, [], evening, zone=ZoneInfo("America/New_York")).clinicians[:1]
+    assert (utc.clinician_days, utc.per_day) == (2, (1, 1))
+    assert (local.clinician_days, local.per_day) == (1, (2,))
+
+
 def test_text_report_has_every_section() -> None:
     text = render_report(analytics())
     for title in ("Cards by kind", "Override reasons by kind", "Cards suppressed", "By rules version",

@@ -11,7 +11,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import orjson
@@ -299,7 +299,7 @@ class FeedbackStore(Protocol):
         A repeat of (service id, card, outcome, outcomeTimestamp) is ignored. Durable when it returns.
         """
 
-    def report(self) -> FeedbackReport: ...
+    def report(self, zone: tzinfo | None = None) -> FeedbackReport: ...
 
     def replay_cache(self) -> ReplayCache | None:
         """Where client JWT ids are remembered, shared by every worker using this store (None: in memory)."""
@@ -394,7 +394,7 @@ class MemoryFeedbackStore:
         with self._lock:
             return list(self._feedback.values())
 
-    def report(self) -> FeedbackReport:
+    def report(self, zone: tzinfo | None = None) -> FeedbackReport:
         with self._lock:
             issued_by_kind: dict[str, int] = {}
             for kind, _ in self._issued.values():
@@ -414,7 +414,7 @@ class MemoryFeedbackStore:
             cards = [IssuedFact(service, uuid, card.indicator, at, card.rules_version, card.patient_key, card.user_key)
                      for (service, uuid), (card, at) in self._cards.items()]
             hidden = [SuppressedFact(card.indicator, card.rules_version, at) for _, card, at in self._suppressed]
-        return build_report(issued_by_kind, facts, cards, hidden)
+        return build_report(issued_by_kind, facts, cards, hidden, zone)
 
     def replay_cache(self) -> None:
         return None  # one process: the verifier's own in-memory cache is shared by everything

@@ -22,8 +22,9 @@ Counting rules:
   30 days before it. *Cards per patient per 30 days*: each patient's cards of a tier are grouped into 30-day
   windows, a window opening at the first card not inside an earlier window; the figure is cards / windows
   (1.0 means no patient ever saw that card twice within 30 days).
-- Cards per clinician per day, from the clinician pseudonym: the cards of each (clinician, UTC day) with at
-  least one card; mean, median and maximum over those clinician-days.
+- Cards per clinician per day, from the clinician pseudonym: the cards of each (clinician, day) with at least one
+  card, the day in the site's time zone (MSCC_ALERT_TIME_ZONE; UTC when unset), so that an evening shift is one
+  day; mean, median and maximum over those clinician-days.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 
 __all__ = [
     "KIND_ORDER",
@@ -222,6 +223,7 @@ def build_report(
     facts: Iterable[FeedbackFact],
     issued_cards: Iterable[IssuedFact] = (),
     suppressed: Iterable[SuppressedFact] = (),
+    zone: tzinfo | None = None,
 ) -> FeedbackReport:
     """Aggregate issued cards, feedback rows and suppressed cards into a report (rules in the module docstring).
 
@@ -270,7 +272,7 @@ def build_report(
         reasons_by_kind=_reasons_by_kind(final),
         reasons_by_version=_reasons_by_version(issued_cards, final),
         repeats=_repeats(issued_cards),
-        clinicians=_clinicians(issued_cards),
+        clinicians=_clinicians(issued_cards, zone or UTC),
         suppressed_by_kind=dict(Counter(s.kind for s in suppressed)),
     )
 
@@ -353,9 +355,9 @@ def _repeats(issued_cards: Sequence[IssuedFact]) -> tuple[RepeatRow, ...]:
     return tuple(rows)
 
 
-def _clinician_row(kind: str, cards: Sequence[IssuedFact]) -> ClinicianRow:
+def _clinician_row(kind: str, cards: Sequence[IssuedFact], zone: tzinfo) -> ClinicianRow:
     days: Counter[tuple[str, date]] = Counter(
-        (c.user_key, c.issued_at.date()) for c in cards if c.user_key is not None)
+        (c.user_key, c.issued_at.astimezone(zone).date()) for c in cards if c.user_key is not None)
     per_day = tuple(sorted(days.values()))
     n = sum(per_day)
     return ClinicianRow(kind, len(per_day), n, n / len(per_day) if per_day else None,
@@ -363,12 +365,12 @@ def _clinician_row(kind: str, cards: Sequence[IssuedFact]) -> ClinicianRow:
                         sum(1 for c in cards if c.user_key is None), per_day)
 
 
-def _clinicians(issued_cards: Sequence[IssuedFact]) -> tuple[ClinicianRow, ...]:
+def _clinicians(issued_cards: Sequence[IssuedFact], zone: tzinfo) -> tuple[ClinicianRow, ...]:
     if not issued_cards:
         return ()
     kinds = sorted({c.kind for c in issued_cards}, key=_kind_key)
-    return (_clinician_row("all", issued_cards),
-            *(_clinician_row(kind, [c for c in issued_cards if c.kind == kind]) for kind in kinds))
+    return (_clinician_row("all", issued_cards, zone),
+            *(_clinician_row(kind, [c for c in issued_cards if c.kind == kind], zone) for kind in kinds))
 
 
 def _percent(value: float | None) -> str:

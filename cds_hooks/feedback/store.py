@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -486,7 +486,7 @@ class SqlFeedbackStore:
         with self._engine.connect() as connection:
             return set(connection.execute(query).scalars())
 
-    def report(self) -> FeedbackReport:
+    def report(self, zone: tzinfo | None = None) -> FeedbackReport:
         kind = func.coalesce(issued_cards.c.indicator, literal("unknown"))
         joined = feedback.outerjoin(
             issued_cards,
@@ -520,7 +520,7 @@ class SqlFeedbackStore:
             ).all()
         return build_report(
             {indicator: count for indicator, count in issued}, [FeedbackFact(*row) for row in rows],
-            [IssuedFact(*row) for row in cards], [SuppressedFact(*row) for row in hidden],
+            [IssuedFact(*row) for row in cards], [SuppressedFact(*row) for row in hidden], zone,
         )
 
     def ping(self) -> None:
