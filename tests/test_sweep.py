@@ -410,5 +410,11 @@ def test_worklist_dates_in_the_sites_time_zone(tmp_path: Path) -> None:
 
     day, detail = onset("site", Settings(time_zone="Pacific/Kiritimati"))
     assert day == "2026-11-11" and "low back pain since 11 Nov (9 days)" in detail
+    assert orjson.loads((tmp_path / "site" / "summary.json").read_bytes())["timeZone"] == "Pacific/Kiritimati"
+    page = (tmp_path / "site" / "worklist.html").read_text()
+    assert "As of 2026-11-20 23:00 +14:" in page and "Dates are days in Pacific/Kiritimati." in page
     day, detail = onset("unset", Settings())
     assert day == "2026-11-10" and "low back pain since 10 Nov (10 days)" in detail
+    assert "timeZone" not in orjson.loads((tmp_path / "unset" / "summary.json").read_bytes())
+    page = (tmp_path / "unset" / "worklist.html").read_text()
+    assert "As of 2026-11-20 09:00 UTC:" in page and "Dates are days in" not in page

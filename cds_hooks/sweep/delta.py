@@ -137,6 +137,7 @@ def run_delta_sweep(options: DeltaOptions, settings: Settings) -> dict[str, Any]
     screening = delta.screening
     summary = summarise(
         rows,
+        settings.time_zone,
         engine="local",
         workers=1,
         now=options.now.isoformat(),

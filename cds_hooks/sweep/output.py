@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -57,9 +58,11 @@ def _flat(row: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def summarise(rows: list[dict[str, Any]], **counts: Any) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]], time_zone: str | None, **counts: Any) -> dict[str, Any]:
+    """`time_zone`: the site's (MSCC_ALERT_TIME_ZONE), which the rows' dates count days in; named only when set."""
     return {
         **counts,
+        **({"timeZone": time_zone} if time_zone else {}),
         "patientsByIndicator": dict(Counter(row["indicator"] for row in rows)),
         "patientsByKind": dict(Counter(row["kind"] for row in rows)),
     }
@@ -83,11 +86,17 @@ td.date, td.id { white-space: nowrap; }
 def _html(table: list[dict[str, str]], summary: dict[str, Any]) -> str:
     """A plain, self-contained page (inline style, no scripts, nothing fetched), every value escaped."""
     by_tier = summary.get("patientsByIndicator", {})
-    as_of = datetime.fromisoformat(summary["now"]).strftime("%Y-%m-%d %H:%M %Z") if "now" in summary else "now"
+    zone = summary.get("timeZone")
+    as_of = "now"
+    if "now" in summary:
+        moment = datetime.fromisoformat(summary["now"])
+        as_of = (moment.astimezone(ZoneInfo(zone)) if zone else moment).strftime("%Y-%m-%d %H:%M %Z")
     meta = (f"As of {as_of}: {summary.get('patients', 0):,} patients, "
             f"{summary.get('resources', 0):,} resources read; "
             f"{by_tier.get('critical', 0)} critical, {by_tier.get('warning', 0)} warning, "
             f"{by_tier.get('info', 0)} info.")
+    if zone:
+        meta += f" Dates are days in {zone}."
     if "since" in summary:  # a delta sweep (cds_hooks/sweep/delta.py): say what the list covers, and what it lacks
         meta += (f" Only patients with a relevant change since {summary['since']}: {summary['candidates']:,} "
                  f"changed, {summary['patientsFetched']:,} evaluated on their whole record.")

@@ -61,6 +61,7 @@ def run_sweep(options: SweepOptions, settings: Settings) -> dict[str, Any]:
     progress.close()
     summary = summarise(
         rows,
+        settings.time_zone,
         engine=options.engine,
         workers=options.workers,
         now=options.now.isoformat(),
