@@ -41,14 +41,19 @@ class DateSpan:
     def today(self, now: datetime, zone: tzinfo | None = None) -> date:
         """Today's date to set this span's days against: in `zone`; else in the offset the record wrote, so that
         "today" and "yesterday" agree with the record's own dates; else `now`'s own date."""
-        if zone is not None:
-            return now.astimezone(zone).date()
-        return now.date() if self.offset is None else now.astimezone(timezone(self.offset)).date()
+        reading = self._reading_zone(zone)
+        return now.date() if reading is None else now.astimezone(reading).date()
 
     def _day(self, moment: datetime, zone: tzinfo | None) -> date:
-        if self.offset is None:  # a date (or a zoneless time): the day written
+        if self.offset is None:  # a date (or a zoneless time): the day written, in any zone
             return moment.date()
-        return moment.astimezone(zone or timezone(self.offset)).date()
+        return moment.astimezone(self._reading_zone(zone)).date()
+
+    def _reading_zone(self, zone: tzinfo | None) -> tzinfo | None:
+        """The zone days are counted in: `zone` if set, else the offset the record wrote, if it wrote one."""
+        if zone is not None:
+            return zone
+        return None if self.offset is None else timezone(self.offset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import pytest
 import time_machine
 
 from tests.scenarios import fhir_builders as fb
-from tests.scenarios.test_clinical_scenarios import call_service
+from tests.test_card_text import only_card
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -47,9 +47,7 @@ def _client(zone: str | None) -> Any:
 
 def _why(client: Any, conditions: list[fb.JSON]) -> str:
     body = fb.hook_request(fb.patient(), conditions=[fb.breast_cancer(onset_days_ago=400), *conditions])
-    cards = call_service(client, body)["cards"]
-    assert len(cards) == 1, [c["summary"] for c in cards]
-    why: str = cards[0]["detail"].split("\n\n")[0]
+    why: str = only_card(client, body)["detail"].split("\n\n")[0]
     return why
 
 
