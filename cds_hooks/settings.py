@@ -1,4 +1,8 @@
-"""Service settings, from environment variables prefixed `MSCC_ALERT_` (validated at start)."""
+"""Service settings, from environment variables prefixed `MSCC_ALERT_` (validated at start).
+
+Read by the model itself (`Settings._environment`) rather than by pydantic-settings: every field takes its
+variable's text as it is, so nothing of that library was used but the lookup, and importing it (asyncio, ssl,
+argparse and its many sources) cost 0.16 s of every command's start, a tenth of a 1 GB sweep."""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from cards.policy import Policy
 from cds_hooks.protocol.fhir_servers import FhirServerPolicy, configured_server, is_loopback_host
@@ -36,10 +39,15 @@ class IssuerConfig:
     fhir_servers: tuple[str, ...] = ()
 
 
-class Settings(BaseSettings):
-    """Every setting has an embedded default, so `mscc-alert serve` needs no other server or file."""
+ENV_PREFIX = "MSCC_ALERT_"
 
-    model_config = SettingsConfigDict(env_prefix="MSCC_ALERT_", extra="ignore", frozen=True)
+
+class Settings(BaseModel):
+    """Every setting has an embedded default, so `mscc-alert serve` needs no other server or file. A setting
+    given to the constructor wins over its environment variable (tests, the CLI's options)."""
+
+    # Defaults are validated too: a default is a setting like any other.
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
 
     # --- HTTP -------------------------------------------------------------------------------------
     # 50,000 resources at the ~1.2 KB of docs/performance-budget.md are ~60 MB, and resources with narrative text
@@ -66,7 +74,7 @@ class Settings(BaseSettings):
     # Per worker, kept below the file limit (raised to the hard limit at start). Beyond it the longest-idle
     # connection is evicted, or the new one is closed at once if every connection is busy.
     max_connections: int = Field(1000, gt=0)
-    cors_origins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CORS_ORIGINS
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
     cors_origin_regex: str | None = DEFAULT_CORS_ORIGIN_REGEX
     public_base_url: str | None = Field(
         None, description="The external base URL (behind a proxy): JWT `aud` is checked against it."
@@ -85,13 +93,13 @@ class Settings(BaseSettings):
     fhir_max_calls: int = Field(8, gt=0, le=64)
     fhir_max_calls_per_server: int = Field(4, gt=0, le=64)
     # Open mode only (no trusted issuers): the fhirServer base URLs a caller may name; empty: loopback only.
-    fhir_servers: Annotated[tuple[str, ...], NoDecode] = ()
+    fhir_servers: tuple[str, ...] = ()
 
     # --- Security ------------------------------------------------------------------------------------
     auth: Literal["on", "off"] = "on"
-    trusted_issuers: Annotated[dict[str, IssuerConfig], NoDecode] = Field(default_factory=dict)
+    trusted_issuers: dict[str, IssuerConfig] = Field(default_factory=dict)
     trust_sandbox: bool = Field(False, description="Development only: trust the public CDS Hooks sandbox key.")
-    jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ("ES384", "RS384")
+    jwt_algorithms: tuple[str, ...] = ("ES384", "RS384")
     jwt_leeway_seconds: int = Field(30, ge=0, le=300)
     # A key server that is slow or down holds up only the tokens that need it (cds_hooks/security/jwks.py).
     jwks_fetch_seconds: float = Field(5.0, gt=0, le=60, description="Total deadline for one JWKS fetch.")
@@ -107,7 +115,7 @@ class Settings(BaseSettings):
     bulk_scope: str = "system/*.read"  # SMART v1; `system/*.rs` on SMART v2 servers
     bulk_token_url: str | None = Field(None, description="Default: [base]/.well-known/smart-configuration's.")
     # Origins besides the export server's own that may receive the access token (a separate file server).
-    bulk_token_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    bulk_token_origins: tuple[str, ...] = ()
     # `_typeFilter` is optional for servers (IG: experimental); one that rejects it is asked again without it.
     bulk_type_filter: bool = True
     bulk_poll_min_seconds: float = Field(1.0, gt=0)
@@ -162,6 +170,21 @@ class Settings(BaseSettings):
     # The site's IANA time zone, in which cards count days (cards.policy.Policy.display_zone); unset: each record's
     # own offset.
     time_zone: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment(cls, given: object) -> object:
+        """Each setting the caller did not give, from MSCC_ALERT_<NAME> in any case, as the text it is (comma
+        lists and JSON are read by the validators below, the rest by the fields' own types)."""
+        if not isinstance(given, dict):
+            return given
+        prefix = ENV_PREFIX.lower()
+        found: dict[str, str] = {}
+        for key, value in os.environ.items():
+            name = key.lower().removeprefix(prefix)
+            if name != key.lower() and name in cls.model_fields:
+                found[name] = value
+        return {**found, **given}
 
     @field_validator("cors_origins", "jwt_algorithms", "fhir_servers", "bulk_token_origins", mode="before")
     @classmethod
