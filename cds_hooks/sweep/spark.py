@@ -62,7 +62,7 @@ def spark_session(master: str | None) -> Any:
         session = builder.remote(master).getOrCreate()
     else:
         builder = builder.master(master or "local[*]").config("spark.ui.enabled", "false")
-        if _local_cores(master) is not None:
+        if local_cores(master) is not None:
             # In local mode the JVM only plans the job and carries the relevant lines, and its optimising JIT
             # compiler (C2) was its busiest thread (10 CPU s 40 s into a run on the 0.2 GB benchmark export; the
             # JVM's total 45 s). With the quick compiler alone the JVM used 16-22 s. Cluster executors keep C2.
@@ -74,7 +74,7 @@ def spark_session(master: str | None) -> Any:
     return session
 
 
-def _local_cores(master: str | None) -> int | None:
+def local_cores(master: str | None) -> int | None:
     """The cores of a local master (`local`, `local[4]`, `local[*]`, `local[4,2]`); None for a cluster."""
     if master is None or master == "local[*]" or master.startswith("local[*,"):
         return os.cpu_count() or 1
@@ -96,7 +96,7 @@ def _sql_settings(master: str | None) -> dict[str, str]:
         # per file just to list them; the driver lists a few thousand files faster by itself.
         "spark.sql.sources.parallelPartitionDiscovery.threshold": "10000",
     }
-    cores = _local_cores(master)
+    cores = local_cores(master)
     if cores is not None:
         # A few hundred shuffle partitions (the default) cost more than they spread on one machine; four per core
         # even out candidates whose costs differ a thousandfold.
@@ -108,7 +108,7 @@ def _task_chunks(chunks: list[Chunk], master: str | None) -> list[list[Chunk]]:
     """The chunks each screening task reads. A task costs Spark ~0.2 s beyond its work on a local master (71
     tasks of one chunk each were 13 s of the 1 GB benchmark's 36), so there the chunks are dealt into two tasks
     per core, the largest first, each to the task with the fewest bytes so far; on a cluster, one task a chunk."""
-    cores = _local_cores(master)
+    cores = local_cores(master)
     if cores is None:
         return [[chunk] for chunk in chunks]
     tasks: list[list[Chunk]] = [[] for _ in range(min(len(chunks), 2 * cores))]
