@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import json
 import os
 import resource as rusage
 import shutil
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,14 +60,23 @@ FILES_PER_TYPE = 4
 
 
 # --- the export ------------------------------------------------------------------------------------------
-def _templates() -> list[dict[str, bytes]]:
+def _writer(name: str) -> Callable[[Any], bytes]:
+    """How the export's lines are written: "orjson", compact, as Bulk servers write them; or "json", as Python's
+    json.dumps writes them by default (a space after every "," and ":", every character beyond ASCII escaped),
+    as a hand-made export may be."""
+    if name == "json":
+        return lambda resource: json.dumps(resource).encode()
+    return orjson.dumps
+
+
+def _templates(dumps: Callable[[Any], bytes]) -> list[dict[str, bytes]]:
     """Per Synthea patient: per resource type, its NDJSON lines with PLACEHOLDER where the new patient id goes
     (the Patient id, every reference to it, and a suffix on every other resource id)."""
     templates = []
     for path in bulk.synthea_bundles():
         lines: dict[str, list[bytes]] = defaultdict(list)
         for resource in bulk.synthea_patient(path, PLACEHOLDER):
-            lines[resource["resourceType"]].append(orjson.dumps(resource))
+            lines[resource["resourceType"]].append(dumps(resource))
         templates.append({kind: b"".join(line + b"\n" for line in group) for kind, group in lines.items()})
     return templates
 
@@ -85,9 +96,10 @@ def _scenarios() -> tuple[list[dict[str, Any]], dict[str, str | None]]:
     return resources, expected
 
 
-def generate(folder: Path, target_bytes: int) -> tuple[int, dict[str, str | None]]:
+def generate(folder: Path, target_bytes: int, writer: str = "orjson") -> tuple[int, dict[str, str | None]]:
     """Write the export; return (patients, the hook's tier for each scenario patient)."""
-    templates = _templates()
+    dumps = _writer(writer)
+    templates = _templates(dumps)
     if not templates:
         raise SystemExit("benchmarks.sweep: no Synthea data under tests/data/synthea; it copies those patients")
     scenario_resources, expected = _scenarios()
@@ -104,7 +116,7 @@ def generate(folder: Path, target_bytes: int) -> tuple[int, dict[str, str | None
     # The scenario patients go in a third of the way through, so they are buried, not first or last.
     scenario_lines: dict[str, list[bytes]] = defaultdict(list)
     for resource in scenario_resources:
-        scenario_lines[resource["resourceType"]].append(orjson.dumps(resource))
+        scenario_lines[resource["resourceType"]].append(dumps(resource))
     while written < target_bytes:
         for template in templates:
             new_id = f"bench-{copy:06d}".encode()
@@ -227,16 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gigabytes", type=float, default=1.05, help="export size (default 1.05 GB)")
     parser.add_argument("--keep", action="store_true", help="keep the generated export (its path is printed)")
     parser.add_argument("--no-spark", action="store_true")
+    parser.add_argument("--writer", choices=("orjson", "json"), default="orjson",
+                        help="how the lines are written: compact as Bulk servers write them (orjson, the default), "
+                             "or as Python's json.dumps writes them by default (json: spaces, ASCII escapes)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="mscc-sweep-bench-"))
     export = work / "export"
     try:
         started = time.monotonic()
-        patients, expected = generate(export, int(args.gigabytes * 1e9))
+        patients, expected = generate(export, int(args.gigabytes * 1e9), args.writer)
         size = sum(p.stat().st_size for p in export.iterdir())
         lines = sum(data.count(b"\n") for data in (p.read_bytes() for p in export.iterdir()))  # also warms the cache
-        print(f"export: {size / 1e9:.2f} GB, {lines:,} resources, {patients:,} patients, "
+        print(f"export: {size / 1e9:.2f} GB, {lines:,} resources, {patients:,} patients, lines by {args.writer}, "
               f"{len(list(export.iterdir()))} files, generated in {time.monotonic() - started:.0f} s ({export})")
         now = datetime.now(UTC).isoformat()
         command = [sys.executable, "-m", "cds_hooks", "sweep"]

@@ -673,18 +673,34 @@ UNSCANNED = -1  # Screen: the caller has not looked for mentions (roles are neve
 
 
 _OPENING = b'{"resourceType":"'
+# The same with JSON's whitespace wherever JSON allows it: writers other than Bulk servers put it there (Python's
+# json.dumps writes `{"resourceType": "Condition", ...`), and such a line is no less a Condition.
+_SPACED_OPENING = re.compile(rb'[ \t\r]*\{[ \t\r]*"resourceType"[ \t\r]*:[ \t\r]*"')
+_LONGEST_TYPE = 64  # characters: FHIR's longest resource type name has 34
+
+
+def opening(raw: Buffer) -> tuple[str, int] | None:
+    """The resourceType a line opens with (`{"resourceType":"Condition",...`, as Bulk servers write it, or with
+    whitespace), and how many bytes that opening takes through the type's closing quote; None when it opens
+    otherwise (then only a decode can tell)."""
+    if raw[:17] == _OPENING:
+        at = 17
+    else:
+        spaced = _SPACED_OPENING.match(raw)
+        if spaced is None:
+            return None
+        at = spaced.end()
+    close = raw.find(b'"', at, at + _LONGEST_TYPE + 1)
+    if close <= at:
+        return None
+    kind = bytes(raw[at:close]).decode("ascii", "replace")
+    return (kind, close + 1) if kind.isalpha() else None
 
 
 def opening_type(raw: Buffer) -> str | None:
-    """The resourceType a line opens with, as Bulk servers write it (`{"resourceType":"Condition",...`), or None
-    when it opens otherwise (then only a decode can tell)."""
-    if raw[:17] != _OPENING:
-        return None
-    close = raw.find(b'"', 17, 81)
-    if close <= 17:
-        return None
-    kind = bytes(raw[17:close]).decode("ascii", "replace")
-    return kind if kind.isalpha() else None
+    """The resourceType a line opens with (see `opening`), or None."""
+    found = opening(raw)
+    return None if found is None else found[0]
 
 
 def _owner_of(peek: _Peek | _Subject) -> str | None:

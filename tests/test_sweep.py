@@ -10,6 +10,7 @@ patients the hook gives a card, with the same indicator, kind and card, on both 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -209,6 +210,18 @@ def test_local_sweep_gives_every_patient_the_hooks_answer(population: Population
     assert summary["patients"] == sum(r["resourceType"] == "Patient" for r in population.resources)
     assert summary["worklist"] == len(rows)
     assert sum(summary["patientsByIndicator"].values()) == len(rows)
+
+
+def test_an_export_written_by_json_dumps_gets_the_same_worklist(population: Population, tmp_path: Path) -> None:
+    """Lines as Python's json.dumps writes them (a space after every "," and ":", non-ASCII escaped), as a
+    hand-made export may be: the same answers and counts as the compact lines Bulk servers write."""
+    export = tmp_path / "export"
+    bulk.write_export(export, population.resources, dumps=lambda resource: json.dumps(resource).encode())
+    assert b'{"resourceType": "' in next(bulk.iter_ndjson(export))
+    summary = run_sweep(SweepOptions(export, tmp_path / "out", population.now), Settings())
+    _assert_same_as_hook(_worklist(tmp_path / "out"), population)
+    assert summary["resources"] == len(population.resources)
+    assert summary["linesSkipped"] == 0
 
 
 def test_worklist_files_sorted_critical_first_then_most_recent_pain(population: Population, tmp_path: Path) -> None:

@@ -17,11 +17,12 @@ from typing import Any
 
 from cds_hooks.sweep.reader import Chunk, LineCounts, lines_of, read_blocks
 from fhir_mapping._lines import count_lines
-from fhir_mapping.intake import MODELS, TRIGGER, UNSCANNED, Screen, mention_test, opening_type
+from fhir_mapping.intake import MODELS, TRIGGER, UNSCANNED, Screen, mention_test, opening
 from fhir_mapping.mentions import Mentions
 from fhir_mapping.terminology import Terminology
 
 NO_PATIENT = "relevant resource with no patient reference"
+_OPENING_BYTES = 256  # where a line's opening is looked for: `{"resourceType":"<type>"` with any spacing
 
 
 @dataclass(slots=True)
@@ -129,10 +130,12 @@ def screen_block(block: tuple[bytes | bytearray, int, int], screen: Screen, ment
     a trigger's evidence (a few in a thousand) is judged as `screen_lines` judges each, so that only patients
     with a real trigger are evaluated."""
     data, start, stop = block
-    kind = opening_type(data[start:start + 81])
-    if kind is None or kind in ("Patient", "OperationOutcome"):
+    found = opening(data[start:start + _OPENING_BYTES])
+    if found is None or found[0] in ("Patient", "OperationOutcome"):
         return False
-    lines = count_lines(data, start, stop, b'{"resourceType":"%s"' % kind.encode())
+    kind, length = found
+    # Each line must open as the first does, byte for byte (a writer spaces every line alike).
+    lines = count_lines(data, start, stop, bytes(data[start:start + length]))
     if lines < 0:
         return False  # not every line opens with the same type (the first does; then each after a newline)
     counts.lines += lines

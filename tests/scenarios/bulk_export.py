@@ -11,7 +11,7 @@ import gzip
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +98,13 @@ def synthea_patient(path: Path, new_id: str) -> list[JSON]:
 
 
 def write_export(folder: Path, resources: Iterable[JSON], *, files_per_type: int = 3, seed: int = 7,
-                 gzip_every: int = 2) -> list[Path]:
-    """NDJSON files as `$export` writes them; every `gzip_every`-th file gzipped. Returns the files."""
+                 gzip_every: int = 2, dumps: Callable[[JSON], bytes] = orjson.dumps) -> list[Path]:
+    """NDJSON files as `$export` writes them, each line written by `dumps`; every `gzip_every`-th file gzipped.
+    Returns the files."""
     rng = random.Random(seed)
     by_type: dict[str, list[bytes]] = defaultdict(list)
     for resource in resources:
-        by_type[resource["resourceType"]].append(orjson.dumps(resource))
+        by_type[resource["resourceType"]].append(dumps(resource))
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for type_index, (_kind, lines) in enumerate(sorted(by_type.items())):

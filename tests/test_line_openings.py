@@ -1,0 +1,124 @@
+"""A line's resourceType read from its opening, compact as Bulk servers write it or with JSON whitespace as other
+writers put it (Python's json.dumps: `{"resourceType": "Condition", ...`): the sweep screens either a block of
+bytes at a time, and both give the same screening."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cds_hooks.sweep.reader import Chunk, LineCounts
+from cds_hooks.sweep.screen import Screening, screen_block, screen_chunk
+from fhir_mapping.intake import Screen, mention_test, opening, opening_type
+from fhir_mapping.terminology import load_terminology
+from tests.scenarios import bulk_export as bulk
+from tests.scenarios.fhir_builders import OTHER_PATIENT_ID, PATIENT_ID
+from tests.scenarios.test_clinical_scenarios import SCENARIOS
+
+TERMINOLOGY = load_terminology()
+MAX_LINE = 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"resourceType":"Condition","id":"1"}', ("Condition", 27)),
+        (b'{"resourceType": "Condition", "id": "1"}', ("Condition", 28)),
+        (b'{ "resourceType" : "Condition" }', ("Condition", 30)),
+        (b' \t{\t"resourceType":\r"Observation"}', ("Observation", 33)),
+        (bytearray(b'{"resourceType": "Patient"}'), ("Patient", 26)),
+    ],
+)
+def test_an_opening_gives_the_type_and_where_it_ends(line: bytes, expected: tuple[str, int]) -> None:
+    assert opening(line) == expected
+    assert line[: expected[1]].endswith(b'"')  # the opening runs through the type's closing quote
+    assert opening_type(line) == expected[0]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"id":"1","resourceType":"Condition"}',  # not first: only a decode can tell
+        b'{"resourceType": 5}',
+        b'{"resourceType": "Pat-ient"}',  # not a type name
+        b'{"resourceType": "' + b"A" * 70 + b'"}',  # longer than any type
+        b'{"resourceType": "Condition',  # the name never closes
+        b'{"resourcetype": "Condition"}',
+        b'{"resourceType"\n: "Condition"}',  # a newline ends an NDJSON line
+        b"",
+    ],
+)
+def test_other_openings_give_nothing(line: bytes) -> None:
+    assert opening(line) is None
+
+
+def _lines() -> list[dict[str, Any]]:
+    """Every resource of the suite's Synthea patients and clinical scenarios."""
+    resources = []
+    for index, path in enumerate(bulk.synthea_bundles()):
+        resources += bulk.synthea_patient(path, f"p{index}")
+    for index, param in enumerate(SCENARIOS):
+        names = {PATIENT_ID: f"s{index}", OTHER_PATIENT_ID: f"s{index}-other"}
+        resources += bulk.request_resources(bulk.renamed(param.values[0], names))
+    return resources
+
+
+def _spaced(resource: Any) -> bytes:
+    return json.dumps(resource).encode()
+
+
+def _files(folder: Path, dumps: Callable[[Any], bytes]) -> list[Path]:
+    by_type: dict[str, list[bytes]] = defaultdict(list)
+    for resource in _lines():
+        by_type[resource["resourceType"]].append(dumps(resource))
+    folder.mkdir()
+    paths = []
+    for kind, lines in sorted(by_type.items()):
+        path = folder / f"{kind}.ndjson"
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+        paths.append(path)
+    return paths
+
+
+def _screened(paths: list[Path]) -> Screening:
+    total = Screening()
+    for path in paths:
+        total.merge(screen_chunk(Chunk(str(path)), TERMINOLOGY, MAX_LINE, keep_patients=True))
+    return total
+
+
+def _decoded(held: dict[str, list[bytes]]) -> dict[str, list[Any]]:
+    return {patient: sorted((orjson.loads(line) for line in lines), key=orjson.dumps)
+            for patient, lines in held.items()}
+
+
+def test_a_spaced_export_screens_as_the_compact_one(tmp_path: Path) -> None:
+    compact = _screened(_files(tmp_path / "compact", orjson.dumps))
+    spaced = _screened(_files(tmp_path / "spaced", _spaced))
+    assert spaced.lines == compact.lines > 1000
+    assert spaced.resources == compact.resources
+    assert spaced.skipped == compact.skipped
+    assert spaced.roles == compact.roles and compact.roles
+    assert _decoded(spaced.relevant) == _decoded(compact.relevant)
+    assert _decoded(spaced.patients) == _decoded(compact.patients)
+
+
+def test_a_block_of_spaced_lines_is_screened_whole(tmp_path: Path) -> None:
+    """Lines of one type, spaced alike, are counted in one pass and only those that mention what the rules read
+    are looked at, as compact lines are; a block whose lines open otherwise is left to the line-by-line screen."""
+    conditions = [r for r in _lines() if r["resourceType"] == "Condition"]
+    data = b"".join(_spaced(r) + b"\n" for r in conditions)
+    result, counts = Screening(), LineCounts()
+    assert screen_block((data, 0, len(data)), Screen(TERMINOLOGY), mention_test(TERMINOLOGY), result, counts)
+    assert counts.lines == result.resources["Condition"] == len(conditions)
+    assert result.relevant  # the back pain and breast cancer of the scenarios, kept for their patients
+
+    mixed = data + orjson.dumps(conditions[0]) + b"\n"  # the same type, written compact: opens otherwise
+    assert not screen_block((mixed, 0, len(mixed)), Screen(TERMINOLOGY), mention_test(TERMINOLOGY), Screening(),
+                            LineCounts())
