@@ -32,10 +32,21 @@ from fhir_mapping.terminology import ICD10CM
 # as they are: they seldom turn up by chance, and every bounded pattern costs Hyperscan compile time (~3 ms).
 _BOUNDED_BELOW = 6
 _CODE = rb"[^0-9a-z.\-]%s[^0-9a-z.\-]"
-# A JSON escape ("\u0070ain") can spell any of them, and Python's case-insensitive regexes (the free-text rules)
-# equate four characters outside ASCII with ASCII letters: "İ" and "ı" with i, "ſ" with s, the Kelvin sign with k.
-# A resource holding any of these is always read, so that no spelling slips past.
-_ALWAYS = (rb"\\", rb"\xc4\xb0", rb"\xc4\xb1", rb"\xc5\xbf", rb"\xe2\x84\xaa")
+# Python's case-insensitive regexes (the free-text rules) equate four characters outside ASCII with ASCII letters:
+# "İ" and "ı" with i, "ſ" with s, the Kelvin sign with k. A JSON escape can spell any ASCII character or those four
+# ("p\u0061in"), and a code's value may hold an escaped control character beside the code (normalize_code strips
+# it, but the bytes before the code are then a letter, which a short code's bound refuses). A resource holding
+# any of these, raw or escaped, is always read, so that no spelling slips past. Other escapes spell characters
+# no code or word holds: a quote, a backslash, a slash, or any other character beyond ASCII ("cr\u00e8me", as
+# Python's json.dumps writes every accented name, is "crème" and no more).
+_ALWAYS = (
+    rb"\\u00[0-7][0-9a-f]",  # an ASCII character, escaped
+    rb"\\u0130", rb"\\u0131", rb"\\u017f", rb"\\u212a",
+    rb"\\[bfnrt]",
+    rb"\xc4\xb0", rb"\xc4\xb1", rb"\xc5\xbf", rb"\xe2\x84\xaa",
+)
+# That holds while every code and word is printable ASCII with no quote, backslash or slash, which
+# tests/test_mentions.py checks of the value sets and words.
 
 
 _FLAGS = hyperscan.HS_FLAG_CASELESS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import msgspec
@@ -80,9 +81,14 @@ def test_every_resource_the_peek_finds_relevant_mentions_what_the_rules_read() -
     (b'{"code":"c50911"}', True),  # ICD-10-CM without its dot, in lower case
     (b'{"text":"LOWER BACK PAIN"}', True),
     (b'{"text":"Tamoxifen 20 mg"}', True),
-    (b'{"text":"p\\u0061in"}', True),  # a JSON escape could spell anything
+    (b'{"text":"p\\u0061in"}', True),  # an escaped ASCII character could spell anything
+    (b'{"text":"P\\u0041IN"}', True),
+    (b'{"text":"pa\\u0130n"}', True),  # "İ", escaped
+    (b'{"code":"\\t3002"}', True),  # an escaped control character beside a short code
     ('{"text":"PAİN"}'.encode(), True),  # "İ" is "i" to a case-insensitive regex
     ('{"text":"crème"}'.encode(), False),  # other non-ASCII text is only text
+    (b'{"text":"cr\\u00e8me"}', False),  # ...escaped too, as json.dumps writes it
+    (b'{"text":"\\"quoted\\" a\\/b c\\\\d"}', False),  # a quote, a slash, a backslash: no code or word holds one
     (b'{"code":"8867-4","display":"Heart rate"}', False),
 ])
 def test_mentions(raw: bytes, mentions: bool) -> None:
@@ -140,6 +146,42 @@ def test_the_characters_always_read_are_all_that_case_insensitive_regexes_equate
     equated = {chr(cp) for cp in range(0x80, 0x110000) if letter.fullmatch(chr(cp))}
     assert equated == {"\u0130", "\u0131", "\u017f", "\u212a"}
     assert all(MENTIONS(f'{{"text":"x{ch}y"}}'.encode()) for ch in equated)
+
+
+def test_no_code_or_word_holds_a_character_that_only_an_escape_outside_the_always_read_ones_could_spell() -> None:
+    # Only escapes of ASCII characters (and of the four above) are always read: sound only while every code and
+    # word the patterns are made of is printable ASCII with no quote, backslash or slash.
+    from fhir_mapping.intake import BREAST_CANCER_ANCHORS, PAIN_AND_CORD_ANCHORS, drug_name_tiers, relevant_codes
+
+    spelled = [code for _, code in relevant_codes(TERMINOLOGY)]
+    spelled += [*PAIN_AND_CORD_ANCHORS, *BREAST_CANCER_ANCHORS, *drug_name_tiers(TERMINOLOGY)]
+    assert len(spelled) > 500
+    assert [text for text in spelled if not (text.isascii() and text.isprintable()) or set(text) & set('"\\/')] == []
+
+
+def _escaped(value: object) -> str:
+    """JSON with every character of every string (keys too) written as a \\u escape."""
+    if isinstance(value, str):
+        return '"' + "".join(f"\\u{ord(ch):04x}" for ch in value) + '"'
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_escaped(key)}:{_escaped(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(_escaped, value)) + "]"
+    return json.dumps(value)
+
+
+def test_escaped_resources_are_bounded_as_their_plain_bytes_are() -> None:
+    # The same resources as json.dumps writes them (every character beyond ASCII escaped), and with every
+    # character escaped: the bytes' roles still bound what the peek finds in the plain resource.
+    verdict = _verdicts(TERMINOLOGY)
+    for line, peek in RELEVANT:
+        exact = resource_roles(peek, verdict)
+        resource = orjson.loads(line)
+        for written in (json.dumps(resource).encode(), _escaped(resource).encode()):
+            assert json.loads(written) == resource
+            bound = MENTIONS.roles(written)
+            assert bound is not None and exact & ~bound == 0, written[:200]
+        assert MENTIONS.roles(_escaped(resource).encode()) == EITHER
 
 
 def test_what_the_intake_remembers_is_bounded_whatever_clients_send() -> None:
