@@ -11,7 +11,10 @@ same (page-cached) files:
 - `mscc-alert sweep --engine spark --spark-master local[2]` (skipped with a message if PySpark or Java is missing),
   beside Spark's own fixed cost (benchmarks/spark_floor.py: a session and one empty job, none of the sweep);
 each with the package's bytecode compiled and the compiled mention test in its cache, as every sweep after a
-machine's first has them.
+machine's first has them. Every contender runs once a round, in turn, for --rounds rounds (3), and its median
+run is shown with the spread: this machine is shared, and a single run of each varied by half.
+`--writer json` writes the export's lines as Python's json.dumps does (spaces, ASCII escapes), as a hand-made
+export may be, instead of compact as Bulk servers write them.
 Wall time and CPU time of each process (with the worker processes it waited for; the JVM Spark starts may
 not be among them), resources/s per core, MB/s, peak memory (the process tree's RSS, sampled every
 0.1 s), the machine's load average; then the targets. The worklist of every engine must name each scenario
@@ -239,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gigabytes", type=float, default=1.05, help="export size (default 1.05 GB)")
     parser.add_argument("--keep", action="store_true", help="keep the generated export (its path is printed)")
     parser.add_argument("--no-spark", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="times each contender runs (the median is shown)")
     parser.add_argument("--writer", choices=("orjson", "json"), default="orjson",
                         help="how the lines are written: compact as Bulk servers write them (orjson, the default), "
                              "or as Python's json.dumps writes them by default (json: spaces, ASCII escapes)")
@@ -257,24 +261,32 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "-m", "cds_hooks", "sweep"]
         sweep = [*command, str(export), "--now", now]
         tiny = _warm_up(work)
-        runs = [measure("orjson.loads every line", 1,
-                        [sys.executable, "-m", "benchmarks.orjson_floor", str(export)])]
-        runs.append(measure(LOCAL_START, 1, [*command, str(tiny), "--now", now, "--out", str(work / "tiny-local")]))
+        # (name, cores, command, where its worklist goes: checked against the hook's tiers, or None)
+        contenders: list[tuple[str, int, list[str], Path | None]] = [
+            ("orjson.loads every line", 1, [sys.executable, "-m", "benchmarks.orjson_floor", str(export)], None),
+            (LOCAL_START, 1, [*command, str(tiny), "--now", now, "--out", str(work / "tiny-local")], None),
+        ]
         for workers in (1, 2):
             out = work / f"local-{workers}"
-            run = measure(f"local engine, {workers} worker{'s' if workers > 1 else ''}", workers,
-                          [*sweep, "--out", str(out), "--workers", str(workers)])
-            run.note = run.note or _check(out, expected)
-            runs.append(run)
+            contenders.append((f"local engine, {workers} worker{'s' if workers > 1 else ''}", workers,
+                               [*sweep, "--out", str(out), "--workers", str(workers)], out))
         if not args.no_spark:
             spark = ["--engine", "spark", "--spark-master", "local[2]"]
-            tiny_spark = [*command, str(tiny), "--now", now, "--out", str(work / "tiny-spark"), *spark]
-            runs.append(measure(SPARK_FLOOR, 2, [sys.executable, "-m", "benchmarks.spark_floor", "local[2]"]))
-            runs.append(measure(SPARK_START, 2, tiny_spark))
-            out = work / "spark"
-            run = measure("spark engine, local[2]", 2, [*sweep, "--out", str(out), *spark])
-            run.note = run.note or _check(out, expected)
-            runs.append(run)
+            contenders += [
+                (SPARK_FLOOR, 2, [sys.executable, "-m", "benchmarks.spark_floor", "local[2]"], None),
+                (SPARK_START, 2, [*command, str(tiny), "--now", now, "--out", str(work / "tiny-spark"), *spark], None),
+                ("spark engine, local[2]", 2, [*sweep, "--out", str(work / "spark"), *spark], work / "spark"),
+            ]
+        # Rounds of every contender in turn: a slow spell of this shared machine then slows each of them alike,
+        # and the median of each is reported, beside the spread.
+        measured: dict[str, list[Run]] = defaultdict(list)
+        for _ in range(args.rounds):
+            for name, cores, program, worklist in contenders:
+                run = measure(name, cores, program)
+                if worklist is not None:
+                    run.note = run.note or _check(worklist, expected)
+                measured[name].append(run)
+        runs = [_median(measured[name]) for name, *_ in contenders]
         _report(runs, size, lines)
     finally:
         if args.keep:
@@ -282,6 +294,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _median(runs: list[Run]) -> Run:
+    """The run of median wall time (a failed run, if any, so that a failure is never hidden), with the spread of
+    all of them in its note."""
+    failed = [run for run in runs if not run.ok]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda run: run.seconds)
+    middle = ordered[len(ordered) // 2]
+    if len(ordered) > 1:
+        middle.note = (f"{len(ordered)} runs: {ordered[0].seconds:.2f}-{ordered[-1].seconds:.2f} s; "
+                       + middle.note).strip().removesuffix(";")
+    return middle
 
 
 def _report(runs: list[Run], size: int, lines: int) -> None:
