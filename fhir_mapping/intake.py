@@ -665,6 +665,15 @@ class _Subject(msgspec.Struct, gc=False):
 
 
 _subject_decoder = msgspec.json.Decoder(_Subject)
+
+
+class _Kind(msgspec.Struct, gc=False):
+    """A resource's type alone, wherever in the object it is written."""
+
+    resourceType: str = ""
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
 _reference_decoder = msgspec.json.Decoder(_Reference)
 
 # (resourceType, patient id, relevant, roles): what `Screen` says of one resource.
@@ -703,6 +712,16 @@ def opening_type(raw: Buffer) -> str | None:
     return None if found is None else found[0]
 
 
+def _declared_type(raw: Buffer) -> str | None:
+    """The resourceType a JSON object names, read as `opening` reads it (a name of letters), or None when it is
+    not JSON or names none so (then the peek says why)."""
+    try:
+        kind = _kind_decoder.decode(raw).resourceType
+    except DECODE_ERRORS:
+        return None
+    return kind if kind.isascii() and kind.isalpha() else None
+
+
 def _owner_of(peek: _Peek | _Subject) -> str | None:
     """The patient a peeked resource is about, exactly as `_admit` reads it."""
     if peek.resourceType == "Patient":
@@ -731,11 +750,14 @@ class Screen:
     def __call__(self, raw: Buffer, found: int | None = UNSCANNED) -> Screened | str:
         """`found`: what the line's mentions could be evidence of (Mentions.roles: None when it mentions
         nothing the rules read), when the caller has scanned it already."""
-        # Bulk servers write resourceType first. When the line opens with it, a type the rules never read
-        # (Claim, ExplanationOfBenefit, DocumentReference...: over a quarter of a Synthea export's bytes), or a
-        # resource other than a Patient that mentions nothing the rules read, is settled without decoding the
-        # rest: the hook would drop it unread too, and it is counted as that type.
+        # A type the rules never read (Claim, ExplanationOfBenefit, DocumentReference...: over a quarter of a
+        # Synthea export's bytes), or a resource other than a Patient that mentions nothing the rules read, is
+        # settled without reading the rest: the hook would drop it unread too, and it is counted as that type.
+        # Bulk servers write resourceType first, where the opening says it; elsewhere (keys sorted, say) only
+        # the type is decoded, far cheaper than the peek.
         kind = opening_type(raw)
+        if kind is None:
+            kind = _declared_type(raw)
         if kind is not None and kind != "OperationOutcome" and kind not in MODELS:
             return kind, None, False, 0
         if found == UNSCANNED:

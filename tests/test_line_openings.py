@@ -98,6 +98,10 @@ def _decoded(held: dict[str, list[bytes]]) -> dict[str, list[Any]]:
             for patient, lines in held.items()}
 
 
+def _sorted_keys(resource: Any) -> bytes:
+    return json.dumps(resource, sort_keys=True).encode()  # resourceType after "code", "id", "meta"...
+
+
 def test_a_spaced_export_screens_as_the_compact_one(tmp_path: Path) -> None:
     compact = _screened(_files(tmp_path / "compact", orjson.dumps))
     spaced = _screened(_files(tmp_path / "spaced", _spaced))
@@ -107,6 +111,37 @@ def test_a_spaced_export_screens_as_the_compact_one(tmp_path: Path) -> None:
     assert spaced.roles == compact.roles and compact.roles
     assert _decoded(spaced.relevant) == _decoded(compact.relevant)
     assert _decoded(spaced.patients) == _decoded(compact.patients)
+
+
+def test_an_export_with_the_type_not_first_is_counted_as_the_compact_one(tmp_path: Path) -> None:
+    """Lines whose resourceType is not first are screened one by one, their type decoded alone: the same counts,
+    and each line judged by the peek itself, where a block keeps some lines with what their bytes could be
+    evidence of. So the roles found are within those of the compact export: the patients evaluated are among
+    those it evaluates, and the rest get no card either way, cards.evaluate answering from these very peeked
+    roles (tests/test_sweep.py runs both exports through the sweep to the hook's answers)."""
+    compact = _screened(_files(tmp_path / "compact", orjson.dumps))
+    other = _screened(_files(tmp_path / "sorted", _sorted_keys))
+    assert other.lines == compact.lines > 1000
+    assert other.resources == compact.resources
+    assert other.skipped == compact.skipped
+    assert other.roles and all(roles & ~compact.roles.get(p, 0) == 0 for p, roles in other.roles.items())
+    for patient, lines in _decoded(other.relevant).items():
+        assert all(line in _decoded(compact.relevant)[patient] for line in lines)
+    assert _decoded(other.patients) == _decoded(compact.patients)
+
+
+def test_a_line_whose_type_is_not_first_is_counted_by_its_type_unread() -> None:
+    screen = Screen(TERMINOLOGY)
+    claim = b'{"id":"c1","patient":{"reference":"Patient/p"},"resourceType":"Claim","total":{"value":"x"}}'
+    assert opening(claim) is None
+    assert screen(claim) == ("Claim", None, False, 0)
+    # A Condition that mentions nothing the rules read, though its code could not be read: the hook never reads
+    # it, and it is counted as a Condition, as the same line opening with its type is.
+    garbled = b'{"code":5,"resourceType":"Condition","subject":{"reference":"Patient/p"}}'
+    assert screen(garbled) == screen(b'{"resourceType":"Condition","code":5,"subject":{"reference":"Patient/p"}}')
+    assert screen(garbled) == ("Condition", None, False, 0)
+    assert screen(b'{"id":"x","resourceType":""}') == "not a FHIR resource (no resourceType)"
+    assert screen(b'{"id":"x"') == "unreadable JSON"
 
 
 def test_a_block_of_spaced_lines_is_screened_whole(tmp_path: Path) -> None:

@@ -167,6 +167,9 @@ def _comparable(card: JSON) -> JSON:
     card = orjson.loads(orjson.dumps(card))
     card.pop("uuid")
     card["detail"] = sorted(card["detail"].splitlines())
+    extension = card.get("extension", {})
+    if "org.mscc-alert.evidence" in extension:
+        extension["org.mscc-alert.evidence"] = sorted(extension["org.mscc-alert.evidence"])
     for suggestion in card.get("suggestions", []):
         suggestion.pop("uuid")
         for action in suggestion["actions"]:
@@ -212,12 +215,17 @@ def test_local_sweep_gives_every_patient_the_hooks_answer(population: Population
     assert sum(summary["patientsByIndicator"].values()) == len(rows)
 
 
-def test_an_export_written_by_json_dumps_gets_the_same_worklist(population: Population, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sort_keys", [False, True])
+def test_an_export_written_by_json_dumps_gets_the_same_worklist(population: Population, tmp_path: Path,
+                                                              sort_keys: bool) -> None:
     """Lines as Python's json.dumps writes them (a space after every "," and ":", non-ASCII escaped), as a
-    hand-made export may be: the same answers and counts as the compact lines Bulk servers write."""
+    hand-made export may be, with resourceType first or its keys sorted: the same answers and counts as the
+    compact lines Bulk servers write."""
     export = tmp_path / "export"
-    bulk.write_export(export, population.resources, dumps=lambda resource: json.dumps(resource).encode())
-    assert b'{"resourceType": "' in next(bulk.iter_ndjson(export))
+    bulk.write_export(export, population.resources,
+                      dumps=lambda resource: json.dumps(resource, sort_keys=sort_keys).encode())
+    first = next(bulk.iter_ndjson(export))
+    assert first.startswith(b'{"resourceType": "') != sort_keys and b'", "' in first
     summary = run_sweep(SweepOptions(export, tmp_path / "out", population.now), Settings())
     _assert_same_as_hook(_worklist(tmp_path / "out"), population)
     assert summary["resources"] == len(population.resources)
@@ -283,11 +291,16 @@ def test_cli_counts_broken_lines_and_goes_on(population: Population, tmp_path: P
     export = tmp_path / "export"
     shutil.copytree(population.export, export)
     with open(next(p for p in export.iterdir() if p.suffix == ".ndjson"), "ab") as stream:
-        stream.write(b'{"resourceType": "Condition", "subject": \n[1,2]\n{"resourceType":"OperationOutcome"}\n')
+        # Cut short: one that names its type first, and mentions nothing the rules read, is counted as that type
+        # unread (it could hold no evidence); one that does not is unreadable. Then not a resource, and an error.
+        stream.write(b'{"resourceType": "Condition", "subject": \n{"subject": {"reference": \n[1,2]\n'
+                     b'{"resourceType":"OperationOutcome"}\n')
     result = _cli(str(export), "--out", str(tmp_path / "out"), "--now", population.now.isoformat())
     assert result.returncode == 0, result.stderr[-2000:]
     summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
     assert summary["skippedReasons"] == {"unreadable JSON": 2, "OperationOutcome (an error report, not data)": 1}
+    conditions = sum(r["resourceType"] == "Condition" for r in population.resources)
+    assert summary["resourcesByType"]["Condition"] == conditions + 1
     _assert_same_as_hook(_worklist(tmp_path / "out"), population)
 
 

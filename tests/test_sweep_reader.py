@@ -114,17 +114,18 @@ def test_screen_keeps_a_broken_resource_of_a_type_the_rules_read_for_its_patient
     assert screen(orjson.dumps(broken)) == ("Condition", "p9", True, TRIGGER)
     broken["note"] = "breast cancer"
     assert screen(orjson.dumps(broken)) == ("Condition", "p9", True, EITHER)
-    # A type the rules never read, written resourceType first as Bulk servers do: settled unread, as the hook
-    # drops it unread; written otherwise, it is decoded, and a broken one is a broken line.
+    # A type the rules never read: settled unread, as the hook drops it unread, whether resourceType is first
+    # (as Bulk servers write it) or not (then the type alone is decoded).
     assert screen(b'{"resourceType":"Claim","id":7,"patient":3}') == ("Claim", None, False, 0)
-    unread = screen(b'{"id":7,"resourceType":"Claim","patient":3}')
-    assert unread == "unreadable resource of a type the rules do not read"
-    # A broken resource that mentions nothing the rules read is not theirs, read or not: settled unread when
-    # it opens with its type, and a line skipped for what it is when it must be decoded to be known.
+    assert screen(b'{"id":7,"resourceType":"Claim","patient":3}') == ("Claim", None, False, 0)
+    # A broken resource that mentions nothing the rules read is not theirs, read or not: settled unread and
+    # counted as its type, wherever its type is written.
     assert screen(b'{"resourceType":"Condition","code":"x","subject":{"reference":"Patient/q"}}') == (
         "Condition", None, False, 0)
     assert screen(b'{"code":"x","resourceType":"Condition","subject":{"reference":"Patient/q"}}') == (
-        "unreadable resource that mentions nothing the rules read")
+        "Condition", None, False, 0)
+    # A type that is not a string: no resource, wherever it is written.
+    assert screen(b'{"code":"x","resourceType":7}') == "not a FHIR resource (no resourceType)"
     assert screen(b'{"code":"x","resourceType":"Condition","subject":{"reference":"Patient/q"},"note":"pain"}') == (
         "Condition", "q", True, TRIGGER)
     assert screen(b"{not json") == "unreadable JSON"
