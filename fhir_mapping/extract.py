@@ -565,10 +565,12 @@ def build_record(
     intake: Intake, terminology: Terminology, now: datetime, *, include_unconfirmed: bool = False
 ) -> ClinicalRecord:
     extractor = _Extractor(terminology, now, include_unconfirmed)
-    # The Patient first: onsetAge needs the birth date.
-    ordered = sorted(intake.resources, key=lambda r: r.get_resource_type() != "Patient")
+    # The Patient first: onsetAge needs the birth date. The rest by type and id, so that a record makes the same
+    # card whatever order it came in: a Bundle's (each EHR orders its own way) or an export's files'.
+    ordered = sorted(intake.resources, key=lambda r: (r.get_resource_type() != "Patient", r.get_resource_type(),
+                                                      r.id or ""))
     for resource in ordered:
         _HANDLERS[resource.get_resource_type()](extractor, resource)
-    extractor.record.skipped = list(intake.skipped)
+    extractor.record.skipped = sorted(intake.skipped, key=lambda s: (s.resource_type, s.resource_id or ""))
     extractor.record.ignored_other_patient = intake.other_patient
     return extractor.record

@@ -162,21 +162,17 @@ def _worklist(out: Path) -> list[JSON]:
 
 
 def _comparable(card: JSON) -> JSON:
-    """A card without what differs by design between two runs: uuids, the order's clock-based period, the
-    requester (the hook has a user, the sweep none), and the order in which evidence is listed."""
+    """A card without what differs by design between two runs: uuids, the order's clock-based period and the
+    requester (the hook has a user, the sweep none). Everything else is the same, in the same order: the record
+    is read in one order whatever order its resources came in (a Bundle's, the export's files')."""
     card = orjson.loads(orjson.dumps(card))
     card.pop("uuid")
-    card["detail"] = sorted(card["detail"].splitlines())
-    extension = card.get("extension", {})
-    if "org.mscc-alert.evidence" in extension:
-        extension["org.mscc-alert.evidence"] = sorted(extension["org.mscc-alert.evidence"])
     for suggestion in card.get("suggestions", []):
         suggestion.pop("uuid")
         for action in suggestion["actions"]:
             resource = action["resource"]
             resource.pop("occurrencePeriod")
             resource.pop("requester", None)
-            resource["reasonReference"] = sorted(r["reference"] for r in resource.get("reasonReference", []))
     return card
 
 
