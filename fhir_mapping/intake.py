@@ -753,8 +753,8 @@ class Screen:
         # A type the rules never read (Claim, ExplanationOfBenefit, DocumentReference...: over a quarter of a
         # Synthea export's bytes), or a resource other than a Patient that mentions nothing the rules read, is
         # settled without reading the rest: the hook would drop it unread too, and it is counted as that type.
-        # Bulk servers write resourceType first, where the opening says it; elsewhere (keys sorted, say) only
-        # the type is decoded, far cheaper than the peek.
+        # Bulk servers write resourceType first, where the opening says it; elsewhere (keys sorted, say) the
+        # type is decoded alone first, and the line settled the same way.
         kind = opening_type(raw)
         if kind is None:
             kind = _declared_type(raw)
