@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from cds_hooks.sweep.reader import Chunk, LineCounts
-from cds_hooks.sweep.screen import Screening, screen_block, screen_chunk
+from cds_hooks.sweep.reader import Chunk, LineCounts, read_lines
+from cds_hooks.sweep.screen import Screening, screen_block, screen_chunk, screen_lines
 from fhir_mapping.intake import Screen, mention_test, opening, opening_type
 from fhir_mapping.terminology import load_terminology
 from tests.scenarios import bulk_export as bulk
@@ -157,3 +157,25 @@ def test_a_block_of_spaced_lines_is_screened_whole(tmp_path: Path) -> None:
     mixed = data + orjson.dumps(conditions[0]) + b"\n"  # the same type, written compact: opens otherwise
     assert not screen_block((mixed, 0, len(mixed)), Screen(TERMINOLOGY), mention_test(TERMINOLOGY), Screening(),
                             LineCounts())
+
+
+def test_a_mixed_block_searched_once_screens_as_each_line_searched_alone(tmp_path: Path) -> None:
+    """Types mixed in one file (and blank lines, CRLF endings, broken lines): the block is searched once and
+    each line judged with what that search found in it, exactly as searching each line on its own judges it."""
+    resources = _lines()
+    random_order = sorted(resources, key=lambda r: orjson.dumps(r)[::-1])  # types interleaved, deterministically
+    lines = [orjson.dumps(r) for r in random_order]
+    lines[5:5] = [b"", b"   ", b'{"resourceType":"Condition","code":', b"[1,2]", b'{"resourceType":"OperationOutcome"}']
+    path = tmp_path / "mixed.ndjson"
+    path.write_bytes(b"".join(line + (b"\r\n" if index % 3 else b"\n") for index, line in enumerate(lines)))
+
+    searched = screen_chunk(Chunk(str(path)), TERMINOLOGY, MAX_LINE, keep_patients=True)
+    alone = Screening()
+    screen_lines(read_lines(Chunk(str(path)), MAX_LINE, counts := LineCounts()), Screen(TERMINOLOGY), alone,
+                 keep_patients=True)
+    assert searched.lines == counts.lines == len(lines) - 2  # the blank ones are not lines
+    assert searched.resources == alone.resources and sum(alone.resources.values()) > 1000
+    assert searched.skipped == alone.skipped and alone.skipped
+    assert searched.roles == alone.roles
+    assert _decoded(searched.relevant) == _decoded(alone.relevant)
+    assert _decoded(searched.patients) == _decoded(alone.patients)
