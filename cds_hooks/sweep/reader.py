@@ -88,6 +88,23 @@ def lines_of(block: Block, counts: LineCounts) -> list[bytes]:
         return _usable(bytes(view[start:stop]).split(b"\n")[:-1], counts)  # one copy out of the reader's buffer
 
 
+def placed_lines_of(block: tuple[bytes | bytearray, int, int], counts: LineCounts) -> tuple[list[bytes], list[int]]:
+    """The lines `lines_of` gives of a range, each with where in `data` it starts (as Mentions.lines places
+    them)."""
+    data, start, stop = block
+    with memoryview(data) as view:
+        pieces = bytes(view[start:stop]).split(b"\n")[:-1]
+    starts: list[int] = []
+    kept: list[bytes] = []
+    at = start
+    for piece in pieces:
+        if _is_line(piece):
+            kept.append(piece)
+            starts.append(at)
+        at += len(piece) + 1
+    return _usable(kept, counts), starts
+
+
 def read_blocks(chunk: Chunk, max_line_bytes: int, counts: LineCounts) -> Iterator[Block]:
     """The chunk's lines, a block at a time: as a range of what was read where every line of it is ours and short
     enough (the common case: a screen may then search it without splitting or copying it), else as a list.
@@ -144,9 +161,13 @@ def _skip_line(stream: IO[bytes]) -> int:
 
 def _usable(lines: Sequence[bytes | bytearray], counts: LineCounts) -> list[bytes]:
     """Drop blank lines, strip CR of CRLF endings, and count (as bytes: a read's buffer is used again)."""
-    usable = [bytes(line.rstrip(b"\r")) for line in lines if line and not line.isspace()]
+    usable = [bytes(line.rstrip(b"\r")) for line in lines if _is_line(line)]
     counts.lines += len(usable)
     return usable
+
+
+def _is_line(line: bytes | bytearray) -> bool:
+    return bool(line) and not line.isspace()
 
 
 def _batches(stream: _Readable, offset: int, end: int | None, max_line: int,

@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cds_hooks.sweep.reader import Chunk, LineCounts, lines_of, read_blocks
+from cds_hooks.sweep.reader import Chunk, LineCounts, lines_of, placed_lines_of, read_blocks
 from fhir_mapping._lines import count_lines
 from fhir_mapping.intake import MODELS, TRIGGER, UNSCANNED, Screen, mention_test, opening
 from fhir_mapping.mentions import Mentions
@@ -183,18 +183,8 @@ def _searched(block: tuple[bytes | bytearray, int, int], mentioned: Mentions,
     in it (None: nothing), so that no line is searched on its own (a call per line was a third of the time)."""
     data, start, stop = block
     found = {at: roles for at, _, roles in mentioned.lines(data, start, stop)}
-    lines: list[bytes] = []
-    founds: list[int | None] = []
-    at = start
-    with memoryview(data) as view:
-        pieces = bytes(view[start:stop]).split(b"\n")[:-1]
-    for piece in pieces:
-        line_start, at = at, at + len(piece) + 1
-        if piece and not piece.isspace():  # as reader.lines_of drops blank lines and strips a CR
-            lines.append(piece.rstrip(b"\r"))
-            founds.append(found.get(line_start))
-    counts.lines += len(lines)
-    return lines, founds
+    lines, starts = placed_lines_of(block, counts)
+    return lines, [found.get(at) for at in starts]
 
 
 def too_long(max_line_bytes: int) -> str:
